@@ -1,0 +1,47 @@
+/* Returned errors are -errno: reading the C errno through ffi.errno costs a
+ * second call per ioctl on the hot path. */
+long kvmdev_ioctl(int fd, unsigned long request, void *arg)
+{
+	long r = ioctl(fd, request, arg);
+	return r < 0 ? -errno : r;
+}
+
+long kvmdev_ioctl_val(int fd, unsigned long request, unsigned long arg)
+{
+	long r = ioctl(fd, request, arg);
+	return r < 0 ? -errno : r;
+}
+
+/* One ioctl per attribute, for save/restore walks; errs[i] is 0 or -errno.
+ * Returns the number of failed entries. */
+int kvmdev_attr_batch(int fd, unsigned long request, struct kvm_device_attr *attrs,
+		      int count, int *errs)
+{
+	int failed = 0;
+	for (int i = 0; i < count; i++) {
+		errs[i] = ioctl(fd, request, &attrs[i]) < 0 ? -errno : 0;
+		failed += errs[i] != 0;
+	}
+	return failed;
+}
+
+/* copy_from_user / copy_to_user for the mock backend: process_vm_readv and
+ * process_vm_writev on our own pid fault with EFAULT instead of SIGSEGV, so
+ * a bad user pointer behaves as it does in the kernel. */
+int kvmdev_copy_from_user(void *dst, uint64_t src, size_t len)
+{
+	struct iovec local = { dst, len }, remote = { (void *)(uintptr_t)src, len };
+	if (len == 0)
+		return 0;
+	ssize_t n = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+	return n == (ssize_t)len ? 0 : -EFAULT;
+}
+
+int kvmdev_copy_to_user(uint64_t dst, const void *src, size_t len)
+{
+	struct iovec local = { (void *)src, len }, remote = { (void *)(uintptr_t)dst, len };
+	if (len == 0)
+		return 0;
+	ssize_t n = process_vm_writev(getpid(), &local, 1, &remote, 1, 0);
+	return n == (ssize_t)len ? 0 : -EFAULT;
+}

@@ -1,0 +1,15 @@
+/* C helpers compiled into every kvmdev._kvm_<arch> module (cdefs/helpers.c). */
+struct kvmdev_ioctl_desc {
+	const char *name;
+	int dir;            /* 0 none, 1 write, 2 read, 3 read|write (kvmdev.arch maps to bits) */
+	unsigned int nr;
+	unsigned int size;
+};
+const struct kvmdev_ioctl_desc *kvmdev_ioctl_table(int *count);
+
+long kvmdev_ioctl(int fd, unsigned long request, void *arg);
+long kvmdev_ioctl_val(int fd, unsigned long request, unsigned long arg);
+int kvmdev_attr_batch(int fd, unsigned long request, struct kvm_device_attr *attrs,
+		      int count, int *errs);
+int kvmdev_copy_from_user(void *dst, uint64_t src, size_t len);
+int kvmdev_copy_to_user(uint64_t dst, const void *src, size_t len);

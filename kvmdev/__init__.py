@@ -1,0 +1,55 @@
+"""kvmdev: the Linux KVM device-control API (KVM_CREATE_DEVICE and
+KVM_{SET,GET,HAS}_DEVICE_ATTR on device, VM, vCPU and system fds), typed.
+
+    import kvmdev
+    with kvmdev.open() as kvm:              # backend "auto" | "real" | "mock"
+        vm = kvm.create_vm()
+        vfio = vm.create_device(kvmdev.DeviceType.VFIO)
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from . import devices  # noqa: F401  (registers the device families)
+from .arch import ARCH_NAMES, DeviceType, get_arch, host_arch_name
+from .errors import ClosedError, KvmError, KvmUnavailable
+from .fd import Device, Kvm, Vcpu, Vm
+
+__all__ = ["open", "Kvm", "Vm", "Vcpu", "Device", "DeviceType", "KvmError", "KvmUnavailable",
+           "ClosedError", "ARCH_NAMES", "get_arch"]
+__version__ = "0.1.0"
+
+BACKENDS = ("auto", "real", "mock")
+
+
+def open(backend: str = "auto", arch: str | None = None, **mock_host: Any) -> Kvm:  # noqa: A001
+    """Open a system handle.
+
+    ``backend``: "real" (/dev/kvm), "mock" (in-process emulator) or "auto" (real
+    when /dev/kvm opens and ``arch`` is the host's, else mock).  The environment
+    variable KVMDEV_BACKEND overrides it.  ``arch`` picks the mock's architecture
+    (x86_64, arm64, powerpc, s390); ``mock_host`` overrides fields of the mock's
+    HostProfile.
+    """
+    backend = os.environ.get("KVMDEV_BACKEND", backend)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    reason = ""
+    if backend in ("real", "auto"):
+        from .backends.real import RealBackend
+        if backend == "real" or arch in (None, host_arch_name()):
+            try:
+                kvm = Kvm(RealBackend(arch))
+                kvm.backend_reason = "requested" if backend == "real" else "/dev/kvm opened"
+                return kvm
+            except KvmUnavailable as e:
+                if backend == "real":
+                    raise
+                reason = f"/dev/kvm unusable ({e.errno_name}): {e.meaning}"
+        else:
+            reason = f"arch {arch} is not the host's ({host_arch_name()})"
+    from .backends.mock import MockBackend
+    kvm = Kvm(MockBackend(arch, **mock_host))
+    kvm.backend_reason = reason or "requested"
+    return kvm

@@ -1,0 +1,126 @@
+"""Attribute tables: for each target, its groups and attributes by kernel name,
+and what the kernel copies at ``attr.addr`` for each (its C type).
+
+One table per target kind ("system", "vm", "vcpu") and per device type.  The
+fd layer sizes every buffer from here, error messages take names from here,
+and the mock's models copy exactly these widths.  Device-family modules in
+kvmdev.devices register their tables on import.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .arch import Arch
+
+RW, RO, WO = "rw", "r", "w"
+
+
+@dataclass(frozen=True)
+class Attr:
+    """One attribute.  ``ctype`` is what the kernel copies at attr.addr
+    (``None``: the kernel ignores addr)."""
+
+    name: str
+    ctype: str | None
+    access: str = RW
+    doc: str = ""
+    arches: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Group:
+    """One group.  ``any_attr`` describes every attribute of a group whose
+    attribute field is an encoding (a register offset, an MPIDR) rather than
+    a list of names."""
+
+    name: str
+    attrs: tuple[Attr, ...] = ()
+    any_attr: Attr | None = None
+    doc: str = ""
+    arches: tuple[str, ...] | None = None
+
+
+@dataclass
+class AttrTable:
+    """The groups of one target, resolved to values for one architecture."""
+
+    target: str
+    arch: "Arch"
+    groups: dict[int, Group] = field(default_factory=dict)
+    group_values: dict[str, int] = field(default_factory=dict)
+    attrs: dict[int, dict[int, Attr]] = field(default_factory=dict)
+    attr_values: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    def group_value(self, group: int | str) -> int:
+        if isinstance(group, int):
+            return group
+        try:
+            return self.group_values[group]
+        except KeyError:
+            if self.arch.has_const(group):
+                return self.arch.const(group)
+            raise ValueError(f"{group} is not a group of {self.target} on {self.arch.name}") from None
+
+    def attr_value(self, group: int, attr: int | str) -> int:
+        if isinstance(attr, int):
+            return attr
+        named = self.attr_values.get(group, {})
+        if attr in named:
+            return named[attr]
+        # a group kvmdev has no table for: any kernel name is taken as given
+        if group not in self.groups and self.arch.has_const(attr):
+            return self.arch.const(attr)
+        raise ValueError(f"{attr} is not an attribute of group {self.group_name(group)} "
+                         f"of {self.target} on {self.arch.name}")
+
+    def group_name(self, group: int) -> str:
+        g = self.groups.get(group)
+        return g.name if g else f"{group:#x}"
+
+    def spec(self, group: int, attr: int) -> Attr | None:
+        a = self.attrs.get(group, {}).get(attr)
+        if a is not None:
+            return a
+        g = self.groups.get(group)
+        return g.any_attr if g else None
+
+    def attr_name(self, group: int, attr: int) -> str:
+        a = self.attrs.get(group, {}).get(attr)
+        return a.name if a else f"{attr:#x}"
+
+
+_TABLES: dict[str, list[Group]] = {}
+_RESOLVED: dict[tuple[str, str], AttrTable] = {}
+
+
+def register(target: str, groups: list[Group]) -> None:
+    _TABLES.setdefault(target, []).extend(groups)
+    for key in [k for k in _RESOLVED if k[1] == target]:
+        del _RESOLVED[key]
+
+
+def table(arch: "Arch", target: str) -> AttrTable:
+    key = (arch.name, target)
+    t = _RESOLVED.get(key)
+    if t is None:
+        t = _RESOLVED[key] = _resolve(arch, target)
+    return t
+
+
+def _resolve(arch: "Arch", target: str) -> AttrTable:
+    t = AttrTable(target, arch)
+    for g in _TABLES.get(target, []):
+        if (g.arches and arch.name not in g.arches) or not arch.has_const(g.name):
+            continue
+        gv = arch.const(g.name)
+        t.groups.setdefault(gv, g)
+        t.group_values[g.name] = gv
+        for a in g.attrs:
+            if (a.arches and arch.name not in a.arches) or not arch.has_const(a.name):
+                continue
+            av = arch.const(a.name)
+            t.attrs.setdefault(gv, {}).setdefault(av, a)
+            t.attr_values.setdefault(gv, {})[a.name] = av
+    return t

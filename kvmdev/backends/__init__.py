@@ -1,0 +1,25 @@
+"""Backends below the fd layer: ``real`` issues the syscall, ``mock`` hands the
+same request to an in-process emulator.  Both have this contract:
+
+- ``open_system()`` returns the fd of a new system (/dev/kvm) handle;
+- ``ioctl(fd, request, arg)`` takes a cffi pointer to the argument struct
+  (or NULL) and returns the ioctl's result, or -errno;
+- ``ioctl_val(fd, request, value)`` passes an integer argument;
+- ``close(fd)`` closes an fd the backend gave out;
+- ``mmap(fd, length)`` maps an fd the way mmap(2) on a vCPU fd does.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..arch import Arch
+
+
+class Backend(Protocol):
+    name: str
+    arch: Arch
+
+    def open_system(self) -> int: ...
+    def ioctl(self, fd: int, request: int, arg: Any) -> int: ...
+    def ioctl_val(self, fd: int, request: int, value: int) -> int: ...
+    def close(self, fd: int) -> None: ...

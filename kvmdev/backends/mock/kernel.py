@@ -1,0 +1,304 @@
+"""The mock's kernel objects: system, VM, vCPU and device files, with the
+generic semantics of virt/kvm/kvm_main.c.  Architecture and device behaviour
+plug in through ArchModel and DeviceModel subclasses."""
+from __future__ import annotations
+
+import errno as E
+import os
+import struct
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from . import MockBackend
+
+
+class Errno(Exception):
+    """Raised inside the mock where the kernel returns -errno."""
+
+    def __init__(self, errno: int) -> None:
+        super().__init__(errno)
+        self.errno = errno
+
+
+class UserMemory:
+    """copy_from_user / copy_to_user: the mock reads and writes the caller's
+    memory the way the kernel does, EFAULT on a bad pointer."""
+
+    def __init__(self, arch: Any) -> None:
+        self.ffi = arch.ffi
+        self.lib = arch.lib
+
+    def read(self, addr: int, size: int) -> bytes:
+        buf = self.ffi.new("char[]", size)
+        if self.lib.kvmdev_copy_from_user(buf, addr & 0xFFFFFFFFFFFFFFFF, size):
+            raise Errno(E.EFAULT)
+        return self.ffi.buffer(buf, size)[:]
+
+    def write(self, addr: int, data: bytes) -> None:
+        if self.lib.kvmdev_copy_to_user(addr & 0xFFFFFFFFFFFFFFFF, data, len(data)):
+            raise Errno(E.EFAULT)
+
+    def read_struct(self, ctype: str, addr: int) -> Any:
+        p = self.ffi.new(ctype + " *")
+        if self.lib.kvmdev_copy_from_user(p, addr & 0xFFFFFFFFFFFFFFFF, self.ffi.sizeof(ctype)):
+            raise Errno(E.EFAULT)
+        return p
+
+    def write_struct(self, addr: int, p: Any) -> None:
+        self.write(addr, self.ffi.buffer(p)[:])
+
+    # get_user / put_user of the kernel's integer widths
+    _FMT = {"__u8": "B", "__u16": "H", "__u32": "I", "__u64": "Q",
+            "__s8": "b", "__s16": "h", "__s32": "i", "__s64": "q", "int": "i"}
+
+    def get(self, ctype: str, addr: int) -> int:
+        fmt = "=" + self._FMT[ctype]
+        return int(struct.unpack(fmt, self.read(addr, struct.calcsize(fmt)))[0])
+
+    def put(self, ctype: str, addr: int, value: int) -> None:
+        fmt = "=" + self._FMT[ctype]
+        bits = struct.calcsize(fmt) * 8
+        if fmt[-1].isupper():
+            value &= (1 << bits) - 1
+        self.write(addr, struct.pack(fmt, value))
+
+
+def fd_is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return fd >= 0
+
+
+class KernelObject:
+    """One open kernel file.  ioctl_<NAME> methods handle ioctls by kernel name."""
+
+    unknown_ioctl_errno: ClassVar[int] = E.ENOTTY
+
+    def __init__(self, backend: "MockBackend") -> None:
+        self.backend = backend
+        self.user = backend.user
+
+    def ioctl(self, name: str, arg: int) -> int:
+        handler = getattr(self, "ioctl_" + name, None)
+        if handler is None:
+            raise Errno(self.unknown_ioctl_errno)
+        return int(handler(arg) or 0)
+
+    def release(self) -> None:
+        """The last close of this file."""
+
+    def read_attr(self, addr: int) -> Any:
+        return self.user.read_struct("struct kvm_device_attr", addr)
+
+
+class AttrModel:
+    """KVM_{HAS,GET,SET}_DEVICE_ATTR semantics of one target.  Leave ``get`` or
+    ``set`` as None where the kernel has no such accessor (devices answer EPERM)."""
+
+    has: Any = None
+    get: Any = None
+    set: Any = None
+
+
+class DeviceModel(AttrModel):
+    """A device type's model.  ``one_per_vm`` is the errno a second instance gets."""
+
+    type_name: ClassVar[str] = ""
+    one_per_vm: ClassVar[int | None] = None
+    # ops->release: the last close of the fd destroys the device (VFIO); other
+    # devices live until the VM is destroyed
+    released_on_close: ClassVar[bool] = False
+
+    def __init__(self, vm: "MockVm") -> None:
+        self.vm = vm
+        self.user = vm.user
+        self.arch = vm.backend.arch
+
+    def create(self) -> None:
+        """ops->create: may raise Errno (after the TEST flag check, before an fd exists)."""
+
+    def release(self) -> None:
+        """ops->release / destroy."""
+
+
+# type name -> model class; kvmdev.backends.mock.models register theirs
+DEVICE_MODELS: dict[str, type[DeviceModel]] = {}
+
+
+def device_model(cls: type[DeviceModel]) -> type[DeviceModel]:
+    DEVICE_MODELS[cls.type_name] = cls
+    return cls
+
+
+class ArchModel:
+    """Architecture hooks of the mock kernel (kvm_arch_* in the real one)."""
+
+    # errno of the device-attr ioctls on fds whose arch code has none
+    system_attr_errno: ClassVar[int] = E.EINVAL
+    vm_attr_errno: ClassVar[int] = E.ENOTTY
+
+    def __init__(self, backend: "MockBackend") -> None:
+        self.backend = backend
+        self.host = backend.host
+
+    def device_types(self) -> list[str]:
+        """Device types this architecture's KVM registers (kvm_device_ops_table)."""
+        return ["VFIO"]
+
+    def system_attrs(self) -> AttrModel | None:
+        return None
+
+    def vm_attrs(self, vm: "MockVm") -> AttrModel | None:
+        return None
+
+    def vcpu_attrs(self, vcpu: "MockVcpu") -> AttrModel | None:
+        return None
+
+    def check_vm_type(self, machine_type: int) -> None:
+        if machine_type != 0:
+            raise Errno(E.EINVAL)
+
+    def max_vcpu_id(self) -> int:
+        return self.host.caps.get("KVM_CAP_MAX_VCPU_ID", 1024)
+
+
+def _attr_ioctl(obj: KernelObject, model: AttrModel | None, which: str, arg: int, missing: int) -> int:
+    if model is None:
+        raise Errno(missing)
+    a = obj.read_attr(arg)
+    fn = getattr(model, which)
+    if fn is None:
+        raise Errno(E.ENXIO)
+    fn(a.group, a.attr, a.addr)
+    return 0
+
+
+class MockSystem(KernelObject):
+    """/dev/kvm (virt/kvm/kvm_main.c kvm_dev_ioctl)."""
+
+    unknown_ioctl_errno = E.EINVAL  # kvm_arch_dev_ioctl's default
+
+    def __init__(self, backend: "MockBackend") -> None:
+        super().__init__(backend)
+        self.attrs = backend.arch_model.system_attrs()
+
+    def ioctl_KVM_GET_API_VERSION(self, arg: int) -> int:
+        return self.backend.arch.const("KVM_API_VERSION")
+
+    def ioctl_KVM_CHECK_EXTENSION(self, arg: int) -> int:
+        return self.backend.check_extension(arg)
+
+    def ioctl_KVM_GET_VCPU_MMAP_SIZE(self, arg: int) -> int:
+        return self.backend.host.vcpu_mmap_size
+
+    def ioctl_KVM_CREATE_VM(self, arg: int) -> int:
+        self.backend.arch_model.check_vm_type(arg)
+        return self.backend.new_fd(MockVm(self.backend, arg))
+
+    def ioctl_KVM_HAS_DEVICE_ATTR(self, arg: int) -> int:
+        return _attr_ioctl(self, self.attrs, "has", arg, self.backend.arch_model.system_attr_errno)
+
+    def ioctl_KVM_GET_DEVICE_ATTR(self, arg: int) -> int:
+        return _attr_ioctl(self, self.attrs, "get", arg, self.backend.arch_model.system_attr_errno)
+
+
+class MockVm(KernelObject):
+    """A VM file (kvm_vm_ioctl)."""
+
+    def __init__(self, backend: "MockBackend", machine_type: int) -> None:
+        super().__init__(backend)
+        self.machine_type = machine_type
+        self.vcpus: dict[int, MockVcpu] = {}
+        self.devices: list[DeviceModel] = []
+        self.attrs = backend.arch_model.vm_attrs(self)
+
+    def ioctl_KVM_CHECK_EXTENSION(self, arg: int) -> int:
+        return self.backend.check_extension(arg)
+
+    def ioctl_KVM_CREATE_VCPU(self, arg: int) -> int:
+        if arg >= self.backend.arch_model.max_vcpu_id():
+            raise Errno(E.EINVAL)
+        if arg in self.vcpus:
+            raise Errno(E.EEXIST)
+        vcpu = MockVcpu(self.backend, self, arg)
+        self.vcpus[arg] = vcpu
+        return self.backend.new_fd(vcpu)
+
+    def ioctl_KVM_CREATE_DEVICE(self, arg: int) -> int:
+        cd = self.user.read_struct("struct kvm_create_device", arg)
+        name = self.backend.device_type_name(cd.type)
+        cls = DEVICE_MODELS.get(name) if name in self.backend.host.device_types else None
+        if cls is None:
+            raise Errno(E.ENODEV)
+        if cd.flags & self.backend.arch.const("KVM_CREATE_DEVICE_TEST"):
+            return 0
+        if cls.one_per_vm is not None and any(type(d) is cls for d in self.devices):
+            raise Errno(cls.one_per_vm)
+        model = cls(self)
+        model.create()
+        self.devices.append(model)
+        fd = self.backend.new_fd(MockDevice(self.backend, model))
+        cd.fd = fd
+        self.user.write_struct(arg, cd)
+        return 0
+
+    def ioctl_KVM_HAS_DEVICE_ATTR(self, arg: int) -> int:
+        return _attr_ioctl(self, self.attrs, "has", arg, self.backend.arch_model.vm_attr_errno)
+
+    def ioctl_KVM_GET_DEVICE_ATTR(self, arg: int) -> int:
+        return _attr_ioctl(self, self.attrs, "get", arg, self.backend.arch_model.vm_attr_errno)
+
+    def ioctl_KVM_SET_DEVICE_ATTR(self, arg: int) -> int:
+        return _attr_ioctl(self, self.attrs, "set", arg, self.backend.arch_model.vm_attr_errno)
+
+
+class MockVcpu(KernelObject):
+    """A vCPU file (kvm_vcpu_ioctl)."""
+
+    def __init__(self, backend: "MockBackend", vm: MockVm, vcpu_id: int) -> None:
+        super().__init__(backend)
+        self.vm = vm
+        self.id = vcpu_id
+        self.attrs = backend.arch_model.vcpu_attrs(self)
+
+    def ioctl_KVM_HAS_DEVICE_ATTR(self, arg: int) -> int:
+        return _attr_ioctl(self, self.attrs, "has", arg, E.ENOTTY)
+
+    def ioctl_KVM_GET_DEVICE_ATTR(self, arg: int) -> int:
+        return _attr_ioctl(self, self.attrs, "get", arg, E.ENOTTY)
+
+    def ioctl_KVM_SET_DEVICE_ATTR(self, arg: int) -> int:
+        return _attr_ioctl(self, self.attrs, "set", arg, E.ENOTTY)
+
+
+class MockDevice(KernelObject):
+    """A device file (kvm_device_ioctl): a missing accessor is EPERM, checked
+    before the attr struct is copied, as kvm_device_ioctl_attr does."""
+
+    def __init__(self, backend: "MockBackend", model: DeviceModel) -> None:
+        super().__init__(backend)
+        self.model = model
+
+    def _accessor(self, which: str, arg: int) -> int:
+        fn = getattr(self.model, which)
+        if fn is None:
+            raise Errno(E.EPERM)
+        a = self.read_attr(arg)
+        fn(a.group, a.attr, a.addr)
+        return 0
+
+    def ioctl_KVM_HAS_DEVICE_ATTR(self, arg: int) -> int:
+        return self._accessor("has", arg)
+
+    def ioctl_KVM_GET_DEVICE_ATTR(self, arg: int) -> int:
+        return self._accessor("get", arg)
+
+    def ioctl_KVM_SET_DEVICE_ATTR(self, arg: int) -> int:
+        return self._accessor("set", arg)
+
+    def release(self) -> None:
+        if self.model.released_on_close:
+            self.model.release()
+            self.model.vm.devices.remove(self.model)

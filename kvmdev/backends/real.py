@@ -1,0 +1,34 @@
+"""The real backend: /dev/kvm through the compiled module's ioctl wrappers."""
+from __future__ import annotations
+
+import errno
+import os
+from ..arch import Arch, get_arch, host_arch_name
+from ..errors import KvmUnavailable
+
+KVM_PATH = "/dev/kvm"
+
+
+class RealBackend:
+    name = "real"
+
+    def __init__(self, arch: str | None = None, path: str = KVM_PATH) -> None:
+        host = host_arch_name()
+        if arch is not None and arch != host:
+            raise ValueError(f"the real backend runs the host's architecture ({host}), not {arch}; "
+                             f"use backend='mock' for {arch}")
+        self.arch: Arch = get_arch(host)
+        self.path = path
+        # Bound C functions: the hot path is one Python-to-C call.
+        self.ioctl = self.arch.lib.kvmdev_ioctl
+        self.ioctl_val = self.arch.lib.kvmdev_ioctl_val
+
+    def open_system(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as e:
+            raise KvmUnavailable(e.errno or errno.EIO, "open", self.path,
+                                 target_key=None) from None
+
+    def close(self, fd: int) -> None:
+        os.close(fd)

@@ -1,0 +1,45 @@
+"""x86 system-fd and vCPU attributes (vcpu.rst 4.; api.rst KVM_GET_DEVICE_ATTR on /dev/kvm)."""
+from __future__ import annotations
+
+from ..attrs import RO, RW, Attr, Group, register
+from ..fd import Kvm, Vcpu
+
+X86 = ("x86_64",)
+
+register("system", [
+    Group("KVM_X86_GRP_SYSTEM", arches=X86, attrs=(
+        Attr("KVM_X86_XCOMP_GUEST_SUPP", "__u64", RO,
+             "XSAVE components (XCR0 bits) that KVM can expose to guests"),
+    )),
+    Group("KVM_X86_GRP_SEV", arches=X86, doc="AMD SEV (ENXIO on hosts without SEV)", attrs=(
+        Attr("KVM_X86_SEV_VMSA_FEATURES", "__u64", RO,
+             "the set of all bits that are accepted in the vmsa_features of KVM_SEV_INIT2"),
+    )),
+])
+
+register("vcpu", [
+    Group("KVM_VCPU_TSC_CTRL", arches=X86, doc="control group for the timestamp counter (TSC)", attrs=(
+        Attr("KVM_VCPU_TSC_OFFSET", "__u64", RW,
+             "the TSC offset of the vCPU: guest TSC = host TSC (scaled) + offset; "
+             "kvm_device_attr.addr points to a __u64"),
+    )),
+])
+
+
+def _xcomp(self: Kvm) -> int:
+    """KVM_GET_DEVICE_ATTR KVM_X86_GRP_SYSTEM/KVM_X86_XCOMP_GUEST_SUPP (x86 only)."""
+    return int(self.get_attr("KVM_X86_GRP_SYSTEM", "KVM_X86_XCOMP_GUEST_SUPP"))
+
+
+def _get_tsc(self: Vcpu) -> int:
+    return int(self.get_attr("KVM_VCPU_TSC_CTRL", "KVM_VCPU_TSC_OFFSET"))
+
+
+def _set_tsc(self: Vcpu, value: int) -> None:
+    self.set_attr("KVM_VCPU_TSC_CTRL", "KVM_VCPU_TSC_OFFSET", value)
+
+
+Kvm.xcomp_guest_supp = property(_xcomp, doc=_xcomp.__doc__)  # type: ignore[attr-defined]
+Vcpu.tsc_offset = property(  # type: ignore[attr-defined]
+    _get_tsc, _set_tsc,
+    doc="KVM_{GET,SET}_DEVICE_ATTR KVM_VCPU_TSC_CTRL/KVM_VCPU_TSC_OFFSET (x86): the vCPU's TSC offset.")

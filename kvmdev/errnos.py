@@ -1,0 +1,68 @@
+"""What each errno means, per ioctl, target and group: the one table of it.
+
+Keys are (ioctl, target, group, errno name); ``None`` matches anything.  The
+most specific match wins.  Targets are "system", "vm", "vcpu" or a device type
+name (DeviceType member name).  Text in quotes is the kernel documentation's;
+where the docs are silent the entry says what the kernel source does.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+_K = tuple[str | None, str | None, str | None, str]
+
+ERRNO_MEANINGS: dict[_K, str] = {
+    # Documentation/virt/kvm/api.rst, KVM_CREATE_DEVICE / KVM_*_DEVICE_ATTR
+    ("KVM_CREATE_DEVICE", None, None, "ENODEV"):
+        "the device type is unknown or unsupported by this kernel (api.rst: 'The device type is unknown or unsupported')",
+    ("KVM_CREATE_DEVICE", None, None, "EEXIST"):
+        "device already created, and this type of device may not be instantiated multiple times",
+    ("KVM_CREATE_DEVICE", "VFIO", None, "EBUSY"):
+        "only one VFIO instance may be created per VM (vfio.rst); the kernel answers EBUSY",
+    (None, None, None, "ENXIO"):
+        "the group or attribute is unknown/unsupported for this target, or hardware support is missing",
+    (None, None, None, "EPERM"):
+        "the attribute cannot (currently) be accessed this way (read-only attribute, or not in this device state)",
+    ("KVM_GET_DEVICE_ATTR", "VFIO", None, "EPERM"):
+        "the VFIO device has no readable attributes (the kernel answers EPERM for a get on a device type without get_attr)",
+    (None, None, None, "EFAULT"): "invalid user pointer for attr->addr",
+    (None, None, None, "ENOTTY"): "this kind of fd does not accept this ioctl on this kernel",
+    (None, None, None, "EBADF"): "the file descriptor is not open",
+    # system fd (x86: kvm_arch_dev_ioctl)
+    ("KVM_SET_DEVICE_ATTR", "system", None, "EINVAL"):
+        "system-fd attributes are read-only: the kernel has no KVM_SET_DEVICE_ATTR on /dev/kvm and answers EINVAL",
+    # VFIO (vfio.rst; virt/kvm/vfio.c)
+    ("KVM_SET_DEVICE_ATTR", "VFIO", "KVM_DEV_VFIO_FILE", "EBADF"):
+        "the int32 at attr.addr is not an open file descriptor",
+    ("KVM_SET_DEVICE_ATTR", "VFIO", "KVM_DEV_VFIO_FILE", "EINVAL"):
+        "the file descriptor is not a VFIO group or device file",
+    ("KVM_SET_DEVICE_ATTR", "VFIO", "KVM_DEV_VFIO_FILE", "ENOENT"):
+        "that VFIO file was never added to this device",
+    # vCPU / VM creation (api.rst)
+    ("KVM_CREATE_VCPU", None, None, "EEXIST"): "a vCPU with this id already exists in the VM",
+    ("KVM_CREATE_VCPU", None, None, "EINVAL"): "vCPU id out of range (>= KVM_CAP_MAX_VCPU_ID) or too many vCPUs",
+    ("KVM_CREATE_VM", None, None, "EINVAL"):
+        "unsupported machine type (on arm64: IPA size outside what the host supports)",
+    ("open", None, None, "ENOENT"):
+        "/dev/kvm does not exist: KVM is not available (module not loaded, or no hardware virtualization)",
+    ("open", None, None, "EACCES"):
+        "no permission to open /dev/kvm: run as root or add the user to the group that owns it (usually 'kvm')",
+    ("open", None, None, "ENXIO"): "/dev/kvm exists but KVM is disabled (no virtualization support in this machine)",
+}
+
+
+def meaning(errno: int, ioctl: str | None, target: str | None, group: str | None) -> str:
+    name = _errno.errorcode.get(errno, str(errno))
+    for key in ((ioctl, target, group, name), (ioctl, target, None, name), (ioctl, None, group, name),
+                (None, target, group, name), (ioctl, None, None, name), (None, target, None, name),
+                (None, None, None, name)):
+        text = ERRNO_MEANINGS.get(key)
+        if text is not None:
+            return text
+    return os.strerror(errno)
+
+
+def register(entries: dict[_K, str]) -> None:
+    """Device-family modules add their documented errors here."""
+    ERRNO_MEANINGS.update(entries)
