@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno as E
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Iterator
 
 from . import attrs as _attrs
@@ -31,7 +32,9 @@ class _Fd:
         self._arch: Arch = backend.arch
         self._fd = fd
         self._parent = parent
-        self._children: dict[int, _Fd] = {}
+        # Weak: an object nobody references closes its fd like a Python file does;
+        # close() still reaches every live child first.
+        self._children: weakref.WeakValueDictionary[int, _Fd] = weakref.WeakValueDictionary()
         self._lock = threading.RLock()
         if parent is not None:
             parent._children[id(self)] = self

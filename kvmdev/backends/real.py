@@ -12,13 +12,14 @@ KVM_PATH = "/dev/kvm"
 class RealBackend:
     name = "real"
 
-    def __init__(self, arch: str | None = None, path: str = KVM_PATH) -> None:
+    def __init__(self, arch: str | None = None, path: str | None = None) -> None:
         host = host_arch_name()
         if arch is not None and arch != host:
             raise ValueError(f"the real backend runs the host's architecture ({host}), not {arch}; "
                              f"use backend='mock' for {arch}")
         self.arch: Arch = get_arch(host)
-        self.path = path
+        # KVMDEV_DEVICE: another device node (a container's, or a missing one in tests)
+        self.path = path or os.environ.get("KVMDEV_DEVICE", KVM_PATH)
         # Bound C functions: the hot path is one Python-to-C call.
         self.ioctl = self.arch.lib.kvmdev_ioctl
         self.ioctl_val = self.arch.lib.kvmdev_ioctl_val

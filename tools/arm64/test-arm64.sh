@@ -1,0 +1,238 @@
+#!/bin/bash
+# test-arm64.sh - run kvmdev's arm64-marked tests against REAL arm64 KVM: Debian
+# bookworm arm64 kernels booted under qemu-system-aarch64 TCG with emulated EL2
+# (tools/arm64/run-guest.sh), with the cffi modules cross-built for aarch64
+# (tools/arm64/build-ext.sh).  On x86 the same tests run on the arm64 mock.
+#
+# usage: tools/arm64/test-arm64.sh [options] [pytest args...]
+#   Runs `python3 -m pytest -q -rs -p no:cacheprovider -m arm64 tests <pytest args>`
+#   with PYTHONPATH=/work KVMDEV_BACKEND=real in each guest, for every combination
+#   of kernel (6.12, 6.1) and GIC (--gic 3: VGIC v3 + ITS; --gic 2: VGIC v2), and
+#   prints one line per combination, e.g.
+#     arm64 6.12 gic3: 42 passed, 3 skipped in 12.3s  [kernel 6.12.117+deb12-arm64, wall 25.1s]
+#   Exit status 0 only if every combination ran and pytest passed (a run that
+#   collects no test, exit 5, fails).  Arguments that are not options below go to
+#   pytest (also everything after --); a path argument replaces the default `tests`.
+#
+# options:
+#   --kernel 6.12|6.1     only this kernel (repeatable)            env ARM64_KERNELS="6.12 6.1"
+#   --gic 3|2             only this GIC (repeatable)               env ARM64_GICS="3 2"
+#   --combo K/G           only this combination, e.g. 6.1/2 or 6.12-gic3 (repeatable)
+#                                                                  env ARM64_COMBOS="6.12/3 6.1/2"
+#   --jobs N              guests run at the same time (default 1)  env ARM64_JOBS
+#   --console             also stream the guest consoles to the terminal
+#   --logs DIR            keep logs in DIR (default: a new mktemp dir)  env ARM64_LOGS
+#   --timeout SEC         limit per guest (default 900)            env ARM64_TIMEOUT
+#   --smp N / --mem MB    emulated machine size (run-guest.sh defaults: 2 / 2048)
+#   -h|--help
+#
+# environment:
+#   ARM64_PYTEST_ARGS   extra pytest args (word-split), e.g. for
+#                         make test-arm64 ARM64_PYTEST_ARGS="-k vfio" ARM64_COMBOS=6.12/3
+#   ARM64_PIP           pure-Python requirements to add in the guest from PyPI wheels
+#                       (cached); default: "hypothesis" if tests/ imports it, else none.
+#                       Set to "none" to disable.
+#   ARM64KVM_CACHE      cache dir shared with run-guest.sh / build-ext.sh (~/.cache/arm64kvm)
+#   PYTHON              host python with cffi (default python3)
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+CACHE=${ARM64KVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/arm64kvm}
+PYTHON=${PYTHON:-python3}
+
+die() { echo "test-arm64.sh: $*" >&2; exit "${2:-3}"; }
+say() { echo "[test-arm64] $*" >&2; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+
+KERNELS=() GICS=() COMBOS=() PYARGS=() GUEST_OPTS=()
+JOBS=${ARM64_JOBS:-1} CONSOLE=0 LOGS=${ARM64_LOGS:-} TIMEOUT=${ARM64_TIMEOUT:-900}
+while [ $# -gt 0 ]; do
+  case $1 in
+    --kernel) KERNELS+=("${2:?}"); shift 2;;
+    --gic) GICS+=("${2:?}"); shift 2;;
+    --combo) COMBOS+=("${2:?}"); shift 2;;
+    --jobs) JOBS=${2:?}; shift 2;;
+    --console) CONSOLE=1; shift;;
+    --logs) LOGS=${2:?}; shift 2;;
+    --timeout) TIMEOUT=${2:?}; shift 2;;
+    --smp|--mem) GUEST_OPTS+=("$1" "${2:?}"); shift 2;;
+    -h|--help) usage; exit 0;;
+    --) shift; PYARGS+=("$@"); break;;
+    *) PYARGS+=("$1"); shift;;
+  esac
+done
+# shellcheck disable=SC2206
+[ -n "${ARM64_PYTEST_ARGS:-}" ] && PYARGS+=($ARM64_PYTEST_ARGS)
+# shellcheck disable=SC2206
+[ ${#KERNELS[@]} -eq 0 ] && KERNELS=(${ARM64_KERNELS:-6.12 6.1})
+# shellcheck disable=SC2206
+[ ${#GICS[@]} -eq 0 ] && GICS=(${ARM64_GICS:-3 2})
+# shellcheck disable=SC2206
+[ ${#COMBOS[@]} -eq 0 ] && [ -n "${ARM64_COMBOS:-}" ] && COMBOS=($ARM64_COMBOS)
+[[ $JOBS =~ ^[1-9][0-9]*$ ]] || die "--jobs must be a positive integer" 2
+
+# the list of "kernel gic" pairs to run
+RUNS=()
+if [ ${#COMBOS[@]} -gt 0 ]; then
+  for c in "${COMBOS[@]}"; do
+    [[ $c =~ ^(6\.12|6\.1)[/:,\ _-](gic)?([23])$ ]] || die "bad combination '$c' (want e.g. 6.12/3 or 6.1-gic2)" 2
+    RUNS+=("${BASH_REMATCH[1]} ${BASH_REMATCH[3]}")
+  done
+else
+  for k in "${KERNELS[@]}"; do
+    case $k in 6.12|6.1) ;; *) die "--kernel must be 6.12 or 6.1" 2;; esac
+    for g in "${GICS[@]}"; do
+      case $g in 2|3|gic2|gic3) ;; *) die "--gic must be 3 or 2" 2;; esac
+      RUNS+=("$k ${g#gic}")
+    done
+  done
+fi
+
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b-a}'; }
+T0=$(now)
+
+# ------------------------------------------------------------- logs, staging
+if [ -z "$LOGS" ]; then
+  LOGS=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-arm64.XXXXXX")
+else
+  mkdir -p "$LOGS"; LOGS=$(cd "$LOGS" && pwd)
+fi
+STAGE=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-arm64-stage.XXXXXX")
+trap 'rm -rf "$STAGE"' EXIT
+trap 'exit 130' INT TERM
+
+# 1. aarch64 / CPython 3.11 builds of the cffi modules
+EXT=$("$HERE/build-ext.sh" 2> >(tee "$LOGS/build-ext.log" >&2) | tail -1) || die "build-ext.sh failed (log: $LOGS/build-ext.log)"
+[ -d "$EXT" ] || die "build-ext.sh did not name its output dir"
+
+# 2. the staged project tree the guests get as /work
+for p in kvmdev tests examples cdefs pyproject.toml conftest.py; do
+  [ -e "$ROOT/$p" ] || continue
+  tar -C "$ROOT" --exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis -cf - "$p" | tar -C "$STAGE" -xf -
+done
+[ -d "$STAGE/kvmdev" ] || die "no kvmdev/ in $ROOT"
+find "$STAGE/kvmdev" -name '*.so' -delete          # the host's x86_64 builds
+cp "$EXT"/_kvm_*.cpython-311-aarch64-linux-gnu.so "$STAGE/kvmdev/"
+while IFS= read -r -d '' so; do                     # nothing but AArch64 objects may go in
+  aarch64-linux-gnu-readelf -h "$so" 2>/dev/null | grep -qE 'Machine:[[:space:]]+AArch64' \
+    || die "staged ${so#"$STAGE"/} is not an AArch64 object"
+done < <(find "$STAGE" -name '*.so' -print0)
+
+# 3. optional pure-Python wheels (e.g. hypothesis) put on the guest's PYTHONPATH
+GUEST_PATH=/work
+PIP_REQS=${ARM64_PIP:-}
+if [ -z "$PIP_REQS" ] && [ -d "$ROOT/tests" ] \
+   && grep -rqsE '^[[:space:]]*(import|from)[[:space:]]+hypothesis' --include='*.py' "$ROOT/tests" "$ROOT/conftest.py"; then
+  PIP_REQS=hypothesis
+fi
+if [ -n "$PIP_REQS" ] && [ "$PIP_REQS" != none ]; then
+  key=$(echo "$PIP_REQS" | sha256sum | cut -c1-12)
+  WHL=$CACHE/wheels/$key
+  if [ ! -f "$WHL/.complete" ]; then
+    say "downloading wheels for the guest: $PIP_REQS"
+    rm -rf "$WHL.tmp"; mkdir -p "$WHL.tmp/dl" "$WHL.tmp/site"
+    # shellcheck disable=SC2086
+    "$PYTHON" -m pip download -q --disable-pip-version-check --only-binary=:all: \
+      --platform manylinux2014_aarch64 --python-version 3.11 --implementation cp --abi cp311 \
+      -d "$WHL.tmp/dl" $PIP_REQS >&2 || die "pip download $PIP_REQS failed"
+    for w in "$WHL.tmp"/dl/*.whl; do "$PYTHON" -m zipfile -e "$w" "$WHL.tmp/site"; done
+    rm -rf "$WHL.tmp/dl" "$WHL"; touch "$WHL.tmp/site/.complete"; mv "$WHL.tmp/site" "$WHL"; rm -rf "$WHL.tmp"
+  fi
+  mkdir -p "$STAGE/_pydeps"; cp -a "$WHL"/. "$STAGE/_pydeps/"
+  GUEST_PATH=/work:/work/_pydeps
+fi
+
+# pytest: `tests` unless a path was given
+HAS_PATH=0
+for a in ${PYARGS[@]+"${PYARGS[@]}"}; do
+  [[ $a != -* ]] && [ -e "$ROOT/${a%%::*}" ] && HAS_PATH=1
+done
+PYTEST=(python3 -m pytest -q -rs -p no:cacheprovider -m arm64)
+[ "$HAS_PATH" = 0 ] && PYTEST+=(tests)
+PYTEST+=(${PYARGS[@]+"${PYARGS[@]}"})
+say "stage $STAGE ($(du -sh "$STAGE" | cut -f1)), modules from $EXT"
+say "guest command: ${PYTEST[*]}"
+say "logs: $LOGS"
+
+# ------------------------------------------------------------------ the runs
+name_of() { set -- $1; echo "$1-gic$2"; }
+run_one() {  # "<kernel> <gic>"
+  local k g n t0 rc=0
+  read -r k g <<<"$1"
+  n=$(name_of "$1")
+  t0=$(now)
+  local cmd=("$HERE/run-guest.sh" --kernel "$k" --gic "$g" --timeout "$TIMEOUT" ${GUEST_OPTS[@]+"${GUEST_OPTS[@]}"}
+    --env "PYTHONPATH=$GUEST_PATH" --env KVMDEV_BACKEND=real --env PYTHONDONTWRITEBYTECODE=1
+    "$STAGE" -- "${PYTEST[@]}")
+  if [ "$CONSOLE" = 1 ]; then
+    "${cmd[@]}" 2>&1 | sed -u "s/^/[$n] /" | tee "$LOGS/$n.log" || true
+    rc=${PIPESTATUS[0]}
+    sed -i "s/^\[$n\] //" "$LOGS/$n.log"
+  else
+    "${cmd[@]}" >"$LOGS/$n.log" 2>&1 || rc=$?
+  fi
+  echo "$rc $(secs "$t0" "$(now)")" > "$LOGS/$n.rc"
+  say "$n finished: exit $rc, $(secs "$t0" "$(now)")s"
+}
+
+report_one() {  # prints the line of one run; returns 1 if it failed
+  local k g n rc wall summary krel kvm status=0
+  read -r k g <<<"$1"
+  n=$(name_of "$1")
+  read -r rc wall < "$LOGS/$n.rc"
+  summary=$(grep -aE '^=*[[:space:]]*(no tests ran|[0-9]+ (passed|failed|skipped|deselected|xfailed|xpassed|errors?|warnings?))[^@]* in [0-9.]+s' \
+            "$LOGS/$n.log" | tail -1 | sed -E 's/^=+ //; s/ =+$//' || true)
+  krel=$(sed -n 's/^@@INIT uptime=[^ ]* \([^ ]*\) .*@@$/\1/p' "$LOGS/$n.log" | head -1)
+  kvm=$(grep -aq '^@@KVM /dev/kvm present@@' "$LOGS/$n.log" && echo "" || echo ", NO /dev/kvm")
+  local tail="[kernel ${krel:-?}$kvm, wall ${wall}s]"
+  if [ -z "$summary" ]; then
+    echo "arm64 $k gic$g: FAILED: no pytest summary line (exit $rc) $tail"; status=1
+  elif [ "$rc" = 5 ]; then
+    echo "arm64 $k gic$g: FAILED: no tests collected: $summary $tail"; status=1
+  elif [ "$rc" != 0 ]; then
+    echo "arm64 $k gic$g: FAILED (exit $rc): $summary $tail"; status=1
+  else
+    echo "arm64 $k gic$g: $summary $tail"
+  fi
+  return $status
+}
+
+pids=()
+trap '[ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null; exit 130' INT TERM
+for r in "${RUNS[@]}"; do
+  say "starting $(name_of "$r")"
+  if [ "$JOBS" -gt 1 ]; then
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+    run_one "$r" &
+    pids+=($!)
+  else
+    run_one "$r"
+  fi
+done
+[ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
+
+# ------------------------------------------------------------------ summary
+FAIL=0
+for r in "${RUNS[@]}"; do
+  n=$(name_of "$r")
+  if ! line=$(report_one "$r"); then
+    FAIL=1
+    echo "$line"
+    echo "     log: $LOGS/$n.log"
+  else
+    echo "$line"
+  fi
+done
+echo "arm64: ${#RUNS[@]} run(s) in $(secs "$T0" "$(now)")s, logs in $LOGS"
+if [ "$FAIL" = 1 ]; then
+  # the end of each failed run, for CI logs
+  for r in "${RUNS[@]}"; do
+    n=$(name_of "$r")
+    report_one "$r" >/dev/null && continue
+    echo "==== tail of $LOGS/$n.log"
+    grep -av '^@@' "$LOGS/$n.log" | tail -n 40
+  done
+  exit 1
+fi
