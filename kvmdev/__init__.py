@@ -16,7 +16,7 @@ from .arch import ARCH_NAMES, DeviceType, get_arch, host_arch_name
 from .errors import ClosedError, KvmError, KvmUnavailable
 from .fd import Device, Kvm, Vcpu, Vm
 
-__all__ = ["open", "Kvm", "Vm", "Vcpu", "Device", "DeviceType", "KvmError", "KvmUnavailable",
+__all__ = ["open", "BACKENDS", "Kvm", "Vm", "Vcpu", "Device", "DeviceType", "KvmError", "KvmUnavailable",
            "ClosedError", "ARCH_NAMES", "get_arch"]
 __version__ = "0.1.0"
 

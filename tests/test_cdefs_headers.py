@@ -19,7 +19,6 @@ import importlib.util
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -71,8 +70,10 @@ class Target:
     triple: str  # Debian multiarch triple of the -cross headers
     cross_package: str
     # The cross headers are compiled with host gcc, which lacks the target's
-    # predefines; pass the ones the uapi headers test so they take their
-    # 64-bit paths (asm/bitsperlong.h, asm/posix_types.h, powerpc asm/types.h).
+    # predefines; pass the ones the uapi headers test so they take the 64-bit
+    # target's paths (asm/bitsperlong.h, asm/posix_types.h, powerpc asm/types.h).
+    # arm64's headers test none.  Layouts come from host gcc's LP64 ABI, which
+    # aligns the fixed-width types as all four targets do (see cdefs/build.py).
     defines: tuple[str, ...]
 
 
@@ -205,7 +206,7 @@ class ArchProbe:
 
 
 @pytest.fixture(scope="module", params=ARCHES)
-def probe(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArchProbe]:
+def probe(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ArchProbe:
     """Compile every probe of one architecture in a single gcc run (module-scoped,
     so the three checks share it; hence tmp_path_factory, not tmp_path)."""
     name: str = request.param
@@ -230,8 +231,8 @@ def probe(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                     f"(a struct or field the header lacks?):\n{proc.stderr}")
     kernel = _parse_asm(proc.stdout)
     unparsed = [label for label in required if label not in kernel]
-    assert not unparsed, f"{name}: no value found in gcc's assembly for {unparsed[:5]} ..."
-    yield ArchProbe(arch, header, defines, structs, kernel)
+    assert not unparsed, f"{name}: no value found in gcc's assembly for {len(unparsed)} labels, e.g. {unparsed[:5]}"
+    return ArchProbe(arch, header, defines, structs, kernel)
 
 
 def _fmt(v: int) -> str:
