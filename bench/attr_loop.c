@@ -6,9 +6,10 @@
  * TARGET is "system" (the /dev/kvm fd) or "vcpu" (vCPU 0 of a new VM).
  * REQUEST, GROUP and ATTR are the ioctl number and kvm_device_attr fields;
  * bench_attr.py passes kvmdev's own values (kvmdev.get_arch().request/const),
- * so the C loop issues exactly the ioctl kvmdev issues.  Where the system
- * <linux/kvm.h> defines the same names, they are checked against it and a
- * mismatch is reported on stderr (not fatal: older headers lack some names).
+ * so the C loop issues exactly the ioctl kvmdev issues.  REQUEST is checked
+ * against KVM_GET_DEVICE_ATTR of the system <linux/kvm.h> and a mismatch is
+ * reported on stderr (not fatal).  GROUP/ATTR are not taken from the header:
+ * older headers lack KVM_X86_GRP_SYSTEM.
  * KVM_CREATE_VM and KVM_CREATE_VCPU (set-up only, not timed) come from
  * <linux/kvm.h>.  DEVICE defaults to /dev/kvm.
  *

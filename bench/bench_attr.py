@@ -223,7 +223,7 @@ class Method:
         if self.c_run is not None:
             n = 1000
             while True:
-                per = min(self.c_run(n, 1))
+                per = min(self.c_run(n, 3))
                 if per * n >= sample_ns / 8 or n >= 1 << 26:
                     break
                 n *= 8
@@ -232,7 +232,7 @@ class Method:
             _timed(self.loop, 50)  # warm-up
             n = 50
             while True:
-                per = _timed(self.loop, n)
+                per = min(_timed(self.loop, n) for _ in range(3))
                 if per * n >= sample_ns / 8 or n >= 1 << 24:
                     break
                 n *= 8
@@ -269,7 +269,7 @@ def fmt_ns(x: float | None) -> str:
     return f"{x:,.1f}"
 
 
-def report(title: str, results: dict[str, dict[str, Any]], target: float | None, has_c: bool) -> dict[str, Any]:
+def report(title: str, results: dict[str, dict[str, Any]], target: float | None) -> dict[str, Any]:
     c = results.get("c")
     print()
     print(title)
@@ -382,7 +382,7 @@ def run_real(kvm: Any, args: argparse.Namespace, rng: random.Random, data: dict[
             results = {m.key: m.summary() for m in methods}
             extra = report(f"{spec['title']}\n  value {expect:#x}; {args.rounds} rounds x {args.repeats} "
                            f"samples per method, {time.perf_counter() - t0:.1f} s",
-                           results, spec["target"], "c" in results)
+                           results, spec["target"])
             data["targets"][tname] = {"title": spec["title"], "group": spec["group"], "attr": spec["attr"],
                                       "group_value": group, "attr_value": attr, "value": expect,
                                       "methods": results, **extra}
@@ -411,7 +411,7 @@ def run_mock(args: argparse.Namespace, rng: random.Random, data: dict[str, Any])
         results = {m.key: m.summary() for m in methods}
         title = spec["title"].split(" -- ")[0]
         extra = report(f"MOCK BACKEND (in-process emulator, no kernel, no C baseline): {title}",
-                       results, None, False)
+                       results, None)
         data["targets"][tname] = {"title": spec["title"], "backend": "mock", "methods": results, **extra}
         if args.profile:
             profile(obj, spec["typed"])
@@ -444,9 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
-    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    ap.add_argument("--rounds", type=int, default=9, help="interleaved rounds (default 9)")
     ap.add_argument("--repeats", type=int, default=3, help="samples per method per round (default 3)")
-    ap.add_argument("--sample-ms", type=float, default=15.0, help="target duration of one sample (default 15 ms)")
+    ap.add_argument("--sample-ms", type=float, default=20.0, help="target duration of one sample (default 20 ms)")
     ap.add_argument("--cpu", type=int, help="pin this process (and the C loop) to one CPU")
     ap.add_argument("--only", action="append", choices=list(TARGETS), help="measure only this target (repeatable)")
     ap.add_argument("--mock", action="store_true", help="measure the mock backend only")

@@ -153,6 +153,14 @@ struct kvm_enable_cap {
 	__u8  pad[64];
 };
 
+/* KVM_{GET,SET}_ONE_REG register ids */
+#define KVM_REG_ARCH_MASK 0xff00000000000000
+#define KVM_REG_ARM64 0x6000000000000000
+#define KVM_REG_SIZE_SHIFT 52
+#define KVM_REG_SIZE_MASK 0x00f0000000000000
+#define KVM_REG_SIZE_U32 0x0020000000000000
+#define KVM_REG_SIZE_U64 0x0030000000000000
+
 struct kvm_one_reg {
 	__u64 id;
 	__u64 addr;

@@ -21,6 +21,22 @@ struct kvm_vcpu_init {
 	__u32 features[7];
 };
 
+/* KVM_{GET,SET}_ONE_REG ids: core registers by struct kvm_regs offset / 4,
+ * system registers by their Op0/Op1/CRn/CRm/Op2 encoding */
+#define KVM_REG_ARM_COPROC_SHIFT 16
+#define KVM_REG_ARM_CORE 0x100000
+#define KVM_REG_ARM64_SYSREG 0x130000
+#define KVM_REG_ARM64_SYSREG_OP0_MASK 0xc000
+#define KVM_REG_ARM64_SYSREG_OP0_SHIFT 14
+#define KVM_REG_ARM64_SYSREG_OP1_MASK 0x3800
+#define KVM_REG_ARM64_SYSREG_OP1_SHIFT 11
+#define KVM_REG_ARM64_SYSREG_CRN_MASK 0x780
+#define KVM_REG_ARM64_SYSREG_CRN_SHIFT 7
+#define KVM_REG_ARM64_SYSREG_CRM_MASK 0x78
+#define KVM_REG_ARM64_SYSREG_CRM_SHIFT 3
+#define KVM_REG_ARM64_SYSREG_OP2_MASK 0x7
+#define KVM_REG_ARM64_SYSREG_OP2_SHIFT 0
+
 /* KVM_CREATE_VM machine type: low byte is the IPA size (0 = 40 bits) */
 #define KVM_VM_TYPE_ARM_IPA_SIZE_MASK 0xff
 
