@@ -12,6 +12,16 @@ long kvmdev_ioctl_val(int fd, unsigned long request, unsigned long arg)
 	return r < 0 ? -errno : r;
 }
 
+/* KVM_{HAS,GET,SET}_DEVICE_ATTR with struct kvm_device_attr built on the C
+ * stack: the per-call Python work is one call and no struct allocation. */
+long kvmdev_attr(int fd, unsigned long request, __u32 group, __u64 attr, void *addr)
+{
+	struct kvm_device_attr a = { .flags = 0, .group = group, .attr = attr,
+				     .addr = (__u64)(uintptr_t)addr };
+	long r = ioctl(fd, request, &a);
+	return r < 0 ? -errno : r;
+}
+
 /* One ioctl per attribute, for save/restore walks; errs[i] is 0 or -errno.
  * Returns the number of failed entries. */
 int kvmdev_attr_batch(int fd, unsigned long request, struct kvm_device_attr *attrs,

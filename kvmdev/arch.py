@@ -92,6 +92,12 @@ class Arch:
     def ioctl_names(self) -> dict[int, str]:
         return {io.number: name for name, io in self.ioctls.items()}
 
+    @cached_property
+    def attr_requests(self) -> tuple[int, int, int]:
+        """KVM_HAS_DEVICE_ATTR, KVM_GET_DEVICE_ATTR, KVM_SET_DEVICE_ATTR."""
+        return (self.request("KVM_HAS_DEVICE_ATTR"), self.request("KVM_GET_DEVICE_ATTR"),
+                self.request("KVM_SET_DEVICE_ATTR"))
+
     def request(self, name: str) -> int:
         return self.ioctls[name].number
 

@@ -8,6 +8,7 @@ the width the kernel copies and live for the whole call.
 from __future__ import annotations
 
 import errno as E
+import mmap
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Iterator
@@ -110,6 +111,16 @@ class _Fd:
 class _AttrTarget(_Fd):
     """KVM_{HAS,GET,SET}_DEVICE_ATTR on this fd, driven by its attribute table."""
 
+    _IOCTLS = ("KVM_HAS_DEVICE_ATTR", "KVM_GET_DEVICE_ATTR", "KVM_SET_DEVICE_ATTR")
+
+    def __init__(self, backend: "Backend", fd: int, parent: "_Fd | None") -> None:
+        super().__init__(backend, fd, parent)
+        self._has_req, self._get_req, self._set_req = backend.arch.attr_requests
+        self._attr_fn = backend.attr
+        self._null = backend.arch.ffi.NULL
+        # (group, attr) as the caller names them -> resolved values and buffer type
+        self._specs: dict[tuple[int | str, int | str], _Spec] = {}
+
     @property
     def attr_table(self) -> _attrs.AttrTable:
         return _attrs.table(self._arch, self._target_key())
@@ -120,83 +131,81 @@ class _AttrTarget(_Fd):
         a = t.attr_value(g, attr)
         return g, a, t.spec(g, a)
 
+    def _spec(self, group: int | str, attr: int | str, ctype: str | None) -> "_Spec":
+        spec = self._specs.get((group, attr)) if ctype is None else None
+        if spec is None:
+            g, a, aspec = self._resolve(group, attr)
+            if ctype is None and aspec is None:
+                gn, an = self._names(g, a)
+                raise ValueError(f"kvmdev has no table entry for {self._target_label()} group {gn} attr {an}: "
+                                 f"pass ctype= (e.g. '__u64', '__u8[16]') to say what the kernel copies")
+            spec = _Spec(self._arch.ffi, g, a, ctype if ctype is not None else aspec.ctype)  # type: ignore[union-attr]
+            if ctype is None:
+                self._specs[(group, attr)] = spec
+        return spec
+
     def _names(self, g: int, a: int) -> tuple[str, str]:
         t = self.attr_table
         return t.group_name(g), t.attr_name(g, a)
 
-    def _attr_call(self, ioctl: str, g: int, a: int, addr: int) -> int:
-        ffi = self._arch.ffi
-        st = ffi.new("struct kvm_device_attr *")
-        st.group = g
-        st.attr = a
-        st.addr = addr
-        r = self._backend.ioctl(self.fileno(), self._arch.request(ioctl), st)
-        if r < 0:
-            gn, an = self._names(g, a)
-            raise KvmError(-r, ioctl, self._target_label(), group=gn, attr=an, target_key=self._target_key())
-        return int(r)
+    def _attr_error(self, err: int, which: int, g: int, a: int) -> KvmError:
+        gn, an = self._names(g, a)
+        return KvmError(err, self._IOCTLS[which], self._target_label(), group=gn, attr=an,
+                        target_key=self._target_key())
 
     def has_attr(self, group: int | str, attr: int | str) -> bool:
         """KVM_HAS_DEVICE_ATTR: True if the kernel implements (group, attr) here.
 
         ENXIO answers False; any other error is raised."""
         g, a, _ = self._resolve(group, attr)
-        try:
-            self._attr_call("KVM_HAS_DEVICE_ATTR", g, a, 0)
-        except KvmError as e:
-            if e.errno == E.ENXIO:
-                return False
-            raise
-        return True
-
-    def _ctype_for(self, g: int, a: int, spec: _attrs.Attr | None, ctype: str | None) -> str | None:
-        if ctype is not None:
-            return ctype
-        if spec is not None:
-            return spec.ctype
-        gn, an = self._names(g, a)
-        raise ValueError(f"kvmdev has no table entry for {self._target_label()} group {gn} attr {an}: "
-                         f"pass ctype= (e.g. '__u64', '__u8[16]') to say what the kernel copies")
+        r = self._attr_fn(self.fileno(), self._has_req, g, a, self._null)
+        if r == 0:
+            return True
+        if r == -E.ENXIO:
+            return False
+        raise self._attr_error(-r, 0, g, a)
 
     def get_attr(self, group: int | str, attr: int | str, *, ctype: str | None = None) -> Any:
         """KVM_GET_DEVICE_ATTR: returns an int for integer attributes, bytes for
-        byte arrays, a cffi struct copy for structs, None for no payload."""
-        g, a, spec = self._resolve(group, attr)
-        ct = self._ctype_for(g, a, spec, ctype)
-        ffi = self._arch.ffi
-        if ct is None:
-            self._attr_call("KVM_GET_DEVICE_ATTR", g, a, 0)
-            return None
-        buf = ffi.new(ct if ct.endswith("]") else ct + " *")
-        self._attr_call("KVM_GET_DEVICE_ATTR", g, a, int(ffi.cast("uintptr_t", buf)))
-        if ct in _INT_CTYPES:
-            return int(buf[0])
-        if ct.endswith("]"):
-            return bytes(ffi.buffer(buf))
-        return buf[0]
+        byte arrays, a cffi struct for structs, None for no payload.  ``ctype``
+        names what the kernel copies for attributes kvmdev has no table entry for."""
+        spec = self._spec(group, attr, ctype)
+        fd = self._fd
+        if fd < 0:
+            self.fileno()
+        buf = spec.new() if spec.ctype is not None else self._null
+        r = self._attr_fn(fd, self._get_req, spec.group, spec.attr, buf)
+        if r < 0:
+            raise self._attr_error(-r, 1, spec.group, spec.attr)
+        return spec.decode(buf) if spec.ctype is not None else None
 
     def set_attr(self, group: int | str, attr: int | str, value: Any = None, *, ctype: str | None = None) -> None:
         """KVM_SET_DEVICE_ATTR: ``value`` is an int, bytes (exactly the attribute's
         width), a dict of struct fields, or None for attributes without payload."""
-        g, a, spec = self._resolve(group, attr)
-        ct = self._ctype_for(g, a, spec, ctype)
-        ffi = self._arch.ffi
-        if ct is None:
+        spec = self._spec(group, attr, ctype)
+        if spec.ctype is None:
             if value is not None:
-                gn, an = self._names(g, a)
+                gn, an = self._names(spec.group, spec.attr)
                 raise ValueError(f"{gn}/{an} takes no value (the kernel ignores attr.addr)")
-            self._attr_call("KVM_SET_DEVICE_ATTR", g, a, 0)
-            return
-        buf = _pack(ffi, ct, value, self._names(g, a))
-        self._attr_call("KVM_SET_DEVICE_ATTR", g, a, int(ffi.cast("uintptr_t", buf)))
+            buf = self._null
+        else:
+            buf = _pack(self._arch.ffi, spec.ctype, value, self._names(spec.group, spec.attr))
+        r = self._attr_fn(self.fileno(), self._set_req, spec.group, spec.attr, buf)
+        if r < 0:
+            raise self._attr_error(-r, 2, spec.group, spec.attr)
 
     def attr_ioctl(self, ioctl: str, group: int | str, attr: int | str, addr: int = 0) -> int:
         """The raw ioctl with a caller-chosen ``attr.addr`` (for exploring and for
         regression tests of the kernel's own pointer checks)."""
-        if ioctl not in ("KVM_HAS_DEVICE_ATTR", "KVM_GET_DEVICE_ATTR", "KVM_SET_DEVICE_ATTR"):
+        if ioctl not in self._IOCTLS:
             raise ValueError(f"{ioctl} is not a device-attribute ioctl")
+        which = self._IOCTLS.index(ioctl)
         g, a, _ = self._resolve(group, attr)
-        return self._attr_call(ioctl, g, a, addr)
+        req = (self._has_req, self._get_req, self._set_req)[which]
+        r = self._attr_fn(self.fileno(), req, g, a, self._arch.ffi.cast("void *", addr))
+        if r < 0:
+            raise self._attr_error(-r, which, g, a)
+        return int(r)
 
     def attributes(self) -> Iterator[tuple[str, str]]:
         """(group, attr) names from this target's table that HAS_DEVICE_ATTR answers yes to."""
@@ -205,6 +214,62 @@ class _AttrTarget(_Fd):
             for an, a in names.items():
                 if t.attrs[g][a].name == an and self.has_attr(g, a):
                     yield t.group_name(g), an
+
+
+class _Spec:
+    """A resolved (group, attr): its values and how to allocate and read its buffer."""
+
+    __slots__ = ("group", "attr", "ctype", "new", "decode")
+
+    def __init__(self, ffi: Any, group: int, attr: int, ctype: str | None) -> None:
+        self.group = group
+        self.attr = attr
+        self.ctype = ctype
+        if ctype is None:
+            return
+        t = ffi.typeof(ctype if ctype.endswith("]") else ctype + " *")
+        self.new = lambda: ffi.new(t)
+        if ctype in _INT_CTYPES:
+            self.decode = _first
+        elif ctype.endswith("]"):
+            self.decode = lambda b: bytes(ffi.buffer(b))
+        else:
+            self.decode = _first
+
+
+def _first(b: Any) -> Any:
+    return b[0]
+
+
+class attr_property:
+    """A typed attribute as a Python property: KVM_GET_DEVICE_ATTR on read,
+    KVM_SET_DEVICE_ATTR on assignment (read-only/write-only per ``access``).
+    The fast path is one dict lookup, one buffer and one C call."""
+
+    def __init__(self, group: str, attr: str, access: str = "rw", doc: str = "") -> None:
+        self.key = (group, attr)
+        self.access = access
+        self.__doc__ = f"KVM_{{GET,SET}}_DEVICE_ATTR {group}/{attr}" + (f": {doc}" if doc else "")
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: "_AttrTarget | None", owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        if "r" not in self.access:
+            raise AttributeError(f"{self.key[1]} is write-only")
+        spec = obj._specs.get(self.key) or obj._spec(*self.key, None)
+        buf = spec.new()
+        r = obj._attr_fn(obj._fd if obj._fd >= 0 else obj.fileno(), obj._get_req, spec.group, spec.attr, buf)
+        if r < 0:
+            raise obj._attr_error(-r, 1, spec.group, spec.attr)
+        return spec.decode(buf)
+
+    def __set__(self, obj: "_AttrTarget", value: Any) -> None:
+        if "w" not in self.access:
+            raise AttributeError(f"{self.key[1]} is read-only")
+        obj.set_attr(*self.key, value)
 
 
 def _pack(ffi: Any, ct: str, value: Any, names: tuple[str, str]) -> Any:
@@ -261,10 +326,20 @@ class Kvm(_AttrTarget):
         """KVM_GET_VCPU_MMAP_SIZE: bytes to mmap from a vCPU fd for struct kvm_run."""
         return self._ioctl_val("KVM_GET_VCPU_MMAP_SIZE", 0)
 
-    def create_vm(self, machine_type: int = 0) -> "Vm":
-        """KVM_CREATE_VM with the given machine type."""
+    def create_vm(self, machine_type: int = 0, *, ipa_bits: int | None = None) -> "Vm":
+        """KVM_CREATE_VM.  ``ipa_bits`` (arm64, KVM_CAP_ARM_VM_IPA_SIZE) sets the
+        guest physical address size in the machine type's low byte."""
+        if ipa_bits is not None:
+            if self.arch != "arm64":
+                raise ValueError("ipa_bits is an arm64 machine type (KVM_VM_TYPE_ARM_IPA_SIZE)")
+            mask = self._arch.const("KVM_VM_TYPE_ARM_IPA_SIZE_MASK")
+            if not 0 < ipa_bits <= mask:
+                raise ValueError(f"ipa_bits must be 1..{mask}, not {ipa_bits}")
+            machine_type = (machine_type & ~mask) | ipa_bits
         fd = self._ioctl_val("KVM_CREATE_VM", machine_type)
-        return Vm(self._backend, fd, self)
+        vm = Vm(self._backend, fd, self)
+        vm.machine_type = machine_type
+        return vm
 
 
 def _cap(arch: Arch, cap: int | str) -> int:
@@ -273,10 +348,102 @@ def _cap(arch: Arch, cap: int | str) -> int:
     return cap
 
 
+class GuestMemory:
+    """Guest RAM: an anonymous mmap registered with KVM_SET_USER_MEMORY_REGION.
+    Read and write it by guest physical address."""
+
+    def __init__(self, vm: "Vm", slot: int, guest_phys_addr: int, size: int, readonly: bool) -> None:
+        self.slot = slot
+        self.guest_phys_addr = guest_phys_addr
+        self.size = size
+        self.readonly = readonly
+        self.buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._ffi = vm._arch.ffi
+        self._ptr = self._ffi.from_buffer(self.buf)
+        self.userspace_addr = int(self._ffi.cast("uintptr_t", self._ptr))
+
+    def __repr__(self) -> str:
+        return f"<GuestMemory slot {self.slot} {self.guest_phys_addr:#x}+{self.size:#x}>"
+
+    def _off(self, gpa: int, n: int) -> int:
+        off = gpa - self.guest_phys_addr
+        if off < 0 or off + n > self.size:
+            raise ValueError(f"{gpa:#x}+{n:#x} is outside {self!r}")
+        return off
+
+    def read(self, gpa: int, n: int) -> bytes:
+        off = self._off(gpa, n)
+        return self.buf[off:off + n]
+
+    def write(self, gpa: int, data: bytes) -> None:
+        off = self._off(gpa, len(data))
+        self.buf[off:off + len(data)] = data
+
+    def close(self) -> None:
+        if not self.buf.closed:
+            self._ffi.release(self._ptr)
+            self.buf.close()
+
+
 class Vm(_AttrTarget):
     """A VM fd."""
 
     _kind = "vm"
+    machine_type = 0
+
+    def __init__(self, backend: "Backend", fd: int, parent: "_Fd") -> None:
+        super().__init__(backend, fd, parent)
+        self.memory: dict[int, GuestMemory] = {}
+
+    def close(self) -> None:
+        with self._lock:
+            super().close()
+            for m in self.memory.values():
+                m.close()
+            self.memory.clear()
+
+    def set_user_memory_region(self, slot: int, guest_phys_addr: int, memory_size: int,
+                               userspace_addr: int, flags: int = 0) -> None:
+        """KVM_SET_USER_MEMORY_REGION (raw; see add_memory)."""
+        r = self._arch.ffi.new("struct kvm_userspace_memory_region *", {
+            "slot": slot, "flags": flags, "guest_phys_addr": guest_phys_addr,
+            "memory_size": memory_size, "userspace_addr": userspace_addr})
+        self._ioctl("KVM_SET_USER_MEMORY_REGION", r)
+
+    def add_memory(self, guest_phys_addr: int, size: int, *, slot: int | None = None,
+                   readonly: bool = False) -> GuestMemory:
+        """Map ``size`` bytes of fresh anonymous memory at ``guest_phys_addr``."""
+        if slot is None:
+            slot = max(self.memory, default=-1) + 1
+        mem = GuestMemory(self, slot, guest_phys_addr, size, readonly)
+        try:
+            self.set_user_memory_region(slot, guest_phys_addr, size, mem.userspace_addr,
+                                        self._arch.const("KVM_MEM_READONLY") if readonly else 0)
+        except BaseException:
+            mem.close()
+            raise
+        self.memory[slot] = mem
+        return mem
+
+    def guest_memory(self, gpa: int, n: int = 1) -> GuestMemory:
+        for m in self.memory.values():
+            if m.guest_phys_addr <= gpa and gpa + n <= m.guest_phys_addr + m.size:
+                return m
+        raise ValueError(f"no memory slot holds {gpa:#x}+{n:#x}")
+
+    def irq_line(self, irq: int, level: int) -> None:
+        """KVM_IRQ_LINE (on arm64 ``irq`` is encoded: see kvmdev.arm64.irq)."""
+        r = self._arch.ffi.new("struct kvm_irq_level *", {"irq": irq, "level": level})
+        self._ioctl("KVM_IRQ_LINE", r)
+
+    def signal_msi(self, address: int, data: int, devid: int | None = None) -> int:
+        """KVM_SIGNAL_MSI: >0 delivered, 0 blocked by the guest.  ``devid``
+        (the requester ID) is required by the arm64 ITS."""
+        m = self._arch.ffi.new("struct kvm_msi *", {
+            "address_lo": address & 0xFFFFFFFF, "address_hi": address >> 32, "data": data,
+            "flags": 0 if devid is None else self._arch.const("KVM_MSI_VALID_DEVID"),
+            "devid": devid or 0})
+        return self._ioctl("KVM_SIGNAL_MSI", m)
 
     def _target_label(self) -> str:
         return "VM"
@@ -351,6 +518,8 @@ class Vcpu(_AttrTarget):
     def __init__(self, backend: "Backend", fd: int, parent: Vm, vcpu_id: int) -> None:
         super().__init__(backend, fd, parent)
         self.id = vcpu_id
+        self._run: Any = None
+        self._run_map: Any = None
 
     def _target_label(self) -> str:
         return f"vCPU {self.id}"
@@ -363,6 +532,70 @@ class Vcpu(_AttrTarget):
     def vm(self) -> Vm:
         assert isinstance(self._parent, Vm)
         return self._parent
+
+    def get_one_reg(self, reg_id: int) -> int:
+        """KVM_GET_ONE_REG of a 32- or 64-bit register."""
+        ffi = self._arch.ffi
+        buf = ffi.new(_one_reg_ctype(self._arch, reg_id) + " *")
+        r = ffi.new("struct kvm_one_reg *", {"id": reg_id, "addr": int(ffi.cast("uintptr_t", buf))})
+        self._ioctl("KVM_GET_ONE_REG", r)
+        return int(buf[0])
+
+    def set_one_reg(self, reg_id: int, value: int) -> None:
+        """KVM_SET_ONE_REG of a 32- or 64-bit register."""
+        ffi = self._arch.ffi
+        buf = ffi.new(_one_reg_ctype(self._arch, reg_id) + " *", value)
+        r = ffi.new("struct kvm_one_reg *", {"id": reg_id, "addr": int(ffi.cast("uintptr_t", buf))})
+        self._ioctl("KVM_SET_ONE_REG", r)
+
+    @property
+    def kvm_run(self) -> Any:
+        """The shared struct kvm_run (mmap of the vCPU fd), mapped on first use."""
+        if self._run is None:
+            size = self.vm._parent.vcpu_mmap_size  # type: ignore[union-attr]
+            self._run_map = self._backend.mmap(self.fileno(), size)
+            self._run = self._arch.ffi.from_buffer("struct kvm_run *", self._run_map)
+        return self._run
+
+    def run(self, *, immediate_exit: bool = False) -> str:
+        """KVM_RUN; returns the exit reason's kernel name.  With
+        ``immediate_exit`` the kernel does its first-run checks and returns at
+        once (EINTR), reported as KVM_EXIT_INTR."""
+        run = self.kvm_run
+        run.immediate_exit = 1 if immediate_exit else 0
+        try:
+            self._ioctl_val("KVM_RUN", 0)
+        except KvmError as e:
+            if e.errno != E.EINTR:
+                raise
+            return "KVM_EXIT_INTR"
+        finally:
+            run.immediate_exit = 0
+        return exit_reason_name(self._arch, run.exit_reason)
+
+    def close(self) -> None:
+        with self._lock:
+            super().close()
+            if self._run is not None:
+                self._arch.ffi.release(self._run)
+                self._run = None
+                self._run_map.close()
+
+
+def _one_reg_ctype(arch: Arch, reg_id: int) -> str:
+    size = reg_id & arch.const("KVM_REG_SIZE_MASK")
+    if size == arch.const("KVM_REG_SIZE_U64"):
+        return "__u64"
+    if size == arch.const("KVM_REG_SIZE_U32"):
+        return "__u32"
+    raise ValueError(f"register id {reg_id:#x}: only 32- and 64-bit registers are supported")
+
+
+def exit_reason_name(arch: Arch, reason: int) -> str:
+    for name, v in arch.constants("KVM_EXIT_").items():
+        if v == reason and name not in ("KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT"):
+            return name
+    return f"exit reason {reason}"
 
 
 class Device(_AttrTarget):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 from ..arch import Arch, get_arch, host_arch_name
 from ..errors import KvmUnavailable
@@ -23,6 +24,7 @@ class RealBackend:
         # Bound C functions: the hot path is one Python-to-C call.
         self.ioctl = self.arch.lib.kvmdev_ioctl
         self.ioctl_val = self.arch.lib.kvmdev_ioctl_val
+        self.attr = self.arch.lib.kvmdev_attr
 
     def open_system(self) -> int:
         try:
@@ -33,3 +35,6 @@ class RealBackend:
 
     def close(self, fd: int) -> None:
         os.close(fd)
+
+    def mmap(self, fd: int, length: int) -> mmap.mmap:
+        return mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)

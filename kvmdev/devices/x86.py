@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..attrs import RO, RW, Attr, Group, register
-from ..fd import Kvm, Vcpu
+from ..fd import Kvm, Vcpu, attr_property
 
 X86 = ("x86_64",)
 
@@ -26,20 +26,8 @@ register("vcpu", [
 ])
 
 
-def _xcomp(self: Kvm) -> int:
-    """KVM_GET_DEVICE_ATTR KVM_X86_GRP_SYSTEM/KVM_X86_XCOMP_GUEST_SUPP (x86 only)."""
-    return int(self.get_attr("KVM_X86_GRP_SYSTEM", "KVM_X86_XCOMP_GUEST_SUPP"))
-
-
-def _get_tsc(self: Vcpu) -> int:
-    return int(self.get_attr("KVM_VCPU_TSC_CTRL", "KVM_VCPU_TSC_OFFSET"))
-
-
-def _set_tsc(self: Vcpu, value: int) -> None:
-    self.set_attr("KVM_VCPU_TSC_CTRL", "KVM_VCPU_TSC_OFFSET", value)
-
-
-Kvm.xcomp_guest_supp = property(_xcomp, doc=_xcomp.__doc__)  # type: ignore[attr-defined]
-Vcpu.tsc_offset = property(  # type: ignore[attr-defined]
-    _get_tsc, _set_tsc,
-    doc="KVM_{GET,SET}_DEVICE_ATTR KVM_VCPU_TSC_CTRL/KVM_VCPU_TSC_OFFSET (x86): the vCPU's TSC offset.")
+Kvm.xcomp_guest_supp = attr_property(  # type: ignore[attr-defined]
+    "KVM_X86_GRP_SYSTEM", "KVM_X86_XCOMP_GUEST_SUPP", RO,
+    "XSAVE components (XCR0 bits) that KVM can expose to guests (x86)")
+Vcpu.tsc_offset = attr_property(  # type: ignore[attr-defined]
+    "KVM_VCPU_TSC_CTRL", "KVM_VCPU_TSC_OFFSET", RW, "the vCPU's TSC offset (x86)")

@@ -50,6 +50,10 @@ class MockBackend:
     def ioctl(self, fd: int, request: int, arg: Any) -> int:
         return self._dispatch(fd, request, int(self.arch.ffi.cast("uintptr_t", arg)))
 
+    def attr(self, fd: int, request: int, group: int, attr: int, addr: Any) -> int:
+        st = self.arch.ffi.new("struct kvm_device_attr *", [0, group, attr, self.arch.ffi.cast("uintptr_t", addr)])
+        return self.ioctl(fd, request, st)
+
     def ioctl_val(self, fd: int, request: int, value: int) -> int:
         return self._dispatch(fd, request, value)
 
