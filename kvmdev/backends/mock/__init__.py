@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import errno as E
 import importlib
+import mmap
 import os
 import threading
 from typing import Any
 
 from ...arch import Arch, device_type_name, get_arch, host_arch_name
 from .host import HostProfile
-from .kernel import ArchModel, Errno, KernelObject, MockSystem, UserMemory, fd_is_open
+from .kernel import ArchModel, Errno, KernelObject, MockSystem, MockVcpu, UserMemory, fd_is_open
 
 _ARCH_MODELS = {"x86_64": "x86", "arm64": "arm64", "powerpc": "powerpc", "s390": "s390"}
 
@@ -75,6 +76,14 @@ class MockBackend:
         os.close(fd)
         if obj is not None:
             obj.release()
+
+    def mmap(self, fd: int, length: int) -> Any:
+        """mmap of a vCPU fd: an anonymous page the mock vCPU shares with the caller."""
+        obj = self._objects.get(fd)
+        if not isinstance(obj, MockVcpu):
+            raise OSError(E.ENODEV, "mmap of a mock fd that is not a vCPU")
+        obj.run_map = mmap.mmap(-1, length)
+        return obj.run_map
 
     # -- helpers for the kernel objects ----------------------------------------
     def check_extension(self, cap: int) -> int:

@@ -163,6 +163,22 @@ class ArchModel:
     def max_vcpu_id(self) -> int:
         return self.host.caps.get("KVM_CAP_MAX_VCPU_ID", 1024)
 
+    def check_memory_region(self, vm: "MockVm", gpa: int, size: int) -> None:
+        """kvm_arch_prepare_memory_region."""
+
+    def irq_line(self, vm: "MockVm", irq: int, level: int) -> int:
+        raise Errno(E.ENXIO)  # no in-kernel irqchip
+
+    def signal_msi(self, vm: "MockVm", msi: Any) -> int:
+        raise Errno(E.EINVAL)  # kvm_set_msi without an in-kernel irqchip
+
+    def vcpu_run(self, vcpu: "MockVcpu", immediate_exit: bool) -> int:
+        """First-run checks, then run.  The mock executes no guest code: only
+        an immediate exit (EINTR) is modelled."""
+        if immediate_exit:
+            raise Errno(E.EINTR)
+        raise Errno(E.ENOSYS)
+
 
 def _attr_ioctl(obj: KernelObject, model: AttrModel | None, which: str, arg: int, missing: int) -> int:
     if model is None:
@@ -212,6 +228,7 @@ class MockVm(KernelObject):
         self.machine_type = machine_type
         self.vcpus: dict[int, MockVcpu] = {}
         self.devices: list[DeviceModel] = []
+        self.memslots: dict[int, tuple[int, int, int, int]] = {}  # slot -> gpa, size, uaddr, flags
         self.attrs = backend.arch_model.vm_attrs(self)
 
     def ioctl_KVM_CHECK_EXTENSION(self, arg: int) -> int:
@@ -244,6 +261,52 @@ class MockVm(KernelObject):
         self.user.write_struct(arg, cd)
         return 0
 
+    PAGE = 4096
+
+    def ioctl_KVM_SET_USER_MEMORY_REGION(self, arg: int) -> int:
+        # __kvm_set_memory_region's checks, in its order
+        m = self.user.read_struct("struct kvm_userspace_memory_region", arg)
+        a = self.backend.arch
+        valid_flags = a.const("KVM_MEM_LOG_DIRTY_PAGES") | a.const("KVM_MEM_READONLY")
+        if m.flags & ~valid_flags:
+            raise Errno(E.EINVAL)
+        if m.memory_size % self.PAGE or m.guest_phys_addr % self.PAGE or m.userspace_addr % self.PAGE:
+            raise Errno(E.EINVAL)
+        if (m.slot & 0xFFFF) >= self.backend.host.caps.get("KVM_CAP_NR_MEMSLOTS", 32764) or m.slot >> 16:
+            raise Errno(E.EINVAL)
+        if m.guest_phys_addr + m.memory_size >= 1 << 64:
+            raise Errno(E.EINVAL)
+        old = self.memslots.get(m.slot)
+        if m.memory_size == 0:
+            if old is None:
+                raise Errno(E.EINVAL)
+            del self.memslots[m.slot]
+            return 0
+        new = (m.guest_phys_addr, m.memory_size, m.userspace_addr, m.flags)
+        if old is not None:
+            gpa, size, uaddr, flags = old
+            if (m.userspace_addr, m.memory_size) != (uaddr, size) or (m.flags ^ flags) & a.const("KVM_MEM_READONLY"):
+                raise Errno(E.EINVAL)
+            if gpa == m.guest_phys_addr:
+                self.memslots[m.slot] = new
+                return 0
+        for slot, (gpa, size, _, _) in self.memslots.items():
+            if slot != m.slot and gpa < m.guest_phys_addr + m.memory_size and m.guest_phys_addr < gpa + size:
+                raise Errno(E.EEXIST)
+        self.backend.arch_model.check_memory_region(self, m.guest_phys_addr, m.memory_size)
+        self.memslots[m.slot] = new
+        return 0
+
+    def ioctl_KVM_IRQ_LINE(self, arg: int) -> int:
+        lvl = self.user.read_struct("struct kvm_irq_level", arg)
+        return self.backend.arch_model.irq_line(self, lvl.irq, lvl.level)
+
+    def ioctl_KVM_SIGNAL_MSI(self, arg: int) -> int:
+        msi = self.user.read_struct("struct kvm_msi", arg)
+        if msi.flags & ~self.backend.arch.const("KVM_MSI_VALID_DEVID"):
+            raise Errno(E.EINVAL)
+        return self.backend.arch_model.signal_msi(self, msi)
+
     def ioctl_KVM_HAS_DEVICE_ATTR(self, arg: int) -> int:
         return _attr_ioctl(self, self.attrs, "has", arg, self.backend.arch_model.vm_attr_errno)
 
@@ -262,6 +325,11 @@ class MockVcpu(KernelObject):
         self.vm = vm
         self.id = vcpu_id
         self.attrs = backend.arch_model.vcpu_attrs(self)
+        self.run_map: Any = None  # the mmap of struct kvm_run the caller made
+
+    def ioctl_KVM_RUN(self, arg: int) -> int:
+        immediate = bool(self.run_map is not None and self.run_map[1])  # kvm_run.immediate_exit
+        return self.backend.arch_model.vcpu_run(self, immediate)
 
     def ioctl_KVM_HAS_DEVICE_ATTR(self, arg: int) -> int:
         return _attr_ioctl(self, self.attrs, "has", arg, E.ENOTTY)

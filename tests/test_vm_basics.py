@@ -1,0 +1,66 @@
+"""Guest memory, KVM_IRQ_LINE, KVM_SIGNAL_MSI and KVM_RUN's first-run path,
+on the real kernel and the mock (host architecture, no in-kernel irqchip)."""
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+import kvmdev
+from kvmdev import KvmError
+
+PAGE = 4096
+
+
+def errno_of(fn) -> str:  # type: ignore[no-untyped-def]
+    with pytest.raises(KvmError) as ei:
+        fn()
+    return ei.value.errno_name
+
+
+def test_guest_memory(vm: kvmdev.Vm) -> None:
+    mem = vm.add_memory(0x100000, 16 * PAGE)
+    assert vm.memory == {0: mem} and mem.slot == 0
+    mem.write(0x100010, b"kvmdev")
+    assert mem.read(0x100010, 6) == b"kvmdev"
+    assert vm.guest_memory(0x100010, 6) is mem
+    with pytest.raises(ValueError):
+        mem.read(0x100000 + 16 * PAGE, 1)
+    u = mem.userspace_addr
+    # __kvm_set_memory_region's checks, as the real kernel answers them
+    assert errno_of(lambda: vm.set_user_memory_region(1, 0x100000, PAGE, u)) == "EEXIST"  # overlap
+    assert errno_of(lambda: vm.set_user_memory_region(1, 0x200800, PAGE, u)) == "EINVAL"  # gpa alignment
+    assert errno_of(lambda: vm.set_user_memory_region(1, 0x200000, PAGE + 1, u)) == "EINVAL"  # size
+    assert errno_of(lambda: vm.set_user_memory_region(1, 0x200000, PAGE, u + 1)) == "EINVAL"  # uaddr
+    assert errno_of(lambda: vm.set_user_memory_region(40000, 0x200000, PAGE, u)) == "EINVAL"  # slot id
+    assert errno_of(lambda: vm.set_user_memory_region(5, 0, 0, 0)) == "EINVAL"  # delete of no slot
+    assert errno_of(lambda: vm.set_user_memory_region(0, 0x100000, 16 * PAGE, u, 1 << 7)) == "EINVAL"  # flags
+    assert errno_of(lambda: vm.set_user_memory_region(0, 0x100000, 8 * PAGE, u)) == "EINVAL"  # resize
+    vm.set_user_memory_region(0, 0x300000, 16 * PAGE, u)  # a move is allowed
+    vm.set_user_memory_region(0, 0, 0, 0)  # delete
+    vm.set_user_memory_region(0, 0x100000, 16 * PAGE, u)
+    second = vm.add_memory(0x400000, PAGE)
+    assert second.slot == 1
+    vm.close()
+    assert mem.buf.closed and second.buf.closed
+
+
+def test_irq_line_without_irqchip(vm: kvmdev.Vm) -> None:
+    with pytest.raises(KvmError) as ei:
+        vm.irq_line(5, 1)
+    assert ei.value.errno == errno.ENXIO and ei.value.ioctl == "KVM_IRQ_LINE"
+
+
+def test_signal_msi_without_irqchip(vm: kvmdev.Vm) -> None:
+    for devid in (None, 1):
+        with pytest.raises(KvmError) as ei:
+            vm.signal_msi(0xFEE00000, 0x30, devid=devid)
+        assert ei.value.errno == errno.EINVAL and ei.value.ioctl == "KVM_SIGNAL_MSI"
+
+
+def test_run_immediate_exit(vm: kvmdev.Vm) -> None:
+    vcpu = vm.create_vcpu(0)
+    assert vcpu.run(immediate_exit=True) == "KVM_EXIT_INTR"
+    assert vcpu.kvm_run.immediate_exit == 0  # reset after the call
+    vcpu.close()
+    assert vcpu.closed
