@@ -167,7 +167,7 @@ KEY=$( {
   echo "recipe=1 soabi=$SOABI hdr=$(cat "$HDR/.package")"
   $CC --version | head -1
   "$PYTHON" -c 'import cffi, sys; print("cffi", cffi.__version__, sys.version_info[:2])'
-  sha256sum "$0"
+  sha256sum < "$0"
   (cd "$ROOT" && find cdefs -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
 } | sha256sum | cut -c1-16)
 EXT=$CACHE/kvmdev-ext/$KEY

@@ -120,29 +120,42 @@ while IFS= read -r -d '' so; do                     # nothing but AArch64 object
     || die "staged ${so#"$STAGE"/} is not an AArch64 object"
 done < <(find "$STAGE" -name '*.so' -print0)
 
-# 3. optional pure-Python wheels (e.g. hypothesis) put on the guest's PYTHONPATH
-GUEST_PATH=/work
+# 3. optional wheels from PyPI (e.g. hypothesis) put on the guest's PYTHONPATH
+GUEST_ENV=(PYTHONPATH=/work)
 PIP_REQS=${ARM64_PIP:-}
 if [ -z "$PIP_REQS" ] && [ -d "$ROOT/tests" ] \
-   && grep -rqsE '^[[:space:]]*(import|from)[[:space:]]+hypothesis' --include='*.py' "$ROOT/tests" "$ROOT/conftest.py"; then
-  PIP_REQS=hypothesis
+   && grep -rqsE '^[[:space:]]*(import|from)[[:space:]]+hypothesis' --include='*.py' "$ROOT/tests"; then
+  # the version the host's tests use, if it has one
+  hv=$("$PYTHON" -c 'import hypothesis; print(hypothesis.__version__)' 2>/dev/null || true)
+  PIP_REQS=hypothesis${hv:+==$hv}
 fi
 if [ -n "$PIP_REQS" ] && [ "$PIP_REQS" != none ]; then
-  key=$(echo "$PIP_REQS" | sha256sum | cut -c1-12)
+  key=$(echo "recipe=2 $PIP_REQS" | sha256sum | cut -c1-12)
   WHL=$CACHE/wheels/$key
   if [ ! -f "$WHL/.complete" ]; then
-    say "downloading wheels for the guest: $PIP_REQS"
-    rm -rf "$WHL.tmp"; mkdir -p "$WHL.tmp/dl" "$WHL.tmp/site"
+    say "downloading aarch64/cp311 wheels for the guest: $PIP_REQS"
+    W=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-wheels.XXXXXX")
+    mkdir -p "$W/dl" "$W/site"
     # shellcheck disable=SC2086
     "$PYTHON" -m pip download -q --disable-pip-version-check --only-binary=:all: \
       --platform manylinux2014_aarch64 --python-version 3.11 --implementation cp --abi cp311 \
-      -d "$WHL.tmp/dl" $PIP_REQS >&2 || die "pip download $PIP_REQS failed"
-    for w in "$WHL.tmp"/dl/*.whl; do "$PYTHON" -m zipfile -e "$w" "$WHL.tmp/site"; done
-    rm -rf "$WHL.tmp/dl" "$WHL"; touch "$WHL.tmp/site/.complete"; mv "$WHL.tmp/site" "$WHL"; rm -rf "$WHL.tmp"
+      -d "$W/dl" $PIP_REQS >&2 || { rm -rf "$W"; die "pip download $PIP_REQS failed"; }
+    for w in "$W"/dl/*.whl; do "$PYTHON" -m zipfile -e "$w" "$W/site"; done
+    # compiled wheels may need libgcc_s.so.1, which the guest's minimal userland
+    # lacks: add the cross toolchain's (same gcc 12 build as bookworm's libgcc-s1)
+    if find "$W/site" -name '*.so' -exec aarch64-linux-gnu-readelf -d {} + 2>/dev/null | grep -q 'libgcc_s\.so\.1'; then
+      mkdir -p "$W/site/_lib"; cp /usr/aarch64-linux-gnu/lib/libgcc_s.so.1 "$W/site/_lib/"
+    fi
+    touch "$W/site/.complete"
+    mkdir -p "$(dirname "$WHL")"; rm -rf "$WHL"; mv -T "$W/site" "$WHL" 2>/dev/null || true; rm -rf "$W"
   fi
   mkdir -p "$STAGE/_pydeps"; cp -a "$WHL"/. "$STAGE/_pydeps/"
-  GUEST_PATH=/work:/work/_pydeps
+  GUEST_ENV=(PYTHONPATH=/work:/work/_pydeps)
+  [ -d "$STAGE/_pydeps/_lib" ] && GUEST_ENV+=(LD_LIBRARY_PATH=/work/_pydeps/_lib)
 fi
+
+ENV_OPTS=()
+for e in "${GUEST_ENV[@]}"; do ENV_OPTS+=(--env "$e"); done
 
 # pytest: `tests` unless a path was given
 HAS_PATH=0
@@ -164,7 +177,7 @@ run_one() {  # "<kernel> <gic>"
   n=$(name_of "$1")
   t0=$(now)
   local cmd=("$HERE/run-guest.sh" --kernel "$k" --gic "$g" --timeout "$TIMEOUT" ${GUEST_OPTS[@]+"${GUEST_OPTS[@]}"}
-    --env "PYTHONPATH=$GUEST_PATH" --env KVMDEV_BACKEND=real --env PYTHONDONTWRITEBYTECODE=1
+    "${ENV_OPTS[@]}" --env KVMDEV_BACKEND=real --env PYTHONDONTWRITEBYTECODE=1
     "$STAGE" -- "${PYTEST[@]}")
   if [ "$CONSOLE" = 1 ]; then
     "${cmd[@]}" 2>&1 | sed -u "s/^/[$n] /" | tee "$LOGS/$n.log" || true
