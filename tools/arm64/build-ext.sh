@@ -218,6 +218,11 @@ else
   log "cached: $EXT"
 fi
 
+# keep the 8 most recently used builds
+touch "$EXT"
+find "$CACHE/kvmdev-ext" -mindepth 1 -maxdepth 1 -type d ! -name '*.tmp.*' -printf '%T@ %p\n' \
+  | sort -rn | tail -n +9 | cut -d' ' -f2- | while IFS= read -r d; do rm -rf "$d"; done
+
 if [ -n "$OUT" ]; then
   mkdir -p "$OUT"
   cp "$EXT"/*."$SOABI".so "$OUT/"

@@ -98,6 +98,8 @@ else
   done
 fi
 
+[ "$JOBS" -gt ${#RUNS[@]} ] && JOBS=${#RUNS[@]}
+
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.1f", b-a}'; }
 T0=$(now)
@@ -179,7 +181,6 @@ say "guest command: ${PYTEST[*]}"
 say "logs: $LOGS; ${#RUNS[@]} run(s), $JOBS at a time, --smp $SMP"
 
 # ------------------------------------------------------------------ the runs
-[ "$JOBS" -gt ${#RUNS[@]} ] && JOBS=${#RUNS[@]}
 # fetch/build the guest caches once, before guests start in parallel
 for k in $(for r in "${RUNS[@]}"; do echo "${r% *}"; done | sort -u); do
   "$HERE/run-guest.sh" --prepare --kernel "$k" 2>>"$LOGS/prepare.log" \
@@ -191,12 +192,15 @@ run_one() {  # "<kernel> <gic>"
   read -r k g <<<"$1"
   n=$(name_of "$1")
   t0=$(now)
+  say "starting $n"
   local cmd=("$HERE/run-guest.sh" --kernel "$k" --gic "$g" --timeout "$TIMEOUT" ${GUEST_OPTS[@]+"${GUEST_OPTS[@]}"}
     "${ENV_OPTS[@]}" --env KVMDEV_BACKEND=real --env PYTHONDONTWRITEBYTECODE=1
     "$STAGE" -- "${PYTEST[@]}")
   if [ "$CONSOLE" = 1 ]; then
-    "${cmd[@]}" 2>&1 | sed -u "s/^/[$n] /" | tee "$LOGS/$n.log" || true
+    set +e
+    "${cmd[@]}" 2>&1 | sed -u "s/^/[$n] /" | tee "$LOGS/$n.log"
     rc=${PIPESTATUS[0]}
+    set -e
     sed -i "s/^\[$n\] //" "$LOGS/$n.log"
   else
     "${cmd[@]}" >"$LOGS/$n.log" 2>&1 || rc=$?
@@ -215,6 +219,10 @@ report_one() {  # prints the line of one run; returns 1 if it failed
   krel=$(sed -n 's/^@@INIT uptime=[^ ]* \([^ ]*\) .*@@$/\1/p' "$LOGS/$n.log" | head -1)
   kvm=$(grep -aq '^@@KVM /dev/kvm present@@' "$LOGS/$n.log" && echo "" || echo ", NO /dev/kvm")
   local tail="[kernel ${krel:-?}$kvm, wall ${wall}s]"
+  case $rc in   # run-guest.sh's own statuses
+    124) rc="124: guest timed out";; 125) rc="125: guest died without a status";;
+    3) [ -z "$summary" ] && rc="3: run-guest.sh setup failed";;
+  esac
   if [ -z "$summary" ]; then
     echo "arm64 $k gic$g: FAILED: no pytest summary line (exit $rc) $tail"; status=1
   elif [ "$rc" = 5 ]; then
@@ -227,19 +235,26 @@ report_one() {  # prints the line of one run; returns 1 if it failed
   return $status
 }
 
+# Every run goes to the background (also with --jobs 1) so that INT/TERM reach
+# this script at once; the handler ends the runs' process trees (qemu runs in
+# `timeout`'s own process group, out of reach of a terminal's ^C).
+tree() { local c; for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do tree "$c"; done; echo "$1"; }
 pids=()
-trap '[ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null; exit 130' INT TERM
+on_signal() {
+  trap - INT TERM
+  local p all=()
+  for p in ${pids[@]+"${pids[@]}"}; do all+=($(tree "$p")); done
+  [ ${#all[@]} -gt 0 ] && kill -TERM "${all[@]}" 2>/dev/null
+  say "interrupted; logs in $LOGS"
+  exit 130
+}
+trap on_signal INT TERM
 for r in "${RUNS[@]}"; do
-  say "starting $(name_of "$r")"
-  if [ "$JOBS" -gt 1 ]; then
-    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
-    run_one "$r" &
-    pids+=($!)
-  else
-    run_one "$r"
-  fi
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  run_one "$r" &
+  pids+=($!)
 done
-[ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
+wait
 
 # ------------------------------------------------------------------ summary
 FAIL=0
@@ -259,6 +274,8 @@ if [ "$FAIL" = 1 ]; then
   for r in "${RUNS[@]}"; do
     n=$(name_of "$r")
     report_one "$r" >/dev/null && continue
+    read -r rc _ < "$LOGS/$n.rc"
+    [ "$rc" = 5 ] && continue            # "no tests collected" says it all
     echo "==== tail of $LOGS/$n.log"
     grep -av '^@@' "$LOGS/$n.log" | tail -n 40
   done
