@@ -45,9 +45,18 @@ def _read(name: str) -> str:
     return (HERE / name).read_text()
 
 
+_RUN_FIELDS = "\t/* kvmdev:arch-run-fields"
+
+
 def declarations(arch: str) -> str:
-    """The cdef text of one architecture (also used by the header test)."""
-    return _read("kvm_common.h") + _read(f"arch/{arch}.h")
+    """The cdef text of one architecture (also used by the header test).
+    struct kvm_run gets the arch's own fields from arch/<arch>.run.h, if any."""
+    common = _read("kvm_common.h")
+    run = HERE / "arch" / f"{arch}.run.h"
+    if run.exists():
+        i = common.index(_RUN_FIELDS)
+        common = common[:i] + run.read_text() + common[i:]
+    return common + _read(f"arch/{arch}.h")
 
 
 def make_ffi(arch: str) -> FFI:

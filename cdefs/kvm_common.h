@@ -166,8 +166,8 @@ struct kvm_one_reg {
 	__u64 addr;
 };
 
-/* kvmdev:prefix - the fixed head of the shared kvm_run page, up to the exit
- * union; the rest of the page is reached by offset when a device needs it. */
+/* kvmdev:prefix - the fixed head of the shared kvm_run page and the exit
+ * union members kvmdev reads; the rest of the page is not declared. */
 struct kvm_run {
 	__u8  request_interrupt_window;
 	__u8  immediate_exit;
@@ -178,4 +178,25 @@ struct kvm_run {
 	__u16 flags;
 	__u64 cr8;
 	__u64 apic_base;
+	/* kvmdev:arch-run-fields (cdefs/arch/<arch>.run.h, s390's PSW) */
+	union {
+		/* KVM_EXIT_MMIO */
+		struct {
+			__u64 phys_addr;
+			__u8  data[8];
+			__u32 len;
+			__u8  is_write;
+		} mmio;
+		/* KVM_EXIT_SYSTEM_EVENT (data[] is a union with the older 'flags') */
+		struct {
+			__u32 type;
+			__u32 ndata;
+			__u64 data[16];
+		} system_event;
+		char padding[256];
+	};
 };
+
+#define KVM_SYSTEM_EVENT_SHUTDOWN 1
+#define KVM_SYSTEM_EVENT_RESET 2
+#define KVM_SYSTEM_EVENT_CRASH 3

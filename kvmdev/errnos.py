@@ -29,6 +29,9 @@ ERRNO_MEANINGS: dict[_K, str] = {
     (None, None, None, "EFAULT"): "invalid user pointer for attr->addr",
     (None, None, None, "ENOTTY"): "this kind of fd does not accept this ioctl on this kernel",
     (None, None, None, "EBADF"): "the file descriptor is not open",
+    (None, None, None, "EIO"):
+        "the VM is dead (kvm_vm_dead): an earlier unrecoverable error, e.g. a failed VGIC mapping at the "
+        "first KVM_RUN on arm64, makes every ioctl of the VM, its vCPUs and devices fail; close it",
     # system fd (x86: kvm_arch_dev_ioctl)
     ("KVM_SET_DEVICE_ATTR", "system", None, "EINVAL"):
         "system-fd attributes are read-only: the kernel has no KVM_SET_DEVICE_ATTR on /dev/kvm and answers EINVAL",

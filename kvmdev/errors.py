@@ -15,8 +15,10 @@ class KvmError(OSError):
     """
 
     def __init__(self, errno: int, ioctl: str, target: str, *, group: str | None = None,
-                 attr: str | None = None, target_key: str | None = None, detail: str | None = None) -> None:
+                 attr: str | None = None, target_key: str | None = None, detail: str | None = None,
+                 register: str | None = None) -> None:
         self.ioctl = ioctl
+        self.register = register
         self.target = target
         self.group = group
         self.attr = attr
@@ -29,7 +31,7 @@ class KvmError(OSError):
 
     def __str__(self) -> str:
         where = f"{self.ioctl} on {self.target}"
-        parts = []
+        parts = [f"register {self.register}"] if self.register is not None else []
         if self.group is not None:
             parts.append(f"group {self.group}")
         if self.attr is not None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import errno as E
 import mmap
+import re
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
+from . import arm64 as _arm64
 from . import attrs as _attrs
 from .arch import Arch, DeviceType, device_type_name
 from .errors import ClosedError, KvmError
@@ -87,10 +89,12 @@ class _Fd:
         return self._kind
 
     # -- ioctls ------------------------------------------------------------
-    def _ioctl(self, name: str, arg: Any, *, group: str | None = None, attr: str | None = None) -> int:
+    def _ioctl(self, name: str, arg: Any, *, group: str | None = None, attr: str | None = None,
+               register: str | None = None) -> int:
         r = self._backend.ioctl(self.fileno(), self._arch.request(name), arg)
         if r < 0:
-            raise KvmError(-r, name, self._target_label(), group=group, attr=attr, target_key=self._target_key())
+            raise KvmError(-r, name, self._target_label(), group=group, attr=attr, target_key=self._target_key(),
+                           register=register)
         return int(r)
 
     def _ioctl_val(self, name: str, value: int) -> int:
@@ -136,20 +140,30 @@ class _AttrTarget(_Fd):
         if spec is None:
             g, a, aspec = self._resolve(group, attr)
             if ctype is None and aspec is None:
-                gn, an = self._names(g, a)
+                gn, an = self._names(g, a, (group, attr))
                 raise ValueError(f"kvmdev has no table entry for {self._target_label()} group {gn} attr {an}: "
-                                 f"pass ctype= (e.g. '__u64', '__u8[16]') to say what the kernel copies")
-            spec = _Spec(self._arch.ffi, g, a, ctype if ctype is not None else aspec.ctype)  # type: ignore[union-attr]
+                                 f"pass ctype= (e.g. '__u64', '__u8[16]', or 'void' for no payload) "
+                                 f"to say what the kernel copies")
+            ct = aspec.ctype if ctype is None else (None if ctype == "void" else ctype)  # type: ignore[union-attr]
+            spec = _Spec(self._arch.ffi, g, a, ct, (group, attr))
             if ctype is None:
                 self._specs[(group, attr)] = spec
         return spec
 
-    def _names(self, g: int, a: int) -> tuple[str, str]:
+    def _names(self, g: int, a: int, given: tuple[int | str, int | str] | None = None) -> tuple[str, str]:
+        """Kernel names from the table; for values it lacks, the names the caller used."""
         t = self.attr_table
-        return t.group_name(g), t.attr_name(g, a)
+        gn, an = t.group_name(g), t.attr_name(g, a)
+        if given is not None:
+            if gn.startswith("0x") and isinstance(given[0], str):
+                gn = given[0]
+            if an.startswith("0x") and isinstance(given[1], str):
+                an = given[1]
+        return gn, an
 
-    def _attr_error(self, err: int, which: int, g: int, a: int) -> KvmError:
-        gn, an = self._names(g, a)
+    def _attr_error(self, err: int, which: int, g: int, a: int,
+                    given: tuple[int | str, int | str] | None = None) -> KvmError:
+        gn, an = self._names(g, a, given)
         return KvmError(err, self._IOCTLS[which], self._target_label(), group=gn, attr=an,
                         target_key=self._target_key())
 
@@ -163,7 +177,7 @@ class _AttrTarget(_Fd):
             return True
         if r == -E.ENXIO:
             return False
-        raise self._attr_error(-r, 0, g, a)
+        raise self._attr_error(-r, 0, g, a, (group, attr))
 
     def get_attr(self, group: int | str, attr: int | str, *, ctype: str | None = None) -> Any:
         """KVM_GET_DEVICE_ATTR: returns an int for integer attributes, bytes for
@@ -176,7 +190,7 @@ class _AttrTarget(_Fd):
         buf = spec.new() if spec.ctype is not None else self._null
         r = self._attr_fn(fd, self._get_req, spec.group, spec.attr, buf)
         if r < 0:
-            raise self._attr_error(-r, 1, spec.group, spec.attr)
+            raise self._attr_error(-r, 1, spec.group, spec.attr, spec.given)
         return spec.decode(buf) if spec.ctype is not None else None
 
     def set_attr(self, group: int | str, attr: int | str, value: Any = None, *, ctype: str | None = None) -> None:
@@ -185,14 +199,14 @@ class _AttrTarget(_Fd):
         spec = self._spec(group, attr, ctype)
         if spec.ctype is None:
             if value is not None:
-                gn, an = self._names(spec.group, spec.attr)
+                gn, an = self._names(spec.group, spec.attr, spec.given)
                 raise ValueError(f"{gn}/{an} takes no value (the kernel ignores attr.addr)")
             buf = self._null
         else:
-            buf = _pack(self._arch.ffi, spec.ctype, value, self._names(spec.group, spec.attr))
+            buf = _pack(self._arch.ffi, spec.ctype, value, self._names(spec.group, spec.attr, spec.given))
         r = self._attr_fn(self.fileno(), self._set_req, spec.group, spec.attr, buf)
         if r < 0:
-            raise self._attr_error(-r, 2, spec.group, spec.attr)
+            raise self._attr_error(-r, 2, spec.group, spec.attr, spec.given)
 
     def attr_ioctl(self, ioctl: str, group: int | str, attr: int | str, addr: int = 0) -> int:
         """The raw ioctl with a caller-chosen ``attr.addr`` (for exploring and for
@@ -204,7 +218,7 @@ class _AttrTarget(_Fd):
         req = (self._has_req, self._get_req, self._set_req)[which]
         r = self._attr_fn(self.fileno(), req, g, a, self._arch.ffi.cast("void *", addr))
         if r < 0:
-            raise self._attr_error(-r, which, g, a)
+            raise self._attr_error(-r, which, g, a, (group, attr))
         return int(r)
 
     def attributes(self) -> Iterator[tuple[str, str]]:
@@ -219,12 +233,14 @@ class _AttrTarget(_Fd):
 class _Spec:
     """A resolved (group, attr): its values and how to allocate and read its buffer."""
 
-    __slots__ = ("group", "attr", "ctype", "new", "decode")
+    __slots__ = ("group", "attr", "ctype", "given", "new", "decode")
 
-    def __init__(self, ffi: Any, group: int, attr: int, ctype: str | None) -> None:
+    def __init__(self, ffi: Any, group: int, attr: int, ctype: str | None,
+                 given: tuple[int | str, int | str] | None = None) -> None:
         self.group = group
         self.attr = attr
         self.ctype = ctype
+        self.given = given  # the caller's names, for messages
         if ctype is None:
             return
         t = ffi.typeof(ctype if ctype.endswith("]") else ctype + " *")
@@ -263,7 +279,7 @@ class attr_property:
         buf = spec.new()
         r = obj._attr_fn(obj._fd if obj._fd >= 0 else obj.fileno(), obj._get_req, spec.group, spec.attr, buf)
         if r < 0:
-            raise obj._attr_error(-r, 1, spec.group, spec.attr)
+            raise obj._attr_error(-r, 1, spec.group, spec.attr, spec.given)
         return spec.decode(buf)
 
     def __set__(self, obj: "_AttrTarget", value: Any) -> None:
@@ -311,6 +327,17 @@ class Kvm(_AttrTarget):
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"
         return f"<kvmdev.Kvm {self.backend} {self.arch} {state}>"
+
+    @property
+    def kernel_release(self) -> str:
+        """The release of the kernel answering (uname -r; the mock's emulated one)."""
+        return self._backend.kernel_release
+
+    @property
+    def kernel_version(self) -> tuple[int, int]:
+        """(major, minor) of kernel_release, for behaviour that differs by kernel."""
+        m = re.match(r"(\d+)\.(\d+)", self.kernel_release)
+        return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
     @property
     def api_version(self) -> int:
@@ -469,6 +496,14 @@ class Vm(_AttrTarget):
         fd = self._ioctl_val("KVM_CREATE_VCPU", vcpu_id)
         return Vcpu(self._backend, fd, self, vcpu_id)
 
+    def preferred_target(self) -> "VcpuInit":
+        """KVM_ARM_PREFERRED_TARGET (arm64): the target (and features) this host's
+        KVM wants in KVM_ARM_VCPU_INIT."""
+        _need_arch(self, "arm64", "KVM_ARM_PREFERRED_TARGET")
+        init = self._arch.ffi.new("struct kvm_vcpu_init *")
+        self._ioctl("KVM_ARM_PREFERRED_TARGET", init)
+        return VcpuInit(int(init.target), _arm64.feature_names(list(init.features), self._arch))
+
     def _create_device_call(self, dtype: int, flags: int) -> Any:
         cd = self._arch.ffi.new("struct kvm_create_device *")
         cd.type = dtype
@@ -510,6 +545,35 @@ def _devtype(dtype: int | str) -> int:
     return int(dtype)
 
 
+class VcpuInit(NamedTuple):
+    """struct kvm_vcpu_init: the target and the feature names (or bit numbers)."""
+
+    target: int
+    features: list[str | int]
+
+
+class MmioExit(NamedTuple):
+    """kvm_run.mmio of a KVM_EXIT_MMIO: ``data`` is the value a write stored
+    (``len`` bytes, guest byte order); for a read the caller supplies it with
+    Vcpu.complete_mmio_read before the next run."""
+
+    phys_addr: int
+    data: bytes
+    is_write: bool
+
+
+class SystemEvent(NamedTuple):
+    """kvm_run.system_event of a KVM_EXIT_SYSTEM_EVENT."""
+
+    type: str  # KVM_SYSTEM_EVENT_SHUTDOWN, ..._RESET, ..._CRASH, or the number
+    data: tuple[int, ...]
+
+
+def _need_arch(obj: _Fd, arch: str, ioctl: str) -> None:
+    if obj._arch.name != arch:
+        raise ValueError(f"{ioctl} is an {arch} ioctl; this {obj._target_label()} is {obj._arch.name}")
+
+
 class Vcpu(_AttrTarget):
     """A vCPU fd."""
 
@@ -533,20 +597,55 @@ class Vcpu(_AttrTarget):
         assert isinstance(self._parent, Vm)
         return self._parent
 
-    def get_one_reg(self, reg_id: int) -> int:
-        """KVM_GET_ONE_REG of a 32- or 64-bit register."""
+    def _reg_id(self, reg: int | str) -> int:
+        if isinstance(reg, int):
+            return reg
+        if self._arch.name == "arm64":
+            return _arm64.reg_id(reg)
+        raise ValueError(f"kvmdev names no {self._arch.name} registers: pass a numeric ONE_REG id")
+
+    def get_one_reg(self, reg: int | str) -> int:
+        """KVM_GET_ONE_REG of a 32- or 64-bit register, by id or (arm64) name
+        ("pc", "x0", "MPIDR_EL1"; see kvmdev.arm64.reg_id)."""
         ffi = self._arch.ffi
+        reg_id = self._reg_id(reg)
         buf = ffi.new(_one_reg_ctype(self._arch, reg_id) + " *")
         r = ffi.new("struct kvm_one_reg *", {"id": reg_id, "addr": int(ffi.cast("uintptr_t", buf))})
-        self._ioctl("KVM_GET_ONE_REG", r)
+        self._ioctl("KVM_GET_ONE_REG", r, register=_reg_label(reg))
         return int(buf[0])
 
-    def set_one_reg(self, reg_id: int, value: int) -> None:
-        """KVM_SET_ONE_REG of a 32- or 64-bit register."""
+    def set_one_reg(self, reg: int | str, value: int) -> None:
+        """KVM_SET_ONE_REG of a 32- or 64-bit register, by id or (arm64) name."""
         ffi = self._arch.ffi
-        buf = ffi.new(_one_reg_ctype(self._arch, reg_id) + " *", value)
+        reg_id = self._reg_id(reg)
+        ct = _one_reg_ctype(self._arch, reg_id)
+        try:
+            buf = ffi.new(ct + " *", value)
+        except OverflowError:
+            raise ValueError(f"{value} does not fit register {_reg_label(reg)} ({ct})") from None
         r = ffi.new("struct kvm_one_reg *", {"id": reg_id, "addr": int(ffi.cast("uintptr_t", buf))})
-        self._ioctl("KVM_SET_ONE_REG", r)
+        self._ioctl("KVM_SET_ONE_REG", r, register=_reg_label(reg))
+
+    # -- arm64 ---------------------------------------------------------------
+    features: list[str | int] | None = None  # as given to vcpu_init
+
+    def vcpu_init(self, features: Iterable[int | str] = (), target: int | None = None) -> None:
+        """KVM_ARM_VCPU_INIT (arm64) with feature names or bits (kvmdev.arm64.FEATURES,
+        e.g. "PSCI_0_2", "PMU_V3"); the target defaults to KVM_ARM_PREFERRED_TARGET's.
+        Required before KVM_RUN and ONE_REG on arm64."""
+        _need_arch(self, "arm64", "KVM_ARM_VCPU_INIT")
+        words = _arm64.feature_bits(features, self._arch)
+        if target is None:
+            target = self.vm.preferred_target().target
+        init = self._arch.ffi.new("struct kvm_vcpu_init *", {"target": target, "features": words})
+        self._ioctl("KVM_ARM_VCPU_INIT", init)
+        self.features = _arm64.feature_names(words, self._arch)
+
+    @property
+    def mpidr(self) -> int:
+        """MPIDR_EL1 (arm64, KVM_GET_ONE_REG; needs vcpu_init): the id the VGIC
+        REDIST_REGS and CPU_SYSREGS groups address this vCPU by."""
+        return self.get_one_reg("MPIDR_EL1")
 
     @property
     def kvm_run(self) -> Any:
@@ -573,6 +672,37 @@ class Vcpu(_AttrTarget):
             run.immediate_exit = 0
         return exit_reason_name(self._arch, run.exit_reason)
 
+    @property
+    def mmio(self) -> MmioExit:
+        """kvm_run.mmio after a KVM_EXIT_MMIO."""
+        m = self._exit("KVM_EXIT_MMIO").mmio
+        n = min(int(m.len), 8)
+        return MmioExit(int(m.phys_addr), bytes(self._arch.ffi.buffer(m.data))[:n], bool(m.is_write))
+
+    def complete_mmio_read(self, data: bytes) -> None:
+        """Supply the value of the guest's MMIO read (exactly kvm_run.mmio.len
+        bytes); the next run() loads it into the guest register."""
+        m = self._exit("KVM_EXIT_MMIO").mmio
+        if m.is_write:
+            raise ValueError("the pending KVM_EXIT_MMIO is a write; there is nothing to complete")
+        if len(data) != m.len:
+            raise ValueError(f"the guest reads {m.len} bytes at {m.phys_addr:#x}, not {len(data)}")
+        self._arch.ffi.memmove(m.data, data, len(data))
+
+    @property
+    def system_event(self) -> SystemEvent:
+        """kvm_run.system_event after a KVM_EXIT_SYSTEM_EVENT."""
+        e = self._exit("KVM_EXIT_SYSTEM_EVENT").system_event
+        names = {v: n for n, v in self._arch.constants("KVM_SYSTEM_EVENT_").items()}
+        return SystemEvent(names.get(int(e.type), str(int(e.type))),
+                           tuple(int(e.data[i]) for i in range(min(int(e.ndata), 16))))
+
+    def _exit(self, name: str) -> Any:
+        run = self.kvm_run
+        if run.exit_reason != self._arch.const(name):
+            raise ValueError(f"vCPU {self.id}'s last exit is {exit_reason_name(self._arch, run.exit_reason)}, not {name}")
+        return run
+
     def close(self) -> None:
         with self._lock:
             super().close()
@@ -589,6 +719,10 @@ def _one_reg_ctype(arch: Arch, reg_id: int) -> str:
     if size == arch.const("KVM_REG_SIZE_U32"):
         return "__u32"
     raise ValueError(f"register id {reg_id:#x}: only 32- and 64-bit registers are supported")
+
+
+def _reg_label(reg: int | str) -> str:
+    return reg if isinstance(reg, str) else f"{reg:#x}"
 
 
 def exit_reason_name(arch: Arch, reason: int) -> str:

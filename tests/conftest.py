@@ -2,8 +2,9 @@
 
 - ``kvm``: the host's architecture, on the real kernel (skipped, with the
   reason, only where /dev/kvm cannot be opened) and on the mock.
-- ``arm64_kvm`` (tests marked ``arm64``): the arm64 mock on x86; the real
-  kernel inside the arm64 guests (tools/arm64/test-arm64.sh).
+- ``arm64_kvm`` (tests marked ``arm64``): the arm64 mock, as each of the four
+  kernel/GIC combinations of the guests, where the mock runs; the real kernel
+  where the host is arm64 (inside the guests of tools/arm64/test-arm64.sh).
 
 KVMDEV_BACKEND=real|mock limits the run to one backend (the guests use it).
 """
@@ -55,11 +56,43 @@ def kvm(request: pytest.FixtureRequest) -> Iterator[kvmdev.Kvm]:
         yield k
 
 
-@pytest.fixture(params=["real", "mock"])
+# The arm64 mock emulates both kernel series and both host GICs of the guests.
+ARM64_MOCKS = {f"mock-{k}-gic{g}": {"kernel": k, "gic": g} for k in ("6.12", "6.1") for g in (3, 2)}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """arm64_kvm runs on the real kernel where the host is arm64 (the guests) and
+    on the four arm64 mock profiles where the mock may run."""
+    if "arm64_kvm" not in metafunc.fixturenames:
+        return
+    params = []
+    if HOST == "arm64" and ONLY != "mock":
+        params.append("real")
+    if ONLY != "real":
+        params += list(ARM64_MOCKS)
+    metafunc.parametrize("arm64_kvm", params, indirect=True)
+
+
+@pytest.fixture
 def arm64_kvm(request: pytest.FixtureRequest) -> Iterator[kvmdev.Kvm]:
-    k = _open(request.param, "arm64")
+    if request.param == "real":
+        k = _open("real", "arm64")
+    else:
+        k = kvmdev.open("mock", arch="arm64", **ARM64_MOCKS[request.param])
     with k:
         yield k
+
+
+@pytest.fixture
+def arm64_gic(arm64_kvm: kvmdev.Kvm) -> int:
+    """The host GIC version, known independently of what is under test: the
+    harness's --gic in the guests (KVMDEV_ARM64_GIC), the mock's profile."""
+    if arm64_kvm.backend == "mock":
+        return int(arm64_kvm._backend.host.gic)  # type: ignore[attr-defined]
+    gic = os.environ.get("KVMDEV_ARM64_GIC")
+    if gic is None:
+        pytest.fail("KVMDEV_ARM64_GIC (3 or 2) must name the host GIC for the real arm64 tests")
+    return int(gic)
 
 
 @pytest.fixture

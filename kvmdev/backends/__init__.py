@@ -8,7 +8,8 @@ same request to an in-process emulator.  Both have this contract:
 - ``attr(fd, request, group, attr, addr)``: a device-attr ioctl with a
   struct kvm_device_attr made from the arguments (``addr`` a cffi pointer);
 - ``close(fd)`` closes an fd the backend gave out;
-- ``mmap(fd, length)`` maps an fd the way mmap(2) on a vCPU fd does.
+- ``mmap(fd, length)`` maps an fd the way mmap(2) on a vCPU fd does;
+- ``kernel_release``: the release of the kernel behind it (uname -r).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..arch import Arch
 class Backend(Protocol):
     name: str
     arch: Arch
+    kernel_release: str
 
     def open_system(self) -> int: ...
     def ioctl(self, fd: int, request: int, arg: Any) -> int: ...

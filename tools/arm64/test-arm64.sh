@@ -6,7 +6,7 @@
 #
 # usage: tools/arm64/test-arm64.sh [options] [pytest args...]
 #   Runs `python3 -m pytest -q -rs -p no:cacheprovider -m arm64 tests <pytest args>`
-#   with PYTHONPATH=/work KVMDEV_BACKEND=real in each guest, for every combination
+#   with PYTHONPATH=/work KVMDEV_BACKEND=real KVMDEV_ARM64_GIC=<3|2> in each guest, for every combination
 #   of kernel (6.12, 6.1) and GIC (--gic 3: VGIC v3 + ITS; --gic 2: VGIC v2), and
 #   prints one line per combination, e.g.
 #     arm64 6.12 gic3: 42 passed, 3 skipped in 12.3s  [kernel 6.12.117+deb12-arm64, wall 25.1s]
@@ -194,7 +194,7 @@ run_one() {  # "<kernel> <gic>"
   t0=$(now)
   say "starting $n"
   local cmd=("$HERE/run-guest.sh" --kernel "$k" --gic "$g" --timeout "$TIMEOUT" ${GUEST_OPTS[@]+"${GUEST_OPTS[@]}"}
-    "${ENV_OPTS[@]}" --env KVMDEV_BACKEND=real --env PYTHONDONTWRITEBYTECODE=1
+    "${ENV_OPTS[@]}" --env KVMDEV_BACKEND=real --env KVMDEV_ARM64_GIC="$g" --env PYTHONDONTWRITEBYTECODE=1
     "$STAGE" -- "${PYTEST[@]}")
   if [ "$CONSOLE" = 1 ]; then
     set +e

@@ -27,6 +27,7 @@ class MockBackend:
     def __init__(self, arch: str | None = None, **host: Any) -> None:
         self.arch: Arch = get_arch(arch or host_arch_name())
         self.host = HostProfile(arch=self.arch.name, **host)
+        self.kernel_release = self.host.kernel_release
         self.user = UserMemory(self.arch)
         mod = importlib.import_module(f"{__name__}.{_ARCH_MODELS[self.arch.name]}")
         self.arch_model: ArchModel = mod.ArchModel(self)
@@ -86,8 +87,8 @@ class MockBackend:
         return obj.run_map
 
     # -- helpers for the kernel objects ----------------------------------------
-    def check_extension(self, cap: int) -> int:
-        return int(self.host.caps.get(self._caps.get(cap, ""), 0))
+    def cap_name(self, cap: int) -> str:
+        return self._caps.get(cap, "")
 
     def device_type_name(self, t: int) -> str:
         return device_type_name(t)

@@ -18,18 +18,33 @@ _CAPS: dict[str, dict[str, int]] = {
         "KVM_CAP_SYS_ATTRIBUTES": 1, "KVM_CAP_GET_TSC_KHZ": 1, "KVM_CAP_MP_STATE": 1,
     },
     "arm64": {
-        "KVM_CAP_USER_MEMORY": 1, "KVM_CAP_NR_VCPUS": 2, "KVM_CAP_MAX_VCPUS": 512,
-        "KVM_CAP_NR_MEMSLOTS": 32767, "KVM_CAP_MAX_VCPU_ID": 512, "KVM_CAP_DEVICE_CTRL": 1,
-        "KVM_CAP_SIGNAL_MSI": 1, "KVM_CAP_IRQFD": 1, "KVM_CAP_IRQ_ROUTING": 1,
-        "KVM_CAP_IOEVENTFD": 1, "KVM_CAP_ONE_REG": 1, "KVM_CAP_VCPU_ATTRIBUTES": 1,
-        "KVM_CAP_ARM_VM_IPA_SIZE": 48, "KVM_CAP_ARM_PMU_V3": 1, "KVM_CAP_ARM_PSCI_0_2": 1,
-        "KVM_CAP_MSI_DEVID": 1, "KVM_CAP_MP_STATE": 1, "KVM_CAP_ARM_IRQ_LINE_LAYOUT_2": 1,
+        "KVM_CAP_USER_MEMORY": 1, "KVM_CAP_NR_VCPUS": 1, "KVM_CAP_NR_MEMSLOTS": 32767,
+        "KVM_CAP_DEVICE_CTRL": 1, "KVM_CAP_SIGNAL_MSI": 1, "KVM_CAP_IRQFD": 1,
+        "KVM_CAP_IRQ_ROUTING": 4096, "KVM_CAP_IOEVENTFD": 1, "KVM_CAP_ONE_REG": 1,
+        "KVM_CAP_VCPU_ATTRIBUTES": 1, "KVM_CAP_ARM_PMU_V3": 1, "KVM_CAP_ARM_PSCI_0_2": 1,
+        "KVM_CAP_ARM_SVE": 1, "KVM_CAP_ARM_PTRAUTH_ADDRESS": 1, "KVM_CAP_ARM_PTRAUTH_GENERIC": 1,
+        "KVM_CAP_ARM_EL1_32BIT": 1, "KVM_CAP_MP_STATE": 1, "KVM_CAP_ARM_IRQ_LINE_LAYOUT_2": 1,
+        # KVM_CAP_MSI_DEVID: per VM (1 once an ITS exists); EINVAL on the system fd
     },
     "powerpc": {"KVM_CAP_DEVICE_CTRL": 1, "KVM_CAP_USER_MEMORY": 1, "KVM_CAP_IRQ_MPIC": 1,
                 "KVM_CAP_IRQ_XICS": 1, "KVM_CAP_ONE_REG": 1, "KVM_CAP_MAX_VCPU_ID": 2048},
     "s390": {"KVM_CAP_DEVICE_CTRL": 1, "KVM_CAP_USER_MEMORY": 1, "KVM_CAP_S390_IRQCHIP": 1,
              "KVM_CAP_VM_ATTRIBUTES": 1, "KVM_CAP_ONE_REG": 1, "KVM_CAP_MAX_VCPU_ID": 248},
 }
+
+
+# arm64 answers that depend on the kernel series and on the host GIC (QEMU's
+# emulated GIC under the guest kernel): seen on Debian 6.12.117 and 6.1.0-56
+_ARM64_BY_KERNEL: dict[str, dict[str, int]] = {
+    "6.12": {"KVM_CAP_ARM_VM_IPA_SIZE": 52},
+    "6.1": {"KVM_CAP_ARM_VM_IPA_SIZE": 48},
+}
+# kvm_arm_default_max_vcpus(): the host GIC's limit (VGIC_V3_MAX_CPUS / VGIC_V2_MAX_CPUS)
+_ARM64_BY_GIC: dict[int, dict[str, int]] = {
+    3: {"KVM_CAP_MAX_VCPUS": 512, "KVM_CAP_MAX_VCPU_ID": 512},
+    2: {"KVM_CAP_MAX_VCPUS": 8, "KVM_CAP_MAX_VCPU_ID": 8},
+}
+_DEFAULT_KERNEL = {"x86_64": "6.18", "arm64": "6.12", "powerpc": "6.12", "s390": "6.12"}
 
 
 @dataclass
@@ -43,11 +58,27 @@ class HostProfile:
     # Device types KVM_CREATE_DEVICE knows (DeviceType names); None: the arch model's
     device_types: tuple[str, ...] | None = None
     vcpu_mmap_size: int = 12288
+    # the kernel series emulated ("6.12", "6.1"): where the real kernels differ
+    kernel: str = ""
+    # arm64: the host's GIC (3: GICv3 + ITS, VGIC_V3/ITS devices; 2: GICv2, VGIC_V2)
+    gic: int = 3
 
     def __post_init__(self) -> None:
+        self.kernel = self.kernel or _DEFAULT_KERNEL.get(self.arch, "6.12")
+        if self.arch == "arm64":
+            if self.kernel not in _ARM64_BY_KERNEL or self.gic not in _ARM64_BY_GIC:
+                raise ValueError(f"the arm64 mock emulates kernel {' or '.join(_ARM64_BY_KERNEL)} "
+                                 f"with gic 3 or 2, not kernel {self.kernel!r} gic {self.gic!r}")
         caps = dict(_CAPS.get(self.arch, {}))
+        if self.arch == "arm64":
+            caps.update(_ARM64_BY_KERNEL[self.kernel])
+            caps.update(_ARM64_BY_GIC[self.gic])
         caps.update(self.caps)
         self.caps = caps
+
+    @property
+    def kernel_release(self) -> str:
+        return f"{self.kernel}.0-kvmdev-mock"
 
 
 def profile(arch: str, **overrides: object) -> HostProfile:

@@ -75,16 +75,24 @@ class KernelObject:
     """One open kernel file.  ioctl_<NAME> methods handle ioctls by kernel name."""
 
     unknown_ioctl_errno: ClassVar[int] = E.ENOTTY
+    # the architecture's part of this object (kvm_arch_vm_ioctl & co.): more ioctl_ methods
+    part: Any = None
 
     def __init__(self, backend: "MockBackend") -> None:
         self.backend = backend
         self.user = backend.user
 
     def ioctl(self, name: str, arg: int) -> int:
-        handler = getattr(self, "ioctl_" + name, None)
+        vm = self.owner_vm()
+        if vm is not None and vm.dead:
+            raise Errno(E.EIO)  # kvm_vm_dead(): every VM, vCPU and device ioctl fails
+        handler = getattr(self, "ioctl_" + name, None) or getattr(self.part, "ioctl_" + name, None)
         if handler is None:
             raise Errno(self.unknown_ioctl_errno)
         return int(handler(arg) or 0)
+
+    def owner_vm(self) -> "MockVm | None":
+        return None
 
     def release(self) -> None:
         """The last close of this file."""
@@ -160,8 +168,22 @@ class ArchModel:
         if machine_type != 0:
             raise Errno(E.EINVAL)
 
-    def max_vcpu_id(self) -> int:
-        return self.host.caps.get("KVM_CAP_MAX_VCPU_ID", 1024)
+    def check_extension(self, vm: "MockVm | None", cap: str) -> int:
+        """KVM_CHECK_EXTENSION on the system fd (vm None) or a VM fd."""
+        return int(self.host.caps.get(cap, 0))
+
+    def vm_part(self, vm: "MockVm") -> Any:
+        """Per-VM architecture state; its ioctl_<NAME> methods add VM ioctls."""
+        return None
+
+    def vcpu_part(self, vcpu: "MockVcpu") -> Any:
+        """Per-vCPU architecture state; its ioctl_<NAME> methods add vCPU ioctls."""
+        return None
+
+    def vcpu_precreate(self, vm: "MockVm", vcpu_id: int) -> None:
+        """kvm_arch_vcpu_precreate."""
+        if vcpu_id >= self.host.caps.get("KVM_CAP_MAX_VCPU_ID", 1024):
+            raise Errno(E.EINVAL)
 
     def check_memory_region(self, vm: "MockVm", gpa: int, size: int) -> None:
         """kvm_arch_prepare_memory_region."""
@@ -204,7 +226,7 @@ class MockSystem(KernelObject):
         return self.backend.arch.const("KVM_API_VERSION")
 
     def ioctl_KVM_CHECK_EXTENSION(self, arg: int) -> int:
-        return self.backend.check_extension(arg)
+        return self.backend.arch_model.check_extension(None, self.backend.cap_name(arg))
 
     def ioctl_KVM_GET_VCPU_MMAP_SIZE(self, arg: int) -> int:
         return self.backend.host.vcpu_mmap_size
@@ -229,14 +251,18 @@ class MockVm(KernelObject):
         self.vcpus: dict[int, MockVcpu] = {}
         self.devices: list[DeviceModel] = []
         self.memslots: dict[int, tuple[int, int, int, int]] = {}  # slot -> gpa, size, uaddr, flags
+        self.dead = False  # kvm_vm_dead(): an unrecoverable error; ioctls answer EIO
         self.attrs = backend.arch_model.vm_attrs(self)
+        self.part = backend.arch_model.vm_part(self)
+
+    def owner_vm(self) -> "MockVm":
+        return self
 
     def ioctl_KVM_CHECK_EXTENSION(self, arg: int) -> int:
-        return self.backend.check_extension(arg)
+        return self.backend.arch_model.check_extension(self, self.backend.cap_name(arg))
 
     def ioctl_KVM_CREATE_VCPU(self, arg: int) -> int:
-        if arg >= self.backend.arch_model.max_vcpu_id():
-            raise Errno(E.EINVAL)
+        self.backend.arch_model.vcpu_precreate(self, arg)
         if arg in self.vcpus:
             raise Errno(E.EEXIST)
         vcpu = MockVcpu(self.backend, self, arg)
@@ -326,8 +352,21 @@ class MockVcpu(KernelObject):
         self.id = vcpu_id
         self.attrs = backend.arch_model.vcpu_attrs(self)
         self.run_map: Any = None  # the mmap of struct kvm_run the caller made
+        self.part = backend.arch_model.vcpu_part(self)
+
+    def owner_vm(self) -> MockVm:
+        return self.vm
+
+    @property
+    def run(self) -> Any:
+        """The caller's struct kvm_run (a mock vCPU without one has never been mmapped)."""
+        if self.run_map is None:
+            raise Errno(E.EFAULT)
+        return self.backend.arch.ffi.from_buffer("struct kvm_run *", self.run_map)
 
     def ioctl_KVM_RUN(self, arg: int) -> int:
+        if arg:
+            raise Errno(E.EINVAL)
         immediate = bool(self.run_map is not None and self.run_map[1])  # kvm_run.immediate_exit
         return self.backend.arch_model.vcpu_run(self, immediate)
 
@@ -348,6 +387,9 @@ class MockDevice(KernelObject):
     def __init__(self, backend: "MockBackend", model: DeviceModel) -> None:
         super().__init__(backend)
         self.model = model
+
+    def owner_vm(self) -> MockVm:
+        return self.model.vm
 
     def _accessor(self, which: str, arg: int) -> int:
         fn = getattr(self.model, which)
