@@ -16,7 +16,12 @@ from kvmdev.arm64 import Affinity, default_mpidr
 pytestmark = pytest.mark.arm64
 
 UNDEF = (1 << 64) - 1         # VGIC_ADDR_UNDEF: a base address never set
-RAM = 0x40000000              # guest RAM of the test guests
+# Guest RAM of the test guests.  Each guest program has its own code address:
+# under the QEMU-emulated hosts a new VM can run stale code that a destroyed VM
+# had at the same guest address, when a run resumes after an exit (see README,
+# "emulation artifacts"); distinct addresses keep the tests independent of it.
+RAM = 0x40000000
+RAM_RO_TEST = 0x48000000
 MMIO = 0x10000000             # an address no memslot holds
 GRP_ADDR = "KVM_DEV_ARM_VGIC_GRP_ADDR"
 GRP_NR_IRQS = "KVM_DEV_ARM_VGIC_GRP_NR_IRQS"
@@ -295,15 +300,15 @@ def test_guest_mmio_ram_and_psci(vm: kvmdev.Vm, psci_0_2: bool) -> None:
 
 
 def test_guest_store_to_readonly_memory_exits(vm: kvmdev.Vm) -> None:
-    code = vm.add_memory(RAM, 0x10000)
-    vm.add_memory(RAM + 0x10000, 0x10000, readonly=True)
-    code.write(RAM, _program(_ldst(False, 2, 1)))
+    code = vm.add_memory(RAM_RO_TEST, 0x10000)
+    vm.add_memory(RAM_RO_TEST + 0x10000, 0x10000, readonly=True)
+    code.write(RAM_RO_TEST, _program(_ldst(False, 2, 1)))
     c = vcpu(vm)
-    c.set_one_reg("pc", RAM)
-    c.set_one_reg("x1", RAM + 0x10000)
+    c.set_one_reg("pc", RAM_RO_TEST)
+    c.set_one_reg("x1", RAM_RO_TEST + 0x10000)
     c.set_one_reg("x2", 0x55)
     assert c.run() == "KVM_EXIT_MMIO"  # writes to a read-only slot are MMIO
-    assert c.mmio == (RAM + 0x10000, (0x55).to_bytes(8, "little"), True)
+    assert c.mmio == (RAM_RO_TEST + 0x10000, (0x55).to_bytes(8, "little"), True)
 
 
 # -- KVM_IRQ_LINE ----------------------------------------------------------------------
