@@ -27,7 +27,7 @@ class KvmError(OSError):
 
     @property
     def errno_name(self) -> str:
-        return _errno.errorcode.get(self.errno, str(self.errno))
+        return _errno.errorcode.get(self.errno or 0, str(self.errno))
 
     def __str__(self) -> str:
         where = f"{self.ioctl} on {self.target}"

@@ -272,7 +272,7 @@ class MockVm(KernelObject):
     def ioctl_KVM_CREATE_DEVICE(self, arg: int) -> int:
         cd = self.user.read_struct("struct kvm_create_device", arg)
         name = self.backend.device_type_name(cd.type)
-        cls = DEVICE_MODELS.get(name) if name in self.backend.host.device_types else None
+        cls = DEVICE_MODELS.get(name) if name in (self.backend.host.device_types or ()) else None
         if cls is None:
             raise Errno(E.ENODEV)
         if cd.flags & self.backend.arch.const("KVM_CREATE_DEVICE_TEST"):
