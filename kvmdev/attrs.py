@@ -52,6 +52,8 @@ class AttrTable:
     group_values: dict[str, int] = field(default_factory=dict)
     attrs: dict[int, dict[int, Attr]] = field(default_factory=dict)
     attr_values: dict[int, dict[str, int]] = field(default_factory=dict)
+    # attributes the table lists only for other architectures
+    other_arch: set[str] = field(default_factory=set)
 
     def group_value(self, group: int | str) -> int:
         if isinstance(group, int):
@@ -69,8 +71,9 @@ class AttrTable:
         named = self.attr_values.get(group, {})
         if attr in named:
             return named[attr]
-        # a group kvmdev has no table for: any kernel name is taken as given
-        if group not in self.groups and self.arch.has_const(attr):
+        # any kernel name is taken as given (raw access, e.g. another device's
+        # attribute to see what the kernel answers); unknown names are errors
+        if self.arch.has_const(attr) and attr not in self.other_arch:
             return self.arch.const(attr)
         raise ValueError(f"{attr} is not an attribute of group {self.group_name(group)} "
                          f"of {self.target} on {self.arch.name}")
@@ -119,6 +122,7 @@ def _resolve(arch: "Arch", target: str) -> AttrTable:
         t.group_values[g.name] = gv
         for a in g.attrs:
             if (a.arches and arch.name not in a.arches) or not arch.has_const(a.name):
+                t.other_arch.add(a.name)
                 continue
             av = arch.const(a.name)
             t.attrs.setdefault(gv, {}).setdefault(av, a)

@@ -179,15 +179,21 @@ class _AttrTarget(_Fd):
             return False
         raise self._attr_error(-r, 0, g, a, (group, attr))
 
-    def get_attr(self, group: int | str, attr: int | str, *, ctype: str | None = None) -> Any:
+    def get_attr(self, group: int | str, attr: int | str, *, ctype: str | None = None,
+                 value_in: Any = None) -> Any:
         """KVM_GET_DEVICE_ATTR: returns an int for integer attributes, bytes for
         byte arrays, a cffi struct for structs, None for no payload.  ``ctype``
-        names what the kernel copies for attributes kvmdev has no table entry for."""
+        names what the kernel copies for attributes kvmdev has no table entry for.
+        ``value_in`` fills the buffer first, for reads that take an input
+        (e.g. the index of KVM_VGIC_V3_ADDR_TYPE_REDIST_REGION)."""
         spec = self._spec(group, attr, ctype)
         fd = self._fd
         if fd < 0:
             self.fileno()
-        buf = spec.new() if spec.ctype is not None else self._null
+        if value_in is not None and spec.ctype is not None:
+            buf = _pack(self._arch.ffi, spec.ctype, value_in, self._names(spec.group, spec.attr, spec.given))
+        else:
+            buf = spec.new() if spec.ctype is not None else self._null
         r = self._attr_fn(fd, self._get_req, spec.group, spec.attr, buf)
         if r < 0:
             raise self._attr_error(-r, 1, spec.group, spec.attr, spec.given)

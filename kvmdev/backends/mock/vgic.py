@@ -109,6 +109,9 @@ class VgicDist:
         if not self.nr_spis:
             self.nr_spis = NR_IRQS_LEGACY - NR_PRIVATE_IRQS
         self.initialized = True
+        self.regs = GicRegs(self)
+
+    regs: "GicRegs | None" = None
 
     def inject(self, intid: int) -> int:
         """kvm_vgic_inject_irq: vgic_lazy_init (only GICv2 initializes itself)."""
@@ -172,7 +175,7 @@ class _Vgic(DeviceModel):
             raise Errno(E.EBUSY)
         part.vgic = self.dist = VgicDist(part, self.type_name)
 
-    def has(self, group: int, attr: int, addr: int) -> None:
+    def _has_common(self, group: int, attr: int) -> None:
         if group == ADDR and attr in self.addr_types or group == NR_IRQS or \
                 group == CTRL and attr in self.ctrl_attrs:
             return
@@ -215,17 +218,87 @@ class _Vgic(DeviceModel):
         raise Errno(E.ENXIO)
 
     def get(self, group: int, attr: int, addr: int) -> None:
+        if group in self.reg_groups:
+            self._regs(group, attr, addr, False)
+            return
         self._common(group, attr, addr, False)
 
     def set(self, group: int, attr: int, addr: int) -> None:
+        if group in self.reg_groups:
+            self._regs(group, attr, addr, True)
+            return
         self._common(group, attr, addr, True)
+
+    reg_groups: frozenset[int] = frozenset()
+
+    def _vcpu(self, group: int, attr: int) -> int:
+        """The vCPU an attr addresses: v2 by index, v3 by MPIDR affinity."""
+        vcpus = self.vm.vcpus
+        if self.dist.v3:
+            if group == DIST_REGS:
+                return next(iter(vcpus), 0)
+            want = attr >> 32 & 0xFFFFFFFF
+            for vid, c in vcpus.items():
+                mpidr = c.part.sysregs.get((3, 0, 0, 0, 5), 0)
+                aff = (mpidr >> 32 & 0xFF) << 24 | (mpidr & 0xFFFFFF)
+                if aff == want:
+                    return vid
+            raise Errno(E.EINVAL)
+        idx = attr >> 32 & 0xFF
+        ids = list(vcpus)
+        if idx >= len(ids):
+            raise Errno(E.EINVAL)
+        return ids[idx]
+
+    def _access(self, regs: "GicRegs", group: int, attr: int, value: int | None) -> int | None:
+        vcpu = self._vcpu(group, attr)
+        off = attr & 0xFFFFFFFF
+        if group == DIST_REGS:
+            return regs.dist(vcpu, off, value)
+        if group == REDIST_REGS:
+            return regs.redist(vcpu, off, value)
+        if group == CPU_REGS:
+            return regs.cpu_reg(vcpu, off, value)
+        if group == CPU_SYSREGS:
+            return regs.sysreg(vcpu, attr & 0xFFFF, value)
+        # LEVEL_INFO: only the line-level info type; no line is high here
+        if attr >> 10 & 0x3FFFFF:
+            raise Errno(E.EINVAL)
+        return 0
+
+    def _regs(self, group: int, attr: int, addr: int, write: bool) -> None:
+        d = self.dist
+        if not d.initialized:
+            if d.v3:
+                raise Errno(E.EBUSY)
+            d.init()  # GICv2 initializes on first register access
+        assert d.regs is not None
+        width = "__u64" if group == CPU_SYSREGS else "__u32"
+        value = self.user.get(width, addr) if write else None
+        out = self._access(d.regs, group, attr, value)
+        if not write:
+            self.user.put(width, addr, out or 0)
+
+    def has(self, group: int, attr: int, addr: int) -> None:
+        if group in self.reg_groups:
+            regs = self.dist.regs or GicRegs(self.dist)
+            try:
+                ok = self._access(regs, group, attr, None) is not None
+            except Errno as e:
+                if group == CPU_SYSREGS and e.errno == E.EINVAL and self._vcpu(group, attr) is not None:
+                    return  # AP0R1-3/AP1R1-3: HAS says yes though GET/SET answer EINVAL
+                raise Errno(E.ENXIO if e.errno == E.ENOENT else e.errno) from None
+            if not ok:
+                raise Errno(E.ENXIO)
+            return
+        self._has_common(group, attr)
 
 
 @device_model
 class VgicV2Model(_Vgic):
     type_name = "ARM_VGIC_V2"
     addr_types = frozenset({V2_DIST, V2_CPU})
-    unmodelled = frozenset({DIST_REGS, CPU_REGS})
+    reg_groups = frozenset({DIST_REGS, CPU_REGS})
 
 
 @device_model
@@ -233,7 +306,7 @@ class VgicV3Model(_Vgic):
     type_name = "ARM_VGIC_V3"
     addr_types = frozenset({V3_DIST, V3_REDIST, V3_REDIST_REGION})
     ctrl_attrs = frozenset({CTRL_INIT, SAVE_PENDING_TABLES})
-    unmodelled = frozenset({DIST_REGS, REDIST_REGS, CPU_SYSREGS, LEVEL_INFO, MAINT_IRQ})
+    reg_groups = frozenset({DIST_REGS, REDIST_REGS, CPU_SYSREGS, LEVEL_INFO})
 
 
 @device_model
@@ -292,3 +365,226 @@ class ItsModel(DeviceModel):
             raise Errno(E.EBUSY)
         raise Errno(E.ENOSYS)
 
+
+
+# -- register state (vgic-mmio.c, vgic-mmio-v2.c, vgic-mmio-v3.c, uaccess paths) ----------
+# Values seen on Debian 6.12 and 6.1 under QEMU -cpu max (tests/test_vgic.py)
+IIDR_DIST = 0x4B00343B      # ProductID 'K', Revision 3, Implementer ARM
+IIDR_GICC = 0x04B2043B
+IIDR_GICR = 0x4B00043B
+PIDR2_V3 = 0x3B
+ICC_CTLR_RESET = 0x8C00     # PRIbits 4 (5 bits), IDbits 1 (24), A3V
+ICC_SRE_RESET = 0x7
+PRI_MASK = 0xF8             # VGIC_PRI_BITS = 5
+V3_IDBITS = 9               # INTERRUPT_ID_BITS_SPIS - 1, no ITS
+
+
+class IrqState:
+    __slots__ = ("enabled", "pending", "active", "priority", "edge", "group", "targets", "mpidr")
+
+    def __init__(self, intid: int, v3: bool) -> None:
+        self.enabled = intid < 16                 # SGIs are always enabled
+        self.pending = self.active = False
+        self.priority = 0
+        self.edge = intid < 16 or intid >= 32     # SGIs and (as seen) SPIs edge, PPIs level
+        self.group = v3                           # v3: group 1 by default; v2: group 0
+        self.targets = 0
+        self.mpidr = 0
+
+
+class GicRegs:
+    """The interrupt state behind the DIST/REDIST/CPU register groups."""
+
+    # (offset, count) of the bitmap registers: name -> attribute of IrqState and set/clear role
+    BITMAPS = {0x080: ("group", None), 0x100: ("enabled", True), 0x180: ("enabled", False),
+               0x200: ("pending", True), 0x280: ("pending", False), 0x300: ("active", True),
+               0x380: ("active", False)}
+
+    def __init__(self, d: VgicDist) -> None:
+        self.d = d
+        self.v3 = d.v3
+        self.ctlr = 0x50 if d.v3 else 0        # v3: ARE | DS
+        # v2: IGROUPR writes are ignored until GICD_IIDR is written back; v3 always
+        # takes them (the v3 doc repeats the v2 rule; the kernel does not apply it)
+        self.groups_writable = d.v3
+        self.spis = [IrqState(i, d.v3) for i in range(NR_PRIVATE_IRQS, NR_PRIVATE_IRQS + d.nr_spis)]
+        self.private = {idx: [IrqState(i, d.v3) for i in range(NR_PRIVATE_IRQS)] for idx in d.part.vm.vcpus}
+        self.cpu: dict[int, dict[str, int]] = {idx: {} for idx in d.part.vm.vcpus}
+
+    def irq(self, vcpu: int, intid: int) -> IrqState | None:
+        if intid < NR_PRIVATE_IRQS:
+            return self.private[vcpu][intid]
+        i = intid - NR_PRIVATE_IRQS
+        return self.spis[i] if i < len(self.spis) else None
+
+    def _bitmap(self, vcpu: int, base: int, which: str, write: bool | None, value: int | None) -> int:
+        if self.v3 and which == "pending":
+            if write is False:
+                return 0      # v3 ICPENDR: RAZ/WI for userspace
+            write = None      # v3 ISPENDR: a userspace write sets the latch to the value
+        out = 0
+        for bit in range(32):
+            irq = self.irq(vcpu, base + bit)
+            if irq is None:
+                continue
+            if value is not None and (write is None or value >> bit & 1):
+                if which == "group" and not self.groups_writable:
+                    continue
+                if which == "enabled" and base + bit < 16:
+                    continue  # SGIs stay enabled
+                setattr(irq, which, bool(value >> bit & 1) if write is None else write)
+            out |= int(getattr(irq, which)) << bit
+        return out
+
+    def dist(self, vcpu: int, off: int, value: int | None) -> int | None:
+        """A GICD access; None: not implemented (HAS ENXIO, GET 0, SET ignored)."""
+        d = self.d
+        ncpus = len(d.part.vm.vcpus)
+        if off == 0x000:
+            if value is not None:
+                self.ctlr = (self.ctlr & ~0x3) | (value & 0x3)
+            return self.ctlr
+        if off == 0x004:
+            typer = (d.nr_spis + NR_PRIVATE_IRQS) // 32 - 1
+            return typer | (V3_IDBITS << 19 if self.v3 else (ncpus - 1) << 5)
+        if off == 0x008:
+            if value is not None:
+                if (value ^ IIDR_DIST) & ~0xF000 or (value >> 12 & 0xF) not in (2, 3):
+                    raise Errno(E.EINVAL)
+                self.groups_writable = True
+            return IIDR_DIST
+        if self.v3 and off == 0x00C:
+            return 0
+        if self.v3 and off == 0x010:
+            return 0xFFFFFFFF  # GICD_STATUSR: read-as-ones, writes ignored
+        for base, (which, write) in self.BITMAPS.items():
+            if base <= off < base + 0x80:
+                first = (off - base) * 8
+                if self.v3 and first < NR_PRIVATE_IRQS:
+                    return 0  # private IRQs live in the redistributors (ARE)
+                return self._bitmap(vcpu, first, which, write, value)
+        if 0x400 <= off < 0x7FC:
+            first = off - 0x400
+            if self.v3 and first < NR_PRIVATE_IRQS:
+                return 0
+            out = 0
+            for i in range(4):
+                irq = self.irq(vcpu, first + i)
+                if irq is None:
+                    continue
+                if value is not None:
+                    irq.priority = value >> 8 * i & PRI_MASK
+                out |= irq.priority << 8 * i
+            return out
+        if not self.v3 and 0x800 <= off < 0xBFC:
+            first = off - 0x800
+            out = 0
+            for i in range(4):
+                irq = self.irq(vcpu, first + i)
+                if irq is None:
+                    continue
+                if first + i < NR_PRIVATE_IRQS:
+                    out |= (1 << vcpu) << 8 * i  # banked: the CPU itself
+                    continue
+                if value is not None:
+                    irq.targets = value >> 8 * i & ((1 << ncpus) - 1)
+                out |= irq.targets << 8 * i
+            return out
+        if 0xC00 <= off < 0xD00:
+            first = (off - 0xC00) * 4
+            if self.v3 and first < NR_PRIVATE_IRQS:
+                return 0
+            out = 0
+            for i in range(16):
+                irq = self.irq(vcpu, first + i)
+                if irq is None:
+                    continue
+                if value is not None and first + i >= NR_PRIVATE_IRQS:
+                    irq.edge = bool(value >> (2 * i + 1) & 1)
+                out |= int(irq.edge) << (2 * i + 1)
+            return out
+        if self.v3 and 0xD00 <= off < 0xD80:
+            return 0  # GICD_IGRPMODR: RAZ/WI without security
+        if not self.v3 and 0xF00 <= off < 0xF30:
+            return 0  # SGIR, CPENDSGIR, SPENDSGIR: no SGI pending here
+        if self.v3 and 0x6100 <= off < 0x6000 + 8 * 1020:
+            irq = self.irq(0, (off - 0x6000) // 8)
+            if irq is None:
+                return 0
+            if value is not None:
+                if off & 4:
+                    irq.mpidr = (irq.mpidr & 0xFFFFFFFF) | (value & 0xFF) << 32
+                else:
+                    irq.mpidr = (irq.mpidr & ~0xFFFFFFFF) | (value & 0x80FFFFFF)
+            return irq.mpidr >> 32 if off & 4 else irq.mpidr & 0xFFFFFFFF
+        if self.v3 and off == 0xFFE8:
+            return PIDR2_V3
+        return None
+
+    def redist(self, vcpu: int, off: int, value: int | None) -> int | None:
+        """A GICR access of vCPU ``vcpu`` (RD frame, then SGI frame at +64K)."""
+        ids = sorted(self.d.part.vm.vcpus)
+        if off == 0x0:
+            return 0x6
+        if off == 0x4:
+            return IIDR_GICR
+        if off in (0x8, 0xC):
+            if off == 0xC:
+                from ...arm64 import Affinity, default_mpidr
+                return Affinity.of(self.d.part.vm.vcpus[vcpu].part.sysregs.get(
+                    (3, 0, 0, 0, 5), default_mpidr(vcpu))).packed()
+            return ids.index(vcpu) << 8 | (0x10 if vcpu == ids[-1] else 0)
+        if off == 0x14:
+            return 0
+        if off in (0x70, 0x74, 0x7C):
+            return 0
+        if off == 0x78:
+            return 0x580
+        if off == 0xFFE8:
+            return PIDR2_V3
+        sgi = off - 0x10000
+        for base, (which, write) in self.BITMAPS.items():
+            if sgi == base:
+                return self._bitmap(vcpu, 0, which, write, value)
+        if 0x400 <= sgi < 0x420:
+            out = 0
+            for i in range(4):
+                irq = self.irq(vcpu, sgi - 0x400 + i)
+                assert irq is not None
+                if value is not None:
+                    irq.priority = value >> 8 * i & PRI_MASK
+                out |= irq.priority << 8 * i
+            return out
+        if sgi == 0xC00:
+            return 0xAAAAAAAA
+        if sgi in (0xC04, 0xD00, 0xE00):
+            return 0
+        return None
+
+    def cpu_reg(self, vcpu: int, off: int, value: int | None) -> int | None:
+        """A GICC access (GICv2)."""
+        regs = self.cpu[vcpu]
+        if off == 0xFC:
+            return IIDR_GICC
+        masks = {0x00: 0x21F, 0x04: 0x1F, 0x08: 0x7, 0x1C: 0x7, 0xD0: 0xFFFFFFFF,
+                 0xD4: 0xFFFFFFFF, 0xD8: 0xFFFFFFFF, 0xDC: 0xFFFFFFFF}
+        if off not in masks:
+            return None
+        if value is not None:
+            regs[hex(off)] = value & masks[off]
+        return regs.get(hex(off), 0)
+
+    def sysreg(self, vcpu: int, instr: int, value: int | None) -> int:
+        regs = self.cpu[vcpu]
+        op0, op1, crn, crm, op2 = instr >> 14, instr >> 11 & 7, instr >> 7 & 15, instr >> 3 & 15, instr & 7
+        enc = (op0, op1, crn, crm, op2)
+        resets = {(3, 0, 4, 6, 0): 0, (3, 0, 12, 8, 3): 0, (3, 0, 12, 8, 4): 0, (3, 0, 12, 9, 0): 0,
+                  (3, 0, 12, 12, 3): 0, (3, 0, 12, 12, 4): ICC_CTLR_RESET, (3, 0, 12, 12, 5): ICC_SRE_RESET,
+                  (3, 0, 12, 12, 6): 0, (3, 0, 12, 12, 7): 0}
+        if enc not in resets:
+            if enc[:4] == (3, 0, 12, 8) and enc[4] > 4 or enc[:4] == (3, 0, 12, 9) and 0 < enc[4] < 4:
+                raise Errno(E.EINVAL)  # AP0R1-3/AP1R1-3: not at 5 priority bits
+            raise Errno(E.ENOENT)
+        if value is not None and enc not in ((3, 0, 12, 12, 5),):
+            regs[str(enc)] = value & (PRI_MASK if enc == (3, 0, 4, 6, 0) else 0xFFFFFFFF)
+        return regs.get(str(enc), resets[enc])
