@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno as _E
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Iterator
 
 from .. import attrs as _attrs
 from ..arm64 import Affinity
@@ -183,7 +183,8 @@ def decode(fields: dict[str, tuple[int, int]], value: int) -> dict[str, int]:
 
 
 # -- KVM_DEV_ARM_VGIC_GRP_ADDR REDIST_REGION --------------------------------------------
-class RedistRegion(NamedTuple):
+@dataclass(frozen=True)
+class RedistRegion:
     """A KVM_VGIC_V3_ADDR_TYPE_REDIST_REGION value: ``count`` redistributors
     (128K each) from ``base``; region ``index`` (regions are added 0, 1, ...)."""
 
