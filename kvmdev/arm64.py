@@ -87,7 +87,7 @@ SYSREGS: dict[str, tuple[int, int, int, int, int]] = {
 
 # struct kvm_regs starts with struct user_pt_regs { __u64 regs[31], sp, pc, pstate; };
 # a core register's id carries its offset in 32-bit words.
-_CORE_OFFSETS = {**{f"x{n}": 2 * n for n in range(31)}, "sp": 62, "pc": 64, "pstate": 66}
+CORE_OFFSETS = {**{f"x{n}": 2 * n for n in range(31)}, "sp": 62, "pc": 64, "pstate": 66}
 
 
 @lru_cache(maxsize=None)
@@ -96,7 +96,7 @@ def reg_id(name: str) -> int:
     and the system registers in SYSREGS ("MPIDR_EL1")."""
     a = get_arch("arm64")
     c = a.const
-    off = _CORE_OFFSETS.get(name.lower())
+    off = CORE_OFFSETS.get(name.lower())
     if off is not None:
         return c("KVM_REG_ARM64") | c("KVM_REG_SIZE_U64") | c("KVM_REG_ARM_CORE") | off
     enc = SYSREGS.get(name.upper())
@@ -126,6 +126,15 @@ def irq(irq_type: int | str, num: int, vcpu: int = 0, arch: Arch | None = None) 
             | (vcpu >> 8) << c("KVM_ARM_IRQ_VCPU2_SHIFT")
             | (vcpu & vcpu_lo) << c("KVM_ARM_IRQ_VCPU_SHIFT")
             | num << c("KVM_ARM_IRQ_NUM_SHIFT"))
+
+
+def irq_fields(value: int, arch: Arch | None = None) -> tuple[int, int, int]:
+    """The inverse of irq(): (type, vCPU index, number) of a KVM_IRQ_LINE irq field."""
+    c = _a(arch).const
+    vcpu = (value >> c("KVM_ARM_IRQ_VCPU_SHIFT") & c("KVM_ARM_IRQ_VCPU_MASK")) + \
+        (value >> c("KVM_ARM_IRQ_VCPU2_SHIFT") & c("KVM_ARM_IRQ_VCPU2_MASK")) * (c("KVM_ARM_IRQ_VCPU_MASK") + 1)
+    return (value >> c("KVM_ARM_IRQ_TYPE_SHIFT") & c("KVM_ARM_IRQ_TYPE_MASK"), vcpu,
+            value >> c("KVM_ARM_IRQ_NUM_SHIFT") & c("KVM_ARM_IRQ_NUM_MASK"))
 
 
 class Affinity(NamedTuple):

@@ -330,6 +330,8 @@ def test_irq_encoding() -> None:
     assert A.irq("SPI", 40) == 1 << 24 | 40
     assert A.irq("PPI", 27, vcpu=3) == 2 << 24 | 3 << 16 | 27
     assert A.irq("CPU", 1, vcpu=0x1FF) == 1 << 28 | 0xFF << 16 | 1  # vcpu2 bits above 255
+    for itype, num, vcpu in ((1, 40, 0), (2, 27, 3), (0, 1, 0x1FF)):
+        assert A.irq_fields(A.irq(itype, num, vcpu=vcpu)) == (itype, vcpu, num)
     with pytest.raises(ValueError):
         A.irq("SPI", 1 << 16)
     with pytest.raises(ValueError):

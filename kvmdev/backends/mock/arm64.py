@@ -16,8 +16,8 @@ from __future__ import annotations
 import errno as E
 from typing import Any
 
-from ...arm64 import (NR_PRIVATE_IRQS, NR_SGIS, PSCI_0_2_FN_PSCI_VERSION, PSCI_0_2_FN_SYSTEM_OFF,
-                      PSCI_RET_NOT_SUPPORTED, default_mpidr)
+from ...arm64 import (CORE_OFFSETS, SYSREGS, NR_PRIVATE_IRQS, NR_SGIS, PSCI_0_2_FN_PSCI_VERSION, PSCI_0_2_FN_SYSTEM_OFF,
+                      PSCI_RET_NOT_SUPPORTED, default_mpidr, irq_fields)
 from . import vfio  # noqa: F401  (registers the VFIO model)
 from . import vgic
 from .kernel import ArchModel as _Base
@@ -35,8 +35,9 @@ MIDR = 0xF0510
 SCTLR_RESET = 0xC50078
 # struct kvm_regs in 32-bit words; user_pt_regs (x0..x30, sp, pc, pstate) is words 0..67
 KVM_REGS_WORDS = 214
-CORE_NAMES = {**{2 * n: f"x{n}" for n in range(31)}, 62: "sp", 64: "pc", 66: "pstate"}
+CORE_NAMES = {off: name for name, off in CORE_OFFSETS.items()}
 STEP_LIMIT = 1 << 16
+MIDR_EL1, MPIDR_EL1, SCTLR_EL1 = (SYSREGS[n] for n in ("MIDR_EL1", "MPIDR_EL1", "SCTLR_EL1"))
 
 
 class Arm64Vm:
@@ -80,6 +81,10 @@ class Arm64Vcpu:
         self.sysregs: dict[tuple[int, int, int, int, int], int] = {}
         self.mmio: tuple[int, int, bool] | None = None  # (rt, len, is_write) until completed
 
+    @property
+    def mpidr(self) -> int:
+        return self.sysregs.get(MPIDR_EL1, 0)
+
     def has(self, feature: str) -> bool:
         return bool(self.features >> self.a.const("KVM_ARM_VCPU_" + feature) & 1)
 
@@ -106,8 +111,7 @@ class Arm64Vcpu:
         self.x = [0] * 31
         self.sp = self.pc = 0
         self.pstate = PSTATE_RESET
-        self.sysregs = {(3, 0, 0, 0, 0): MIDR, (3, 0, 0, 0, 5): default_mpidr(self.vcpu.id),
-                        (3, 0, 1, 0, 0): SCTLR_RESET}
+        self.sysregs = {MIDR_EL1: MIDR, MPIDR_EL1: default_mpidr(self.vcpu.id), SCTLR_EL1: SCTLR_RESET}
 
     # -- KVM_{GET,SET}_ONE_REG (guest.c, sys_regs.c) --------------------------------
     def _reg(self, arg: int) -> tuple[str, Any, int]:
@@ -313,10 +317,7 @@ class ArchModel(_Base):
     def irq_line(self, vm: MockVm, irq: int, level: int) -> int:
         """kvm_vm_ioctl_irq_line."""
         c = self.backend.arch.const
-        itype = irq >> c("KVM_ARM_IRQ_TYPE_SHIFT") & c("KVM_ARM_IRQ_TYPE_MASK")
-        vcpu_id = (irq >> c("KVM_ARM_IRQ_VCPU_SHIFT") & c("KVM_ARM_IRQ_VCPU_MASK")) + \
-            (irq >> c("KVM_ARM_IRQ_VCPU2_SHIFT") & c("KVM_ARM_IRQ_VCPU2_MASK")) * (c("KVM_ARM_IRQ_VCPU_MASK") + 1)
-        num = irq >> c("KVM_ARM_IRQ_NUM_SHIFT") & c("KVM_ARM_IRQ_NUM_MASK")
+        itype, vcpu_id, num = irq_fields(irq, self.backend.arch)
         d = vm.part.vgic
         if itype == c("KVM_ARM_IRQ_TYPE_CPU"):
             if d is not None:

@@ -14,6 +14,9 @@ from __future__ import annotations
 import errno as E
 from typing import TYPE_CHECKING
 
+from ...arch import get_arch
+from ...arm64 import Affinity
+from ...devices.vgic import ICC
 from .kernel import DeviceModel, Errno, device_model
 
 if TYPE_CHECKING:
@@ -26,14 +29,20 @@ NR_IRQS_LEGACY = 256        # VGIC_NR_IRQS_LEGACY
 NR_PRIVATE_IRQS = 32
 MAX_RESERVED = 1023         # VGIC_MAX_RESERVED
 
-# KVM_DEV_ARM_VGIC_GRP_*
-ADDR, DIST_REGS, CPU_REGS, NR_IRQS, CTRL, REDIST_REGS, CPU_SYSREGS, LEVEL_INFO, ITS_REGS, MAINT_IRQ = range(10)
-# KVM_VGIC_*_ADDR_TYPE_*
-V2_DIST, V2_CPU, V3_DIST, V3_REDIST, ITS_ADDR, V3_REDIST_REGION = range(6)
-# KVM_DEV_ARM_VGIC_GRP_CTRL attributes
-CTRL_INIT, ITS_SAVE_TABLES, ITS_RESTORE_TABLES, SAVE_PENDING_TABLES, ITS_CTRL_RESET = range(5)
-V2_DIST_SIZE, V2_CPU_SIZE = 0x1000, 0x2000
-V3_DIST_SIZE, V3_REDIST_SIZE, ITS_SIZE = 0x10000, 0x20000, 0x20000
+# the uapi numbers, from cdefs/arch/arm64.h
+_c = get_arch("arm64").const
+ADDR, DIST_REGS, CPU_REGS, NR_IRQS, CTRL, REDIST_REGS, CPU_SYSREGS, LEVEL_INFO, ITS_REGS = (
+    _c("KVM_DEV_ARM_VGIC_GRP_" + n) for n in
+    ("ADDR", "DIST_REGS", "CPU_REGS", "NR_IRQS", "CTRL", "REDIST_REGS", "CPU_SYSREGS", "LEVEL_INFO", "ITS_REGS"))
+V2_DIST, V2_CPU = _c("KVM_VGIC_V2_ADDR_TYPE_DIST"), _c("KVM_VGIC_V2_ADDR_TYPE_CPU")
+V3_DIST, V3_REDIST = _c("KVM_VGIC_V3_ADDR_TYPE_DIST"), _c("KVM_VGIC_V3_ADDR_TYPE_REDIST")
+V3_REDIST_REGION, ITS_ADDR = _c("KVM_VGIC_V3_ADDR_TYPE_REDIST_REGION"), _c("KVM_VGIC_ITS_ADDR_TYPE")
+CTRL_INIT, SAVE_PENDING_TABLES = _c("KVM_DEV_ARM_VGIC_CTRL_INIT"), _c("KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES")
+ITS_SAVE_TABLES, ITS_RESTORE_TABLES = _c("KVM_DEV_ARM_ITS_SAVE_TABLES"), _c("KVM_DEV_ARM_ITS_RESTORE_TABLES")
+ITS_CTRL_RESET = _c("KVM_DEV_ARM_ITS_CTRL_RESET")
+V2_DIST_SIZE, V2_CPU_SIZE = _c("KVM_VGIC_V2_DIST_SIZE"), _c("KVM_VGIC_V2_CPU_SIZE")
+V3_DIST_SIZE, V3_REDIST_SIZE = _c("KVM_VGIC_V3_DIST_SIZE"), _c("KVM_VGIC_V3_REDIST_SIZE")
+ITS_SIZE = _c("KVM_VGIC_V3_ITS_SIZE")
 
 
 def check_iorange(phys_size: int, current: int, addr: int, align: int, size: int) -> None:
@@ -161,8 +170,6 @@ class VgicDist:
 class _Vgic(DeviceModel):
     """What VGIC v2 and v3 share (vgic_{set,get}_common_attr)."""
 
-    # groups the kernel implements on this version but the mock does not model
-    unmodelled: frozenset[int] = frozenset()
     addr_types: frozenset[int] = frozenset()
     ctrl_attrs: frozenset[int] = frozenset({CTRL_INIT})
 
@@ -179,8 +186,6 @@ class _Vgic(DeviceModel):
         if group == ADDR and attr in self.addr_types or group == NR_IRQS or \
                 group == CTRL and attr in self.ctrl_attrs:
             return
-        if group in self.unmodelled:
-            raise Errno(E.ENOSYS)
         raise Errno(E.ENXIO)
 
     def _common(self, group: int, attr: int, addr: int, write: bool) -> None:
@@ -213,8 +218,6 @@ class _Vgic(DeviceModel):
                 return
             if attr == SAVE_PENDING_TABLES and d.v3:
                 raise Errno(E.ENOSYS)
-        if group in self.unmodelled:
-            raise Errno(E.ENOSYS)
         raise Errno(E.ENXIO)
 
     def get(self, group: int, attr: int, addr: int) -> None:
@@ -239,9 +242,7 @@ class _Vgic(DeviceModel):
                 return next(iter(vcpus), 0)
             want = attr >> 32 & 0xFFFFFFFF
             for vid, c in vcpus.items():
-                mpidr = c.part.sysregs.get((3, 0, 0, 0, 5), 0)
-                aff = (mpidr >> 32 & 0xFF) << 24 | (mpidr & 0xFFFFFF)
-                if aff == want:
+                if Affinity.of(c.part.mpidr).packed() == want:
                     return vid
             raise Errno(E.EINVAL)
         idx = attr >> 32 & 0xFF
@@ -409,7 +410,8 @@ class GicRegs:
         self.groups_writable = d.v3
         self.spis = [IrqState(i, d.v3) for i in range(NR_PRIVATE_IRQS, NR_PRIVATE_IRQS + d.nr_spis)]
         self.private = {idx: [IrqState(i, d.v3) for i in range(NR_PRIVATE_IRQS)] for idx in d.part.vm.vcpus}
-        self.cpu: dict[int, dict[str, int]] = {idx: {} for idx in d.part.vm.vcpus}
+        self.gicc: dict[int, dict[int, int]] = {idx: {} for idx in d.part.vm.vcpus}   # by offset
+        self.icc: dict[int, dict[str, int]] = {idx: {} for idx in d.part.vm.vcpus}    # by ICC name
 
     def irq(self, vcpu: int, intid: int) -> IrqState | None:
         if intid < NR_PRIVATE_IRQS:
@@ -434,6 +436,18 @@ class GicRegs:
                     continue  # SGIs stay enabled
                 setattr(irq, which, bool(value >> bit & 1) if write is None else write)
             out |= int(getattr(irq, which)) << bit
+        return out
+
+    def _priorities(self, vcpu: int, first: int, value: int | None) -> int:
+        """An IPRIORITYR word: four byte-wide priorities, VGIC_PRI_BITS kept."""
+        out = 0
+        for i in range(4):
+            irq = self.irq(vcpu, first + i)
+            if irq is None:
+                continue
+            if value is not None:
+                irq.priority = value >> 8 * i & PRI_MASK
+            out |= irq.priority << 8 * i
         return out
 
     def dist(self, vcpu: int, off: int, value: int | None) -> int | None:
@@ -467,15 +481,7 @@ class GicRegs:
             first = off - 0x400
             if self.v3 and first < NR_PRIVATE_IRQS:
                 return 0
-            out = 0
-            for i in range(4):
-                irq = self.irq(vcpu, first + i)
-                if irq is None:
-                    continue
-                if value is not None:
-                    irq.priority = value >> 8 * i & PRI_MASK
-                out |= irq.priority << 8 * i
-            return out
+            return self._priorities(vcpu, first, value)
         if not self.v3 and 0x800 <= off < 0xBFC:
             first = off - 0x800
             out = 0
@@ -530,9 +536,7 @@ class GicRegs:
             return IIDR_GICR
         if off in (0x8, 0xC):
             if off == 0xC:
-                from ...arm64 import Affinity, default_mpidr
-                return Affinity.of(self.d.part.vm.vcpus[vcpu].part.sysregs.get(
-                    (3, 0, 0, 0, 5), default_mpidr(vcpu))).packed()
+                return Affinity.of(self.d.part.vm.vcpus[vcpu].part.mpidr).packed()
             return ids.index(vcpu) << 8 | (0x10 if vcpu == ids[-1] else 0)
         if off == 0x14:
             return 0
@@ -547,44 +551,44 @@ class GicRegs:
             if sgi == base:
                 return self._bitmap(vcpu, 0, which, write, value)
         if 0x400 <= sgi < 0x420:
-            out = 0
-            for i in range(4):
-                irq = self.irq(vcpu, sgi - 0x400 + i)
-                assert irq is not None
-                if value is not None:
-                    irq.priority = value >> 8 * i & PRI_MASK
-                out |= irq.priority << 8 * i
-            return out
+            return self._priorities(vcpu, sgi - 0x400, value)
         if sgi == 0xC00:
             return 0xAAAAAAAA
         if sgi in (0xC04, 0xD00, 0xE00):
             return 0
         return None
 
+    # GICC offsets KVM implements for userspace -> writable bits
+    GICC_MASKS = {0x00: 0x21F, 0x04: 0x1F, 0x08: 0x7, 0x1C: 0x7,
+                  0xD0: 0xFFFFFFFF, 0xD4: 0xFFFFFFFF, 0xD8: 0xFFFFFFFF, 0xDC: 0xFFFFFFFF}
+
     def cpu_reg(self, vcpu: int, off: int, value: int | None) -> int | None:
         """A GICC access (GICv2)."""
-        regs = self.cpu[vcpu]
         if off == 0xFC:
             return IIDR_GICC
-        masks = {0x00: 0x21F, 0x04: 0x1F, 0x08: 0x7, 0x1C: 0x7, 0xD0: 0xFFFFFFFF,
-                 0xD4: 0xFFFFFFFF, 0xD8: 0xFFFFFFFF, 0xDC: 0xFFFFFFFF}
-        if off not in masks:
+        mask = self.GICC_MASKS.get(off)
+        if mask is None:
             return None
+        regs = self.gicc[vcpu]
         if value is not None:
-            regs[hex(off)] = value & masks[off]
-        return regs.get(hex(off), 0)
+            regs[off] = value & mask
+        return regs.get(off, 0)
 
     def sysreg(self, vcpu: int, instr: int, value: int | None) -> int:
-        regs = self.cpu[vcpu]
-        op0, op1, crn, crm, op2 = instr >> 14, instr >> 11 & 7, instr >> 7 & 15, instr >> 3 & 15, instr & 7
-        enc = (op0, op1, crn, crm, op2)
-        resets = {(3, 0, 4, 6, 0): 0, (3, 0, 12, 8, 3): 0, (3, 0, 12, 8, 4): 0, (3, 0, 12, 9, 0): 0,
-                  (3, 0, 12, 12, 3): 0, (3, 0, 12, 12, 4): ICC_CTLR_RESET, (3, 0, 12, 12, 5): ICC_SRE_RESET,
-                  (3, 0, 12, 12, 6): 0, (3, 0, 12, 12, 7): 0}
-        if enc not in resets:
-            if enc[:4] == (3, 0, 12, 8) and enc[4] > 4 or enc[:4] == (3, 0, 12, 9) and 0 < enc[4] < 4:
-                raise Errno(E.EINVAL)  # AP0R1-3/AP1R1-3: not at 5 priority bits
+        """An ICC_* access (GICv3), by the attr's Op0:Op1:CRn:CRm:Op2."""
+        name = ICC_BY_INSTR.get(instr)
+        if name is None:
             raise Errno(E.ENOENT)
-        if value is not None and enc not in ((3, 0, 12, 12, 5),):
-            regs[str(enc)] = value & (PRI_MASK if enc == (3, 0, 4, 6, 0) else 0xFFFFFFFF)
-        return regs.get(str(enc), resets[enc])
+        if name not in ICC_RESETS:
+            raise Errno(E.EINVAL)  # AP0R1-3/AP1R1-3: not at 5 priority bits
+        regs = self.icc[vcpu]
+        if value is not None and name != "ICC_SRE_EL1":
+            regs[name] = value & (PRI_MASK if name == "ICC_PMR_EL1" else 0xFFFFFFFF)
+        return regs.get(name, ICC_RESETS[name])
+
+
+ICC_BY_INSTR = {r.instr: r.name for r in ICC.values()}
+# the ICC registers at this VGIC's 5 priority bits, and their reset values
+ICC_RESETS = {"ICC_PMR_EL1": 0, "ICC_BPR0_EL1": 0, "ICC_AP0R0_EL1": 0, "ICC_AP1R0_EL1": 0, "ICC_BPR1_EL1": 0,
+              "ICC_CTLR_EL1": ICC_CTLR_RESET, "ICC_SRE_EL1": ICC_SRE_RESET, "ICC_IGRPEN0_EL1": 0,
+              "ICC_IGRPEN1_EL1": 0}
