@@ -471,11 +471,20 @@ class VgicV3(Vgic):
 
     def level_info(self, vcpu: "Vcpu | int", intid: int) -> int:
         """KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO: the line levels of INTIDs intid..intid+31
-        (intid a multiple of 32) as a bitmap."""
-        if intid % 32:
-            raise ValueError("LEVEL_INFO reads 32 interrupts from a multiple of 32")
-        attr = _affinity(vcpu) << 32 | 0 << 10 | intid  # VGIC_LEVEL_INFO_LINE_LEVEL
-        return int(self.get_attr("KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO", attr))
+        (intid a multiple of 32) as a bitmap.  The kernel reports only the lines of
+        level-sensitive interrupts; SGIs and INTIDs past NR_IRQS read 0."""
+        return int(self.get_attr("KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO", _level_attr(vcpu, intid)))
+
+    def set_level_info(self, vcpu: "Vcpu | int", intid: int, levels: int) -> None:
+        """Restore line levels (set for every interrupt whatever its configuration,
+        so ICFGR need not be restored first)."""
+        self.set_attr("KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO", _level_attr(vcpu, intid), levels)
+
+
+def _level_attr(vcpu: "Vcpu | int", intid: int) -> int:
+    if intid % 32 or not 0 <= intid < 1024:
+        raise ValueError(f"LEVEL_INFO covers 32 interrupts from a multiple of 32 below 1024, not {intid}")
+    return _affinity(vcpu) << 32 | 0 << 10 | intid  # VGIC_LEVEL_INFO_LINE_LEVEL
 
 
 def _index(vcpu: "Vcpu | int") -> int:

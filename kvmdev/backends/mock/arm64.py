@@ -8,12 +8,14 @@ run on Debian's 6.12 and 6.1 arm64 kernels (tools/arm64/test-arm64.sh):
 - KVM_IRQ_LINE and KVM_SIGNAL_MSI routing and errors;
 - KVM_RUN: the first-run checks (vCPU init, SVE finalization, VGIC mapping,
   PMU), MMIO completion, immediate_exit, and a guest of a few instructions:
-  LDR/STR (unsigned offset) to RAM or MMIO and HVC #0 into PSCI.
+  LDR/STR (unsigned offset) to RAM or MMIO, B, CBZ/CBNZ, and HVC #0 into PSCI.
 Anything else a guest does stops the mock with ENOSYS ("not emulated").
 """
 from __future__ import annotations
 
 import errno as E
+import itertools
+import time
 from typing import Any
 
 from ...arm64 import (CORE_OFFSETS, SYSREGS, NR_PRIVATE_IRQS, NR_SGIS, PSCI_0_2_FN_PSCI_VERSION, PSCI_0_2_FN_SYSTEM_OFF,
@@ -36,7 +38,7 @@ SCTLR_RESET = 0xC50078
 # struct kvm_regs in 32-bit words; user_pt_regs (x0..x30, sp, pc, pstate) is words 0..67
 KVM_REGS_WORDS = 214
 CORE_NAMES = {off: name for name, off in CORE_OFFSETS.items()}
-STEP_LIMIT = 1 << 16
+RUN_LIMIT_S = 30.0          # a mock guest still running after this stops with ENOSYS
 MIDR_EL1, MPIDR_EL1, SCTLR_EL1 = (SYSREGS[n] for n in ("MIDR_EL1", "MPIDR_EL1", "SCTLR_EL1"))
 
 
@@ -49,6 +51,7 @@ class Arm64Vm:
         self.vgic: vgic.VgicDist | None = None
         self.its: list[vgic.ItsModel] = []
         self.msis_require_devid = False
+        self.propbaser = 0  # kvm->arch.vgic.propbaser: GICR_PROPBASER of every redistributor
         self.features: int | None = None  # kvm->arch.vcpu_features once configured (6.12)
 
     @property
@@ -218,7 +221,10 @@ class Arm64Vcpu:
 
     def _execute(self, run: Any) -> int:
         user = self.vcpu.user
-        for _ in range(STEP_LIMIT):
+        deadline = time.monotonic() + RUN_LIMIT_S
+        for step in itertools.count():
+            if step % 4096 == 0 and time.monotonic() > deadline:
+                break  # a guest spinning this long is a test bug: stop it rather than hang
             fetch = self._ram(self.pc, 4, False)
             if fetch is None:
                 raise Errno(E.ENOSYS)  # the kernel would inject an abort and run on
@@ -243,6 +249,16 @@ class Arm64Vcpu:
                 elif rt != 31:
                     self.x[rt] = int.from_bytes(user.read(ram, n), "little")
                 self.pc += 4
+            elif insn & 0xFE000000 == 0xB4000000:  # CBZ/CBNZ (64-bit)
+                imm = (insn >> 5 & 0x7FFFF) << 2
+                imm -= (1 << 21) if imm >> 20 else 0
+                zero = self.x[insn & 31] == 0 if insn & 31 != 31 else True
+                taken = zero != bool(insn >> 24 & 1)
+                self.pc = (self.pc + (imm if taken else 4)) & U64
+            elif insn & 0xFC000000 == 0x14000000:  # B
+                imm = (insn & 0x3FFFFFF) << 2
+                imm -= (1 << 28) if imm >> 27 else 0
+                self.pc = (self.pc + imm) & U64
             elif insn == 0xD4000002:  # HVC #0: SMCCC into PSCI
                 self.pc += 4
                 if self._psci(run):
@@ -277,7 +293,7 @@ class ArchModel(_Base):
 
     def device_types(self) -> list[str]:
         if self.host.gic == 3:
-            return ["VFIO", "ARM_VGIC_V3", "ARM_VGIC_ITS"]
+            return ["VFIO", "ARM_VGIC_V3", "ARM_VGIC_ITS"] + (["ARM_VGIC_V2"] if self.host.gicv2_compat else [])
         return ["VFIO", "ARM_VGIC_V2"]
 
     def check_extension(self, vm: MockVm | None, cap: str) -> int:
@@ -301,14 +317,23 @@ class ArchModel(_Base):
         return Arm64Vm(vm, vm.machine_type & mask or DEFAULT_IPA_BITS)
 
     def vcpu_part(self, vcpu: MockVcpu) -> Arm64Vcpu:
-        return Arm64Vcpu(vcpu)
+        """kvm_arch_vcpu_create: with a GICv3, kvm_vgic_vcpu_init places the new
+        vCPU's redistributor (a duplicate id, refused after this, still uses up a slot)."""
+        part = Arm64Vcpu(vcpu)
+        d = vcpu.vm.part.vgic
+        if d is not None and d.v3:
+            d.register_redist(vcpu.id, duplicate=vcpu.id in vcpu.vm.vcpus)
+        return part
 
     def vcpu_precreate(self, vm: MockVm, vcpu_id: int) -> None:
-        d = vm.part.vgic
-        if d is not None and d.initialized:
-            raise Errno(E.EBUSY)
+        """kvm_vm_ioctl_create_vcpu's limits, then kvm_arch_vcpu_precreate."""
         if vcpu_id >= self.host.caps["KVM_CAP_MAX_VCPUS"]:
             raise Errno(E.EINVAL)
+        d = vm.part.vgic
+        if d is not None and len(vm.vcpus) >= d.max_vcpus:
+            raise Errno(E.EINVAL)  # kvm->max_vcpus, set by the VGIC's creation
+        if d is not None and d.initialized:
+            raise Errno(E.EBUSY)
 
     def check_memory_region(self, vm: MockVm, gpa: int, size: int) -> None:
         if gpa + size > vm.part.phys_size:
@@ -330,13 +355,13 @@ class ArchModel(_Base):
                 raise Errno(E.ENXIO)
             if vcpu_id not in vm.vcpus or not NR_SGIS <= num < NR_PRIVATE_IRQS:
                 raise Errno(E.EINVAL)
-            return d.inject(num)
+            return d.inject(num, vcpu_id, bool(level))
         if itype == c("KVM_ARM_IRQ_TYPE_SPI"):
             if d is None:
                 raise Errno(E.ENXIO)
             if num < NR_PRIVATE_IRQS:
                 raise Errno(E.EINVAL)
-            return d.inject(num)
+            return d.inject(num, 0, bool(level))
         raise Errno(E.EINVAL)
 
     def signal_msi(self, vm: MockVm, msi: Any) -> int:

@@ -62,6 +62,11 @@ class HostProfile:
     kernel: str = ""
     # arm64: the host's GIC (3: GICv3 + ITS, VGIC_V3/ITS devices; 2: GICv2, VGIC_V2)
     gic: int = 3
+    # arm64 GICv3 host: GICv2 compatibility (VGIC_V2 creatable too; QEMU's GICv3 has none)
+    gicv2_compat: bool = False
+    # arm64 GICv3 host CPU interface (ICH_VTR_EL2): priority bits (5..7) and ID bits (16 or 24)
+    pri_bits: int = 5
+    id_bits: int = 24
 
     def __post_init__(self) -> None:
         self.kernel = self.kernel or _DEFAULT_KERNEL.get(self.arch, "6.12")
@@ -69,6 +74,11 @@ class HostProfile:
             if self.kernel not in _ARM64_BY_KERNEL or self.gic not in _ARM64_BY_GIC:
                 raise ValueError(f"the arm64 mock emulates kernel {' or '.join(_ARM64_BY_KERNEL)} "
                                  f"with gic 3 or 2, not kernel {self.kernel!r} gic {self.gic!r}")
+            if self.pri_bits not in (5, 6, 7) or self.id_bits not in (16, 24):
+                raise ValueError(f"a GICv3 CPU interface has 5, 6 or 7 priority bits and 16 or 24 "
+                                 f"ID bits, not {self.pri_bits!r} and {self.id_bits!r}")
+            if self.gicv2_compat and self.gic != 3:
+                raise ValueError("gicv2_compat describes a GICv3 host")
         caps = dict(_CAPS.get(self.arch, {}))
         if self.arch == "arm64":
             caps.update(_ARM64_BY_KERNEL[self.kernel])

@@ -3,10 +3,12 @@ generic semantics of virt/kvm/kvm_main.c.  Architecture and device behaviour
 plug in through ArchModel and DeviceModel subclasses."""
 from __future__ import annotations
 
+import contextlib
 import errno as E
 import os
 import struct
-from typing import TYPE_CHECKING, Any, ClassVar
+import threading
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 if TYPE_CHECKING:
     from . import MockBackend
@@ -258,14 +260,29 @@ class MockVm(KernelObject):
     def owner_vm(self) -> "MockVm":
         return self
 
+    @contextlib.contextmanager
+    def all_vcpus_locked(self) -> Iterator[None]:
+        """lock_all_vcpus: a vCPU inside an ioctl (KVM_RUN) holds its mutex, and
+        the caller gets EBUSY instead of waiting."""
+        held: list[threading.Lock] = []
+        try:
+            for c in self.vcpus.values():
+                if not c.mutex.acquire(blocking=False):
+                    raise Errno(E.EBUSY)
+                held.append(c.mutex)
+            yield
+        finally:
+            for m in held:
+                m.release()
+
     def ioctl_KVM_CHECK_EXTENSION(self, arg: int) -> int:
         return self.backend.arch_model.check_extension(self, self.backend.cap_name(arg))
 
     def ioctl_KVM_CREATE_VCPU(self, arg: int) -> int:
         self.backend.arch_model.vcpu_precreate(self, arg)
+        vcpu = MockVcpu(self.backend, self, arg)  # kvm_arch_vcpu_create runs before the id check
         if arg in self.vcpus:
             raise Errno(E.EEXIST)
-        vcpu = MockVcpu(self.backend, self, arg)
         self.vcpus[arg] = vcpu
         return self.backend.new_fd(vcpu)
 
@@ -352,7 +369,12 @@ class MockVcpu(KernelObject):
         self.id = vcpu_id
         self.attrs = backend.arch_model.vcpu_attrs(self)
         self.run_map: Any = None  # the mmap of struct kvm_run the caller made
+        self.mutex = threading.Lock()  # vcpu->mutex, held for the length of each vCPU ioctl
         self.part = backend.arch_model.vcpu_part(self)
+
+    def ioctl(self, name: str, arg: int) -> int:
+        with self.mutex:
+            return super().ioctl(name, arg)
 
     def owner_vm(self) -> MockVm:
         return self.vm

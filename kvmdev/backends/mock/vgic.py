@@ -1,13 +1,14 @@
 """ARM VGIC v2/v3 and ITS device models (arch/arm64/kvm/vgic/vgic-kvm-device.c,
 vgic-init.c, vgic-its.c).
 
-Modelled: creation rules, KVM_DEV_ARM_VGIC_GRP_ADDR (base addresses, the v3
-legacy single redistributor region, the ITS frame), GRP_NR_IRQS, GRP_CTRL
-INIT, which groups HAS_DEVICE_ATTR answers for, the VGIC checks of the first
-KVM_RUN, and interrupt/MSI injection errors.  The register groups (DIST_REGS,
-REDIST_REGS, CPU_REGS, CPU_SYSREGS, LEVEL_INFO, ITS_REGS), REDIST_REGION
-get/set and the table save/restore controls answer ENOSYS ("not modelled")
-rather than a guess.
+Modelled, each checked by tests that also run on the real 6.12 and 6.1 kernels:
+creation rules (EEXIST, EBUSY, E2BIG); KVM_DEV_ARM_VGIC_GRP_ADDR (base addresses,
+the legacy redistributor region and REDIST_REGION, with each vCPU's
+redistributor placed in region slots as vgic_register_redist_iodev does);
+NR_IRQS; CTRL INIT and SAVE_PENDING_TABLES; the DIST/REDIST/CPU/CPU_SYSREGS
+register state and LEVEL_INFO, in the kernel's check order (vCPU lookup, copy-in,
+every vCPU lock, init); the VGIC checks of the first KVM_RUN; injection.
+The ITS beyond its frame address answers ENOSYS ("not modelled"), never a guess.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ SZ_4K, SZ_64K = 0x1000, 0x10000
 NR_IRQS_LEGACY = 256        # VGIC_NR_IRQS_LEGACY
 NR_PRIVATE_IRQS = 32
 MAX_RESERVED = 1023         # VGIC_MAX_RESERVED
+VGIC_V2_MAX_CPUS, VGIC_V3_MAX_CPUS = 8, 512
 
 # the uapi numbers, from cdefs/arch/arm64.h
 _c = get_arch("arm64").const
@@ -61,13 +63,27 @@ def _overlap(a: int, asz: int, b: int, bsz: int) -> bool:
     return a < b + bsz and b < a + asz
 
 
+class RdRegion:
+    """struct vgic_redist_region: count 0 is the legacy region sized by the vCPUs."""
+
+    __slots__ = ("index", "base", "count", "free_index")
+
+    def __init__(self, index: int, base: int, count: int) -> None:
+        self.index, self.base, self.count, self.free_index = index, base, count, 0
+
+    def full(self) -> bool:
+        return bool(self.count) and self.free_index >= self.count
+
+
 class VgicDist:
     """kvm->arch.vgic: the VM's one in-kernel GIC, shared by its device fd."""
 
     def __init__(self, part: "Arm64Vm", model: str) -> None:
         self.part = part
         self.model = model  # "ARM_VGIC_V2" or "ARM_VGIC_V3"
-        self.dist_base = self.cpu_base = self.rdist_base = ADDR_UNDEF
+        self.dist_base = self.cpu_base = ADDR_UNDEF
+        self.regions: list[RdRegion] = []                 # by index, as the kernel's list
+        self.rdist: dict[int, tuple[RdRegion, int]] = {}  # vcpu id -> (region, slot)
         self.nr_spis = 0
         self.initialized = False
         self.ready = False
@@ -76,40 +92,123 @@ class VgicDist:
     def v3(self) -> bool:
         return self.model == "ARM_VGIC_V3"
 
+    @property
+    def max_vcpus(self) -> int:
+        return VGIC_V3_MAX_CPUS if self.v3 else VGIC_V2_MAX_CPUS
+
     def check_iorange(self, current: int, addr: int, align: int, size: int) -> None:
         check_iorange(self.part.phys_size, current, addr, align, size)
 
-    def rdist_size(self) -> int:
-        return len(self.part.vm.vcpus) * V3_REDIST_SIZE  # the legacy region grows with the vCPUs
+    def region_size(self, r: RdRegion) -> int:
+        """vgic_v3_rd_region_size: the legacy region grows with the vCPUs online."""
+        return (r.count or len(self.part.vm.vcpus)) * V3_REDIST_SIZE
+
+    def rdist_overlap(self, base: int, size: int) -> bool:
+        return any(_overlap(r.base, self.region_size(r), base, size) for r in self.regions)
+
+    def check_base(self) -> bool:
+        """vgic_v3_check_base."""
+        if self.dist_base != ADDR_UNDEF and self.dist_base + V3_DIST_SIZE >= U64_END:
+            return False
+        for r in self.regions:
+            try:
+                self.check_iorange(ADDR_UNDEF, r.base, SZ_64K, self.region_size(r))
+            except Errno:
+                return False
+        return self.dist_base == ADDR_UNDEF or not self.rdist_overlap(self.dist_base, V3_DIST_SIZE)
 
     def addr(self, attr: int, addr: int | None) -> int:
         """kvm_vgic_addr: set (addr given) or read one base address."""
         v2 = attr in (V2_DIST, V2_CPU)
         if attr not in (V2_DIST, V2_CPU, V3_DIST, V3_REDIST) or v2 == self.v3:
             raise Errno(E.ENODEV)  # unknown type, or the other GIC version's
-        name = {V2_DIST: "dist_base", V2_CPU: "cpu_base", V3_DIST: "dist_base", V3_REDIST: "rdist_base"}[attr]
+        if attr == V3_REDIST:
+            if addr is None:
+                return self.regions[0].base if self.regions else ADDR_UNDEF
+            self.set_redist_base(0, addr, 0)
+            return addr
+        name = {V2_DIST: "dist_base", V2_CPU: "cpu_base", V3_DIST: "dist_base"}[attr]
         if addr is None:
             return int(getattr(self, name))
-        if attr == V3_REDIST:
-            self._set_legacy_redist(addr)
-            return addr
         align = SZ_4K if v2 else SZ_64K
         size = {V2_DIST: V2_DIST_SIZE, V2_CPU: V2_CPU_SIZE, V3_DIST: V3_DIST_SIZE}[attr]
         self.check_iorange(getattr(self, name), addr, align, size)
         setattr(self, name, addr)
         return addr
 
-    def _set_legacy_redist(self, base: int) -> None:
-        """vgic_v3_alloc_redist_region(kvm, 0, base, 0)."""
-        size = self.rdist_size()
+    def redist_region(self, value: int, write: bool) -> int:
+        """KVM_VGIC_V3_ADDR_TYPE_REDIST_REGION: index [11:0] (kept as a u8, as the
+        kernel does), flags [15:12], base [51:16], count [63:52]."""
+        index = value & 0xFFF & 0xFF
+        if write:
+            count, flags = value >> 52, value >> 12 & 0xF
+            if not count or flags:
+                raise Errno(E.EINVAL)
+            self.set_redist_base(index, value & 0x000FFFFFFFFF0000, count)
+            return value
+        for r in self.regions:
+            if r.index == index:
+                return index | r.base | r.count << 52
+        raise Errno(E.ENOENT)
+
+    def set_redist_base(self, index: int, base: int, count: int) -> None:
+        """vgic_v3_set_redist_base: add a region, then place the waiting vCPUs in it."""
+        self._alloc_region(index, base, count)
+        try:
+            for vid in self.part.vm.vcpus:
+                self.register_redist(vid)
+        except Errno:
+            self.regions = [r for r in self.regions if r.index != index]
+            raise
+
+    def _alloc_region(self, index: int, base: int, count: int) -> None:
+        """vgic_v3_alloc_redist_region."""
+        size = (count or len(self.part.vm.vcpus)) * V3_REDIST_SIZE
         if base + size >= U64_END:
             raise Errno(E.EINVAL)
-        if self.rdist_base != ADDR_UNDEF:
-            raise Errno(E.EEXIST)
-        if self.dist_base != ADDR_UNDEF and _overlap(self.dist_base, V3_DIST_SIZE, base, size):
+        if not self.regions:
+            if index != 0:
+                raise Errno(E.EINVAL)
+        else:
+            last = self.regions[-1]
+            if not count and last.count:
+                raise Errno(E.EINVAL)  # no mixing of the legacy and counted regions
+            if not count:
+                raise Errno(E.EEXIST)
+            if index != last.index + 1:
+                raise Errno(E.EINVAL)
+        if not count and self.dist_base != ADDR_UNDEF and _overlap(self.dist_base, V3_DIST_SIZE, base, size):
+            raise Errno(E.EINVAL)
+        if self.rdist_overlap(base, size):
             raise Errno(E.EINVAL)
         self.check_iorange(ADDR_UNDEF, base, SZ_64K, size)
-        self.rdist_base = base
+        self.regions.append(RdRegion(index, base, count))
+
+    def register_redist(self, vid: int, duplicate: bool = False) -> None:
+        """vgic_register_redist_iodev: the next free slot, if any, for vCPU ``vid``
+        (``duplicate``: a second vCPU struct with that id, destroyed right after)."""
+        if vid in self.rdist and not duplicate:
+            return
+        r = next((r for r in self.regions if not r.full()), None)
+        if r is None:
+            return  # placed later, when a region with room is added
+        if not self.check_base():
+            raise Errno(E.EINVAL)
+        if not duplicate:
+            self.rdist[vid] = (r, r.free_index)
+        r.free_index += 1
+
+    def rdist_is_last(self, vid: int) -> bool:
+        """vgic_mmio_vcpu_rdist_is_last: GICR_TYPER.Last."""
+        if vid not in self.rdist:
+            return False
+        r, slot = self.rdist[vid]
+        if slot < r.free_index - 1:
+            return False
+        if r.count and slot == r.count - 1:
+            end = r.base + r.count * V3_REDIST_SIZE
+            return not any(o.base == end and o.free_index > 0 for o in self.regions)
+        return True
 
     def init(self) -> None:
         """vgic_init: freezes the number of SPIs."""
@@ -122,7 +221,7 @@ class VgicDist:
 
     regs: "GicRegs | None" = None
 
-    def inject(self, intid: int) -> int:
+    def inject(self, intid: int, vcpu: int, level: bool) -> int:
         """kvm_vgic_inject_irq: vgic_lazy_init (only GICv2 initializes itself)."""
         if not self.initialized:
             if self.v3:
@@ -130,6 +229,8 @@ class VgicDist:
             self.init()
         if intid >= NR_PRIVATE_IRQS + self.nr_spis:
             raise Errno(E.EINVAL)
+        assert self.regs is not None
+        self.regs.inject(vcpu, intid, level)
         return 0
 
     def map_resources(self) -> None:
@@ -152,17 +253,12 @@ class VgicDist:
                 raise Errno(E.EINVAL)
             self.init()
         else:
-            if self.part.vm.vcpus and self.rdist_base == ADDR_UNDEF:
+            if any(vid not in self.rdist for vid in self.part.vm.vcpus):
                 raise Errno(E.ENXIO)  # a vCPU without a redistributor
             if self.dist_base == ADDR_UNDEF:
                 raise Errno(E.ENXIO)
-            if self.rdist_base != ADDR_UNDEF:
-                try:
-                    self.check_iorange(ADDR_UNDEF, self.rdist_base, SZ_64K, self.rdist_size())
-                except Errno:
-                    raise Errno(E.EINVAL) from None
-                if _overlap(self.dist_base, V3_DIST_SIZE, self.rdist_base, self.rdist_size()):
-                    raise Errno(E.EINVAL)
+            if not self.check_base():
+                raise Errno(E.EINVAL)
             if not self.initialized:
                 raise Errno(E.EBUSY)  # GICv3 needs KVM_DEV_ARM_VGIC_CTRL_INIT
 
@@ -176,11 +272,15 @@ class _Vgic(DeviceModel):
     def create(self) -> None:
         """kvm_vgic_create."""
         part = self.vm.part
-        if part.vgic is not None:
-            raise Errno(E.EEXIST)
-        if part.any_vcpu_ran():
-            raise Errno(E.EBUSY)
-        part.vgic = self.dist = VgicDist(part, self.type_name)
+        with self.vm.all_vcpus_locked():
+            if part.vgic is not None:
+                raise Errno(E.EEXIST)
+            if part.any_vcpu_ran():
+                raise Errno(E.EBUSY)
+            d = VgicDist(part, self.type_name)
+            if len(self.vm.vcpus) > d.max_vcpus:
+                raise Errno(E.E2BIG)
+            part.vgic = self.dist = d
 
     def _has_common(self, group: int, attr: int) -> None:
         if group == ADDR and attr in self.addr_types or group == NR_IRQS or \
@@ -191,11 +291,15 @@ class _Vgic(DeviceModel):
     def _common(self, group: int, attr: int, addr: int, write: bool) -> None:
         d = self.dist
         if group == ADDR:
-            if attr == V3_REDIST_REGION and d.v3:
-                raise Errno(E.ENOSYS)
-            value = self.user.get("__u64", addr) if write else None
+            # reading a region takes its index from the buffer
+            value = self.user.get("__u64", addr) if write or attr == V3_REDIST_REGION else None
             try:
-                out = d.addr(attr, value)
+                if attr == V3_REDIST_REGION:
+                    if not d.v3:
+                        raise Errno(E.ENODEV)
+                    out = d.redist_region(value or 0, write)
+                else:
+                    out = d.addr(attr, value)
             except Errno as e:
                 raise Errno(E.ENXIO if e.errno == E.ENODEV else e.errno) from None
             if not write:
@@ -217,7 +321,11 @@ class _Vgic(DeviceModel):
                 d.init()
                 return
             if attr == SAVE_PENDING_TABLES and d.v3:
-                raise Errno(E.ENOSYS)
+                with self.vm.all_vcpus_locked():
+                    if not d.initialized:
+                        raise Errno(E.ENXIO)  # vgic_v3_save_pending_tables
+                    return  # no LPI pending without an ITS mapping one
+
         raise Errno(E.ENXIO)
 
     def get(self, group: int, attr: int, addr: int) -> None:
@@ -235,24 +343,23 @@ class _Vgic(DeviceModel):
     reg_groups: frozenset[int] = frozenset()
 
     def _vcpu(self, group: int, attr: int) -> int:
-        """The vCPU an attr addresses: v2 by index, v3 by MPIDR affinity."""
+        """vgic_v{2,3}_parse_attr: the vCPU an attr addresses (v2 by vcpu id, v3 by
+        MPIDR affinity, v3 DIST_REGS the first vCPU); EINVAL when there is none."""
         vcpus = self.vm.vcpus
         if self.dist.v3:
             if group == DIST_REGS:
-                return next(iter(vcpus), 0)
-            want = attr >> 32 & 0xFFFFFFFF
-            for vid, c in vcpus.items():
-                if Affinity.of(c.part.mpidr).packed() == want:
-                    return vid
+                vid = next(iter(vcpus), None)
+            else:
+                want = attr >> 32 & 0xFFFFFFFF
+                vid = next((v for v, c in vcpus.items() if Affinity.of(c.part.mpidr).packed() == want), None)
+        else:
+            vid = attr >> 32 & 0xFF
+            vid = vid if vid in vcpus else None
+        if vid is None:
             raise Errno(E.EINVAL)
-        idx = attr >> 32 & 0xFF
-        ids = list(vcpus)
-        if idx >= len(ids):
-            raise Errno(E.EINVAL)
-        return ids[idx]
+        return vid
 
-    def _access(self, regs: "GicRegs", group: int, attr: int, value: int | None) -> int | None:
-        vcpu = self._vcpu(group, attr)
+    def _access(self, regs: "GicRegs", group: int, vcpu: int, attr: int, value: int | None) -> int | None:
         off = attr & 0xFFFFFFFF
         if group == DIST_REGS:
             return regs.dist(vcpu, off, value)
@@ -262,31 +369,43 @@ class _Vgic(DeviceModel):
             return regs.cpu_reg(vcpu, off, value)
         if group == CPU_SYSREGS:
             return regs.sysreg(vcpu, attr & 0xFFFF, value)
-        # LEVEL_INFO: only the line-level info type; no line is high here
-        if attr >> 10 & 0x3FFFFF:
+        # LEVEL_INFO: only the line-level info type, 32 lines from a multiple of 32
+        intid = attr & 0x3FF
+        if attr >> 10 & 0x3FFFFF or intid % 32:
             raise Errno(E.EINVAL)
-        return 0
+        return regs.line_level(vcpu, intid, value)
 
     def _regs(self, group: int, attr: int, addr: int, write: bool) -> None:
+        """vgic_v{2,3}_attr_regs_access, in its order: vCPU, copy-in, every vCPU
+        lock, init (v2 initializes itself; v3 must be initialized)."""
         d = self.dist
-        if not d.initialized:
-            if d.v3:
-                raise Errno(E.EBUSY)
-            d.init()  # GICv2 initializes on first register access
-        assert d.regs is not None
+        vcpu = self._vcpu(group, attr)
         width = "__u64" if group == CPU_SYSREGS else "__u32"
-        value = self.user.get(width, addr) if write else None
-        out = self._access(d.regs, group, attr, value)
+        value = self.user.get(width, addr) if write and group != CPU_SYSREGS else None
+        with self.vm.all_vcpus_locked():
+            if not d.initialized:
+                if d.v3:
+                    raise Errno(E.EBUSY)
+                d.init()
+            assert d.regs is not None
+            if write and group == CPU_SYSREGS:
+                value = self.user.get(width, addr)
+            out = self._access(d.regs, group, vcpu, attr, value)
         if not write:
             self.user.put(width, addr, out or 0)
 
     def has(self, group: int, attr: int, addr: int) -> None:
         if group in self.reg_groups:
+            if group == LEVEL_INFO:
+                if attr >> 10 & 0x3FFFFF:
+                    raise Errno(E.ENXIO)
+                return
+            vcpu = self._vcpu(group, attr)
             regs = self.dist.regs or GicRegs(self.dist)
             try:
-                ok = self._access(regs, group, attr, None) is not None
+                ok = self._access(regs, group, vcpu, attr, None) is not None
             except Errno as e:
-                if group == CPU_SYSREGS and e.errno == E.EINVAL and self._vcpu(group, attr) is not None:
+                if group == CPU_SYSREGS and e.errno == E.EINVAL and attr & 0xFFFF in ICC_APR:
                     return  # AP0R1-3/AP1R1-3: HAS says yes though GET/SET answer EINVAL
                 raise Errno(E.ENXIO if e.errno == E.ENOENT else e.errno) from None
             if not ok:
@@ -324,6 +443,7 @@ class ItsModel(DeviceModel):
         part = self.vm.part
         part.its.append(self)
         part.msis_require_devid = True
+        part.propbaser = INITIAL_BASER  # vgic_its_create
 
     def has(self, group: int, attr: int, addr: int) -> None:
         if group == ADDR and attr == ITS_ADDR or group == CTRL and attr in (
@@ -374,18 +494,35 @@ IIDR_DIST = 0x4B00343B      # ProductID 'K', Revision 3, Implementer ARM
 IIDR_GICC = 0x04B2043B
 IIDR_GICR = 0x4B00043B
 PIDR2_V3 = 0x3B
-ICC_CTLR_RESET = 0x8C00     # PRIbits 4 (5 bits), IDbits 1 (24), A3V
 ICC_SRE_RESET = 0x7
 PRI_MASK = 0xF8             # VGIC_PRI_BITS = 5
-V3_IDBITS = 9               # INTERRUPT_ID_BITS_SPIS - 1, no ITS
+SPI_IDBITS, ITS_IDBITS = 10, 16   # INTERRUPT_ID_BITS_SPIS, INTERRUPT_ID_BITS_ITS
+
+
+# GICR_{PROP,PEND}BASER (vgic-mmio-v3.c): inner RaWb, outer SameAsInner, InnerShareable
+INITIAL_BASER = 3 << 7 | 1 << 10
+PROPBASER_RES0 = 0x1F << 59 | 0xF << 52 | 0x3 << 5
+PENDBASER_RES0 = 1 << 63 | 0x7 << 59 | 0xF << 52 | 0xF << 12 | 0x7F
+
+
+def _sanitise_baser(reg: int, res0: int) -> int:
+    """vgic_sanitise_{prop,pend}baser: no outer shareability, no inner non-cacheable,
+    outer only SameAsInner or nC; RES0 bits cleared."""
+    share, inner, outer = reg >> 10 & 3, reg >> 7 & 7, reg >> 56 & 7
+    share = 1 if share == 2 else share
+    inner = 3 if inner in (0, 1) else inner
+    outer = outer if outer in (0, 1) else 0
+    reg = (reg & ~(3 << 10 | 7 << 7 | 7 << 56)) | share << 10 | inner << 7 | outer << 56
+    return reg & ~res0
 
 
 class IrqState:
-    __slots__ = ("enabled", "pending", "active", "priority", "edge", "group", "targets", "mpidr")
+    __slots__ = ("enabled", "pending", "active", "priority", "edge", "group", "targets", "mpidr", "line_level")
 
     def __init__(self, intid: int, v3: bool) -> None:
         self.enabled = intid < 16                 # SGIs are always enabled
-        self.pending = self.active = False
+        self.pending = self.active = False        # pending: the latch
+        self.line_level = False
         self.priority = 0
         self.edge = intid < 16 or intid >= 32     # SGIs and (as seen) SPIs edge, PPIs level
         self.group = v3                           # v3: group 1 by default; v2: group 0
@@ -404,14 +541,15 @@ class GicRegs:
     def __init__(self, d: VgicDist) -> None:
         self.d = d
         self.v3 = d.v3
-        self.ctlr = 0x50 if d.v3 else 0        # v3: ARE | DS
+        self.enabled = False                    # GICD_CTLR: EnableGrp1 (v3), Enable (v2)
+        self.pendbaser: dict[int, int] = {}
         # v2: IGROUPR writes are ignored until GICD_IIDR is written back; v3 always
         # takes them (the v3 doc repeats the v2 rule; the kernel does not apply it)
         self.groups_writable = d.v3
         self.spis = [IrqState(i, d.v3) for i in range(NR_PRIVATE_IRQS, NR_PRIVATE_IRQS + d.nr_spis)]
         self.private = {idx: [IrqState(i, d.v3) for i in range(NR_PRIVATE_IRQS)] for idx in d.part.vm.vcpus}
         self.gicc: dict[int, dict[int, int]] = {idx: {} for idx in d.part.vm.vcpus}   # by offset
-        self.icc: dict[int, dict[str, int]] = {idx: {} for idx in d.part.vm.vcpus}    # by ICC name
+        self.icc: dict[int, dict[str, int]] = {idx: self._icc_state() for idx in d.part.vm.vcpus}
 
     def irq(self, vcpu: int, intid: int) -> IrqState | None:
         if intid < NR_PRIVATE_IRQS:
@@ -435,8 +573,35 @@ class GicRegs:
                 if which == "enabled" and base + bit < 16:
                     continue  # SGIs stay enabled
                 setattr(irq, which, bool(value >> bit & 1) if write is None else write)
-            out |= int(getattr(irq, which)) << bit
+            bit_value = getattr(irq, which)
+            if which == "pending" and not self.v3:
+                bit_value = bit_value or (not irq.edge and irq.line_level)  # v2: irq_is_pending
+            out |= int(bit_value) << bit
         return out
+
+    def line_level(self, vcpu: int, intid: int, value: int | None) -> int:
+        """vgic_{read,write}_irq_line_level_info: writes set every line, reads
+        report only level-configured ones; SGIs and absent SPIs are skipped."""
+        out = 0
+        for bit in range(32):
+            irq = self.irq(vcpu, intid + bit)
+            if irq is None or intid + bit < 16:
+                continue
+            if value is not None:
+                irq.line_level = bool(value >> bit & 1)
+            out |= int(not irq.edge and irq.line_level) << bit
+        return out
+
+    def inject(self, vcpu: int, intid: int, level: bool) -> None:
+        """kvm_vgic_inject_irq after vgic_validate_injection: an edge IRQ latches
+        on a rising line; a level IRQ follows the line."""
+        irq = self.irq(vcpu, intid)
+        if irq is None:
+            return
+        if irq.edge:
+            irq.pending = irq.pending or level
+        else:
+            irq.line_level = level
 
     def _priorities(self, vcpu: int, first: int, value: int | None) -> int:
         """An IPRIORITYR word: four byte-wide priorities, VGIC_PRI_BITS kept."""
@@ -456,19 +621,25 @@ class GicRegs:
         ncpus = len(d.part.vm.vcpus)
         if off == 0x000:
             if value is not None:
-                self.ctlr = (self.ctlr & ~0x3) | (value & 0x3)
-            return self.ctlr
+                self.enabled = bool(value & 0x2 if self.v3 else value & 0x1)
+            return (0x50 | int(self.enabled) << 1) if self.v3 else int(self.enabled)  # v3: ARE_NS | DS
         if off == 0x004:
             typer = (d.nr_spis + NR_PRIVATE_IRQS) // 32 - 1
-            return typer | (V3_IDBITS << 19 if self.v3 else (ncpus - 1) << 5)
+            if not self.v3:
+                return typer | (ncpus - 1) << 5
+            if d.part.its:
+                return typer | (ITS_IDBITS - 1) << 19 | 1 << 17  # IDbits 16, LPIS
+            return typer | (SPI_IDBITS - 1) << 19
+        if self.v3 and off == 0x00C:
+            if value is not None and value != 0:
+                raise Errno(E.EINVAL)  # GICD_TYPER2: a write must match (no GICv4.1 here)
+            return 0
         if off == 0x008:
             if value is not None:
                 if (value ^ IIDR_DIST) & ~0xF000 or (value >> 12 & 0xF) not in (2, 3):
                     raise Errno(E.EINVAL)
                 self.groups_writable = True
             return IIDR_DIST
-        if self.v3 and off == 0x00C:
-            return 0
         if self.v3 and off == 0x010:
             return 0xFFFFFFFF  # GICD_STATUSR: read-as-ones, writes ignored
         for base, (which, write) in self.BITMAPS.items():
@@ -515,35 +686,41 @@ class GicRegs:
             return 0  # SGIR, CPENDSGIR, SPENDSGIR: no SGI pending here
         if self.v3 and 0x6100 <= off < 0x6000 + 8 * 1020:
             irq = self.irq(0, (off - 0x6000) // 8)
-            if irq is None:
-                return 0
+            if irq is None or off & 4:
+                return 0  # the upper word (Aff3) is RAZ/WI
             if value is not None:
-                if off & 4:
-                    irq.mpidr = (irq.mpidr & 0xFFFFFFFF) | (value & 0xFF) << 32
-                else:
-                    irq.mpidr = (irq.mpidr & ~0xFFFFFFFF) | (value & 0x80FFFFFF)
-            return irq.mpidr >> 32 if off & 4 else irq.mpidr & 0xFFFFFFFF
+                irq.mpidr = value & 0xFFFFFF  # only Aff2..Aff0 are kept (not IRM)
+            return irq.mpidr
         if self.v3 and off == 0xFFE8:
             return PIDR2_V3
         return None
 
     def redist(self, vcpu: int, off: int, value: int | None) -> int | None:
         """A GICR access of vCPU ``vcpu`` (RD frame, then SGI frame at +64K)."""
-        ids = sorted(self.d.part.vm.vcpus)
         if off == 0x0:
             return 0x6
         if off == 0x4:
             return IIDR_GICR
-        if off in (0x8, 0xC):
-            if off == 0xC:
-                return Affinity.of(self.d.part.vm.vcpus[vcpu].part.mpidr).packed()
-            return ids.index(vcpu) << 8 | (0x10 if vcpu == ids[-1] else 0)
+        if off == 0x8:  # GICR_TYPER: vcpu id, PLPIS with an ITS, Last by region placement
+            return vcpu << 8 | int(bool(self.d.part.its)) | int(self.d.rdist_is_last(vcpu)) << 4
+        if off == 0xC:
+            return Affinity.of(self.d.part.vm.vcpus[vcpu].part.mpidr).packed()
         if off == 0x14:
             return 0
-        if off in (0x70, 0x74, 0x7C):
-            return 0
-        if off == 0x78:
-            return 0x580
+        if 0x70 <= off < 0x80:  # GICR_PROPBASER (one for the VM), GICR_PENDBASER (per vCPU)
+            prop = off < 0x78
+            reg = self.d.part.propbaser if prop else self.pendbaser.get(vcpu, INITIAL_BASER)
+            if value is not None:
+                shift = 32 if off & 4 else 0
+                reg = (reg & ~(0xFFFFFFFF << shift)) | (value & 0xFFFFFFFF) << shift
+                reg = _sanitise_baser(reg, PROPBASER_RES0 if prop else PENDBASER_RES0)
+                if prop:
+                    self.d.part.propbaser = reg
+                else:
+                    self.pendbaser[vcpu] = reg
+            if not prop:
+                reg &= ~(1 << 62)  # PTZ reads as 0
+            return reg >> 32 if off & 4 else reg & 0xFFFFFFFF
         if off == 0xFFE8:
             return PIDR2_V3
         sgi = off - 0x10000
@@ -575,20 +752,41 @@ class GicRegs:
         return regs.get(off, 0)
 
     def sysreg(self, vcpu: int, instr: int, value: int | None) -> int:
-        """An ICC_* access (GICv3), by the attr's Op0:Op1:CRn:CRm:Op2."""
+        """An ICC_* access (GICv3, vgic-sys-reg-v3.c), by the attr's Op0:Op1:CRn:CRm:Op2."""
         name = ICC_BY_INSTR.get(instr)
         if name is None:
             raise Errno(E.ENOENT)
-        if name not in ICC_RESETS:
-            raise Errno(E.EINVAL)  # AP0R1-3/AP1R1-3: not at 5 priority bits
-        regs = self.icc[vcpu]
-        if value is not None and name != "ICC_SRE_EL1":
-            regs[name] = value & (PRI_MASK if name == "ICC_PMR_EL1" else 0xFFFFFFFF)
-        return regs.get(name, ICC_RESETS[name])
+        st = self.icc[vcpu]
+        if name == "ICC_CTLR_EL1":
+            if value is not None:
+                # restoring needs this host's support: no more priority or ID bits than
+                # the vCPU has now (so they can be lowered, never raised), same SEIS and A3V
+                pri, idb = (value >> 8 & 7) + 1, value >> 11 & 7
+                if pri > st["pri_bits"] or idb > st["id_bits"] or value >> 14 & 1 or not value >> 15 & 1:
+                    raise Errno(E.EINVAL)
+                st.update(pri_bits=pri, id_bits=idb, ctlr=value & 0x3)  # CBPR, EOImode
+            return 1 << 15 | st["id_bits"] << 11 | (st["pri_bits"] - 1) << 8 | st["ctlr"]
+        if name == "ICC_SRE_EL1":
+            if value is not None and not value & 1:
+                raise Errno(E.EINVAL)  # SRE cannot be cleared
+            return ICC_SRE_RESET
+        if name[:7] in ("ICC_AP0", "ICC_AP1"):
+            if int(name[8]) > {7: 3, 6: 1}.get(st["pri_bits"], 0):
+                raise Errno(E.EINVAL)  # vgic_v3_max_apr_idx: no such APnR at these priority bits
+            mask = 0xFFFFFFFF
+        elif name == "ICC_BPR1_EL1" and st["ctlr"] & 1:  # CBPR: BPR1 follows BPR0, writes ignored
+            return min(st.get("ICC_BPR0_EL1", 0) + 1, 7)
+        else:
+            mask = {"ICC_PMR_EL1": 0xFF, "ICC_BPR0_EL1": 0x7, "ICC_BPR1_EL1": 0x7,
+                    "ICC_IGRPEN0_EL1": 0x1, "ICC_IGRPEN1_EL1": 0x1}[name]
+        if value is not None:
+            st[name] = value & mask
+        return st.get(name, 0)
+
+    def _icc_state(self) -> dict[str, int]:
+        host = self.d.part.vm.backend.host
+        return {"pri_bits": host.pri_bits, "id_bits": int(host.id_bits == 24), "ctlr": 0}
 
 
 ICC_BY_INSTR = {r.instr: r.name for r in ICC.values()}
-# the ICC registers at this VGIC's 5 priority bits, and their reset values
-ICC_RESETS = {"ICC_PMR_EL1": 0, "ICC_BPR0_EL1": 0, "ICC_AP0R0_EL1": 0, "ICC_AP1R0_EL1": 0, "ICC_BPR1_EL1": 0,
-              "ICC_CTLR_EL1": ICC_CTLR_RESET, "ICC_SRE_EL1": ICC_SRE_RESET, "ICC_IGRPEN0_EL1": 0,
-              "ICC_IGRPEN1_EL1": 0}
+ICC_APR = {r.instr for r in ICC.values() if r.name[:7] in ("ICC_AP0", "ICC_AP1")}
