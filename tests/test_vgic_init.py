@@ -486,3 +486,16 @@ def test_cpu_interface_restore_rules(ready, arm64_gic: int) -> None:
     s["ICC_IGRPEN1_EL1"] = 0xFF
     assert s["ICC_IGRPEN1_EL1"] == 1
 
+
+
+def test_v3_region_index_is_eight_bits(arm64_kvm: kvmdev.Kvm, arm64_gic: int) -> None:
+    """The uapi index field is 12 bits wide, but kvm_vgic_addr keeps it in a u8:
+    index 0x100 is index 0 (doc vs kernel)."""
+    if other_gic_absent(arm64_kvm, arm64_gic, 3):
+        return
+    with arm64_kvm.create_vm() as vm:
+        g = vm.create_device("ARM_VGIC_V3")
+        assert isinstance(g, VgicV3)
+        set_region(g, region(2, 0x200000, 0, 0x100))
+        assert g.get_attr(ADDR, REGION, value_in=0x100) == region(2, 0x200000, 0, 0)
+        assert g.redist_regions() == [RedistRegion(0, 0x200000, 2)]

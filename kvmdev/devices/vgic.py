@@ -286,17 +286,19 @@ _register_errnos({
 
 # -- the typed devices --------------------------------------------------------------------
 class Registers:
-    """One frame of registers as seen through one group and address prefix."""
+    """One frame of registers as seen through one group and address prefix.
+    ``halves``: 64-bit registers go as two 32-bit accesses (the VGIC groups);
+    otherwise every access is one u64 (the ITS group)."""
 
-    def __init__(self, dev: "Vgic", frame: Frame, group: str, prefix: int) -> None:
-        self.dev, self.frame, self.group, self.prefix = dev, frame, group, prefix
+    def __init__(self, dev: Device, frame: Frame, group: str, prefix: int, halves: bool = True) -> None:
+        self.dev, self.frame, self.group, self.prefix, self.halves = dev, frame, group, prefix, halves
 
     def _word(self, offset: int) -> int:
         return int(self.dev.get_attr(self.group, self.prefix | offset))
 
     def __getitem__(self, name: str) -> int:
         r, off = self.frame.lookup(name)
-        if r.width == 64:  # the docs demand 32-bit accesses: low half, then high half
+        if r.width == 64 and self.halves:  # the docs demand 32-bit accesses: low half, then high half
             return self._word(off) | self._word(off + 4) << 32
         return self._word(off)
 
@@ -304,7 +306,7 @@ class Registers:
         r, off = self.frame.lookup(name)
         if not 0 <= value < 1 << r.width:
             raise ValueError(f"{name} is {r.width} bits wide: {value:#x} does not fit")
-        if r.width == 64:
+        if r.width == 64 and self.halves:
             self.dev.set_attr(self.group, self.prefix | off, value & 0xFFFFFFFF)
             self.dev.set_attr(self.group, self.prefix | (off + 4), value >> 32)
         else:

@@ -1,0 +1,284 @@
+"""ARM ITS (Documentation/virt/kvm/devices/arm-vgic-its.rst, arch/arm64/kvm/vgic/vgic-its.c).
+
+    its = vm.create_device("ARM_VGIC_ITS")
+    its.base = 0x08080000                  # KVM_VGIC_ITS_ADDR_TYPE, 64K aligned, 128K frame
+    its.regs["GITS_BASER0"]                # KVM_DEV_ARM_VGIC_GRP_ITS_REGS: always a u64 buffer
+    its.regs.fields("GITS_TYPER")
+    its.save_tables(); tables = read_tables(its.regs, mem.read)   # the ABI REV0 tables, decoded
+
+The table ABI (REV0, all entries 8 bytes, little endian) is data here too:
+Dte/Cte/Ite encode and decode one entry; read_tables walks the device table
+(flat or two-level), every ITT and the collection table in guest memory.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from .. import attrs as _attrs
+from ..errnos import register as _register_errnos
+from ..fd import DEVICE_CLASSES, Device
+from .vgic import Frame, Reg, Registers, _bits
+
+# -- GITS_* registers (the ITS control frame) ------------------------------------------------
+_CACHE = {"InnerCache": (59, 3), "OuterCache": (53, 3), "Shareability": (10, 2)}
+GITS = Frame("GITS", [
+    Reg("GITS_CTLR", 0x0000, fields=_bits(Enabled=(0, 1), Quiescent=(31, 1))),
+    Reg("GITS_IIDR", 0x0004, fields=_bits(Implementer=(0, 12), Revision=(12, 4), Variant=(16, 4),
+                                          ProductID=(24, 8))),
+    Reg("GITS_TYPER", 0x0008, width=64, access="r",
+        fields=_bits(Physical=(0, 1), ITT_entry_size=(4, 4), IDbits=(8, 5), Devbits=(13, 5), SEIS=(18, 1),
+                     PTA=(19, 1), HCC=(24, 8), CIDbits=(32, 4), CIL=(36, 1))),
+    Reg("GITS_CBASER", 0x0080, width=64,
+        fields=_bits(Size=(0, 8), PhysicalAddress=(12, 40), Valid=(63, 1), **_CACHE)),
+    Reg("GITS_CWRITER", 0x0088, width=64, fields=_bits(Retry=(0, 1), Offset=(5, 15))),
+    Reg("GITS_CREADR", 0x0090, width=64, fields=_bits(Stalled=(0, 1), Offset=(5, 15))),
+    Reg("GITS_BASER", 0x0100, width=64, count=8,
+        fields=_bits(Size=(0, 8), PageSize=(8, 2), PhysicalAddress=(12, 36), EntrySize=(48, 5), Type=(56, 3),
+                     Indirect=(62, 1), Valid=(63, 1), **_CACHE)),
+    Reg("GITS_PIDR2", 0xFFE8, access="r", fields=_bits(ArchRev=(4, 4))),
+])
+GITS_BASER_TYPE_DEVICE, GITS_BASER_TYPE_COLLECTION = 1, 4
+SZ_64K = 0x10000
+
+
+def _groups() -> list[_attrs.Group]:
+    _A, _G = _attrs.Attr, _attrs.Group
+    return [
+        _G("KVM_DEV_ARM_VGIC_GRP_ADDR",
+           (_A("KVM_VGIC_ITS_ADDR_TYPE", "__u64", "rw", "ITS control frame base, 64K aligned, 128K"),),
+           doc="base address"),
+        _G("KVM_DEV_ARM_VGIC_GRP_CTRL",
+           (_A("KVM_DEV_ARM_VGIC_CTRL_INIT", None, "w", "initialize the ITS (nothing to do)"),
+            _A("KVM_DEV_ARM_ITS_CTRL_RESET", None, "w", "reset the ITS (see 'ITS Reset State')"),
+            _A("KVM_DEV_ARM_ITS_SAVE_TABLES", None, "w", "write the ITS tables to guest RAM"),
+            _A("KVM_DEV_ARM_ITS_RESTORE_TABLES", None, "w", "load the ITS tables from guest RAM"))),
+        _G("KVM_DEV_ARM_VGIC_GRP_ITS_REGS", (), any_attr=_A("offset", "__u64", "rw"),
+           doc="GITS_* registers; attr: offset; always a u64 buffer"),
+    ]
+
+
+_attrs.register("ARM_VGIC_ITS", _groups())
+
+_CTRL = "KVM_DEV_ARM_VGIC_GRP_CTRL"
+_REGS = "KVM_DEV_ARM_VGIC_GRP_ITS_REGS"
+_register_errnos({
+    (None, "ARM_VGIC_ITS", "KVM_DEV_ARM_VGIC_GRP_ADDR", "E2BIG"): "address outside of the addressable IPA range",
+    (None, "ARM_VGIC_ITS", "KVM_DEV_ARM_VGIC_GRP_ADDR", "EINVAL"): "incorrectly aligned address",
+    (None, "ARM_VGIC_ITS", "KVM_DEV_ARM_VGIC_GRP_ADDR", "EEXIST"): "address already configured",
+    (None, "ARM_VGIC_ITS", "KVM_DEV_ARM_VGIC_GRP_ADDR", "ENODEV"): "incorrect attribute or the ITS is not supported",
+    (None, "ARM_VGIC_ITS", _CTRL, "ENXIO"): "ITS not properly configured as required prior to setting this attribute",
+    (None, "ARM_VGIC_ITS", _CTRL, "ENOMEM"): "memory shortage when allocating ITS internal data",
+    (None, "ARM_VGIC_ITS", _CTRL, "EINVAL"): "inconsistent restored data",
+    (None, "ARM_VGIC_ITS", _CTRL, "EFAULT"): "invalid guest RAM access",
+    (None, "ARM_VGIC_ITS", _CTRL, "EBUSY"): "one or more vCPUs are running",
+    (None, "ARM_VGIC_ITS", _CTRL, "EACCES"):
+        "the virtual ITS is backed by a physical GICv4 ITS, and the state is not available without GICv4.1",
+    (None, "ARM_VGIC_ITS", _REGS, "ENXIO"): "offset does not correspond to any supported register",
+    (None, "ARM_VGIC_ITS", _REGS, "EINVAL"): "offset is not 64-bit aligned",
+    (None, "ARM_VGIC_ITS", _REGS, "EBUSY"): "one or more vCPUs are running",
+})
+
+
+class Its(Device):
+    """KVM_DEV_TYPE_ARM_VGIC_ITS: one per 128K frame; several per VM."""
+
+    GRP_ADDR = "KVM_DEV_ARM_VGIC_GRP_ADDR"
+
+    @property
+    def base(self) -> int:
+        """KVM_VGIC_ITS_ADDR_TYPE (VGIC_ADDR_UNDEF until set)."""
+        return int(self.get_attr(self.GRP_ADDR, "KVM_VGIC_ITS_ADDR_TYPE"))
+
+    @base.setter
+    def base(self, base: int) -> None:
+        self.set_attr(self.GRP_ADDR, "KVM_VGIC_ITS_ADDR_TYPE", base)
+
+    @property
+    def regs(self) -> Registers:
+        """GITS_* by name; every access one u64, whatever the register's width."""
+        return Registers(self, GITS, _REGS, 0, halves=False)
+
+    def init(self) -> None:
+        """KVM_DEV_ARM_VGIC_CTRL_INIT."""
+        self.set_attr(_CTRL, "KVM_DEV_ARM_VGIC_CTRL_INIT")
+
+    def reset(self) -> None:
+        """KVM_DEV_ARM_ITS_CTRL_RESET."""
+        self.set_attr(_CTRL, "KVM_DEV_ARM_ITS_CTRL_RESET")
+
+    def save_tables(self) -> None:
+        """KVM_DEV_ARM_ITS_SAVE_TABLES: the device, ITT and collection tables to guest RAM."""
+        self.set_attr(_CTRL, "KVM_DEV_ARM_ITS_SAVE_TABLES")
+
+    def restore_tables(self) -> None:
+        """KVM_DEV_ARM_ITS_RESTORE_TABLES (after every GITS_* register but GITS_CTLR)."""
+        self.set_attr(_CTRL, "KVM_DEV_ARM_ITS_RESTORE_TABLES")
+
+
+DEVICE_CLASSES["ARM_VGIC_ITS"] = Its
+
+
+# -- table ABI REV0 ---------------------------------------------------------------------------
+ESZ = 8                      # every REV0 entry
+DTE_NEXT_MAX = (1 << 14) - 1
+ITE_NEXT_MAX = (1 << 16) - 1
+
+
+def _field(value: int, name: str, width: int) -> int:
+    if not 0 <= value < 1 << width:
+        raise ValueError(f"{name} {value:#x} does not fit in {width} bits")
+    return value
+
+
+@dataclass(frozen=True)
+class Dte:
+    """Device Table Entry: | V 63 | next 62:49 | ITT_addr[51:8] 48:5 | Size 4:0 |."""
+
+    itt_addr: int
+    size: int                 # EventID bits - 1
+    next: int = 0             # DeviceID offset to the next DTE (0: the last)
+    valid: bool = True
+
+    def encode(self) -> int:
+        if self.itt_addr & 0xFF:
+            raise ValueError(f"ITT address {self.itt_addr:#x} is not 256-byte aligned")
+        return (int(self.valid) << 63 | _field(self.next, "next", 14) << 49
+                | _field(self.itt_addr >> 8, "ITT_addr[51:8]", 44) << 5 | _field(self.size, "Size", 5))
+
+    @classmethod
+    def decode(cls, v: int) -> "Dte":
+        return cls(itt_addr=(v >> 5 & (1 << 44) - 1) << 8, size=v & 0x1F, next=v >> 49 & DTE_NEXT_MAX,
+                   valid=bool(v >> 63))
+
+
+@dataclass(frozen=True)
+class Cte:
+    """Collection Table Entry: | V 63 | RES0 62:52 | RDBase 51:16 | ICID 15:0 |."""
+
+    icid: int
+    rdbase: int               # the target vCPU's GICR_TYPER.ProcessorNumber
+    valid: bool = True
+
+    def encode(self) -> int:
+        return int(self.valid) << 63 | _field(self.rdbase, "RDBase", 36) << 16 | _field(self.icid, "ICID", 16)
+
+    @classmethod
+    def decode(cls, v: int) -> "Cte":
+        return cls(icid=v & 0xFFFF, rdbase=v >> 16 & (1 << 36) - 1, valid=bool(v >> 63))
+
+
+@dataclass(frozen=True)
+class Ite:
+    """Interrupt Translation Entry: | next 63:48 | pINTID 47:16 | ICID 15:0 | (pINTID 0: invalid)."""
+
+    lpi: int
+    icid: int
+    next: int = 0             # EventID offset to the next ITE (0: the last)
+
+    @property
+    def valid(self) -> bool:
+        return self.lpi != 0
+
+    def encode(self) -> int:
+        return _field(self.next, "next", 16) << 48 | _field(self.lpi, "pINTID", 32) << 16 | _field(self.icid, "ICID", 16)
+
+    @classmethod
+    def decode(cls, v: int) -> "Ite":
+        return cls(lpi=v >> 16 & 0xFFFFFFFF, icid=v & 0xFFFF, next=v >> 48)
+
+
+def pack(entry: int) -> bytes:
+    return struct.pack("<Q", entry)
+
+
+def unpack(data: bytes) -> int:
+    return int(struct.unpack("<Q", data)[0])
+
+
+@dataclass
+class ItsTables:
+    """What the saved tables say: devices -> events -> (LPI, ICID), collections -> target."""
+
+    devices: dict[int, dict[int, tuple[int, int]]] = field(default_factory=dict)
+    itt_bits: dict[int, int] = field(default_factory=dict)      # DeviceID -> EventID bits
+    collections: dict[int, int] = field(default_factory=dict)   # ICID -> RDBase (vCPU)
+
+
+Reader = Callable[[int, int], bytes]   # (gpa, size) -> bytes, e.g. GuestMemory.read
+
+
+def baser_table(baser: int) -> tuple[int, int, bool]:
+    """(base gpa, size in bytes, indirect) of a GITS_BASER<n> (64K pages as KVM has them)."""
+    return baser & 0xFFFFFFFFF000, ((baser & 0xFF) + 1) * SZ_64K, bool(baser >> 62 & 1)
+
+
+def _scan(read: Reader, base: int, size: int, first_id: int,
+          handle: Callable[[int, int], int]) -> None:
+    """scan_its_table: ``handle(id, entry)`` says how many entries to skip (0: stop)."""
+    i = 0
+    while i * ESZ < size:
+        step = handle(first_id + i, unpack(read(base + i * ESZ, ESZ)))
+        if step == 0:
+            return
+        i += step
+
+
+def _walk_device_table(read: Reader, baser: int) -> Iterator[tuple[int, Dte]]:
+    base, size, indirect = baser_table(baser)
+    found: list[tuple[int, Dte]] = []
+
+    def dte(devid: int, v: int) -> int:
+        d = Dte.decode(v)
+        if not d.valid:
+            return 1
+        found.append((devid, d))
+        return d.next
+
+    if not indirect:
+        _scan(read, base, size, 0, dte)
+    else:
+        per_page = SZ_64K // ESZ
+        for idx in range(size // ESZ):
+            l1 = unpack(read(base + idx * ESZ, ESZ))
+            if l1 >> 63:
+                _scan(read, l1 & 0xFFFFFFFF0000, SZ_64K, idx * per_page, dte)
+    yield from found
+
+
+def read_tables(regs: Registers, read: Reader) -> ItsTables:
+    """Decode the tables an ITS saved (or that will be restored) in guest memory,
+    finding them through its GITS_BASER<n> registers."""
+    out = ItsTables()
+    for n in range(8):
+        baser = regs[f"GITS_BASER{n}"]
+        if not baser >> 63:
+            continue
+        kind = baser >> 56 & 7
+        if kind == GITS_BASER_TYPE_DEVICE:
+            for devid, d in _walk_device_table(read, baser):
+                events: dict[int, tuple[int, int]] = {}
+
+                def ite(eventid: int, v: int, events: dict[int, tuple[int, int]] = events) -> int:
+                    e = Ite.decode(v)
+                    if not e.valid:
+                        return 1
+                    events[eventid] = (e.lpi, e.icid)
+                    return e.next
+
+                _scan(read, d.itt_addr, (1 << (d.size + 1)) * ESZ, 0, ite)
+                out.devices[devid] = events
+                out.itt_bits[devid] = d.size + 1
+        elif kind == GITS_BASER_TYPE_COLLECTION:
+            base, size, _ = baser_table(baser)
+
+            def cte(_: int, v: int) -> int:
+                c = Cte.decode(v)
+                if not c.valid:
+                    return 0   # the first invalid entry ends the list
+                out.collections[c.icid] = c.rdbase
+                return 1
+
+            _scan(read, base, size, 0, cte)
+    return out
