@@ -10,6 +10,7 @@ from typing import Iterator
 import pytest
 
 import kvmdev
+from kvm_asserts import raises
 from kvmdev import arm64 as A
 from kvmdev.arm64 import Affinity, default_mpidr
 
@@ -31,13 +32,6 @@ GRP_CTRL = "KVM_DEV_ARM_VGIC_GRP_CTRL"
 def known_host(kvm: kvmdev.Kvm) -> bool:
     """The QEMU -cpu max guests of tools/arm64 (or their mock): exact values hold."""
     return kvm.backend == "mock" or "KVMDEV_ARM64_GIC" in os.environ
-
-
-def raises(errno: int, fn, *args, **kw) -> kvmdev.KvmError:
-    with pytest.raises(kvmdev.KvmError) as ei:
-        fn(*args, **kw)
-    assert ei.value.errno == errno, f"{ei.value} (wanted {E.errorcode[errno]})"
-    return ei.value
 
 
 @pytest.fixture

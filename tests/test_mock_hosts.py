@@ -9,7 +9,8 @@ import pytest
 import kvmdev
 from kvmdev.devices.vgic import VgicV2, VgicV3
 
-from test_vgic_init import add_vcpus, raises
+from kvm_asserts import raises
+from test_vgic_init import add_vcpus
 
 
 @pytest.mark.parametrize("kernel", ["6.12", "6.1"])

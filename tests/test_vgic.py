@@ -7,16 +7,10 @@ import errno as E
 import pytest
 
 import kvmdev
+from kvm_asserts import raises
 from kvmdev.devices.vgic import GICC, GICD_V2, GICD_V3, GICR, ICC, RedistRegion, VgicV2, VgicV3
 
 pytestmark = pytest.mark.arm64
-
-
-def raises(errno: int, fn, *args, **kw) -> kvmdev.KvmError:
-    with pytest.raises(kvmdev.KvmError) as ei:
-        fn(*args, **kw)
-    assert ei.value.errno == errno, f"{ei.value} (wanted {E.errorcode[errno]})"
-    return ei.value
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import time
 import pytest
 
 import kvmdev
+from kvm_asserts import raises
 from kvmdev.devices.vgic import RedistRegion, VgicV2, VgicV3
 
 pytestmark = pytest.mark.arm64
@@ -22,13 +23,6 @@ ADDR = "KVM_DEV_ARM_VGIC_GRP_ADDR"
 REGION = "KVM_VGIC_V3_ADDR_TYPE_REDIST_REGION"
 MAX_PHYS = 1 << 40          # the default IPA size of a VM (KVM_PHYS_SHIFT)
 RAM = 0x60000000            # guest code here (distinct from the other tests' addresses)
-
-
-def raises(errno: int, fn, *args, **kw) -> kvmdev.KvmError:
-    with pytest.raises(kvmdev.KvmError) as ei:
-        fn(*args, **kw)
-    assert ei.value.errno == errno, f"{ei.value} (wanted {E.errorcode[errno]})"
-    return ei.value
 
 
 def add_vcpus(vm: kvmdev.Vm, ids) -> list[kvmdev.Vcpu]:

@@ -210,8 +210,10 @@ Reader = Callable[[int, int], bytes]   # (gpa, size) -> bytes, e.g. GuestMemory.
 
 
 def baser_table(baser: int) -> tuple[int, int, bool]:
-    """(base gpa, size in bytes, indirect) of a GITS_BASER<n> (64K pages as KVM has them)."""
-    return baser & 0xFFFFFFFFF000, ((baser & 0xFF) + 1) * SZ_64K, bool(baser >> 62 & 1)
+    """(base gpa, size in bytes, indirect) of a GITS_BASER<n>: 64K pages as KVM has
+    them, so PA[47:16] in place and PA[51:48] in bits [15:12]."""
+    base = baser & 0xFFFFFFFF0000 | (baser >> 12 & 0xF) << 48
+    return base, ((baser & 0xFF) + 1) * SZ_64K, bool(baser >> 62 & 1)
 
 
 def _scan(read: Reader, base: int, size: int, first_id: int,

@@ -260,6 +260,22 @@ class MockVm(KernelObject):
     def owner_vm(self) -> "MockVm":
         return self
 
+    def guest_uaddr(self, gpa: int, n: int, write: bool) -> int:
+        """kvm_{read,write}_guest's translation: the user address of [gpa, gpa+n), or
+        EFAULT outside the memslots (and for writes to a read-only slot)."""
+        for gpa0, size, uaddr, flags in self.memslots.values():
+            if gpa0 <= gpa and gpa + n <= gpa0 + size:
+                if write and flags & self.backend.arch.const("KVM_MEM_READONLY"):
+                    break
+                return uaddr + gpa - gpa0
+        raise Errno(E.EFAULT)
+
+    def read_guest(self, gpa: int, n: int) -> bytes:
+        return self.user.read(self.guest_uaddr(gpa, n, False), n)
+
+    def write_guest(self, gpa: int, data: bytes) -> None:
+        self.user.write(self.guest_uaddr(gpa, len(data), True), data)
+
     @contextlib.contextmanager
     def all_vcpus_locked(self) -> Iterator[None]:
         """lock_all_vcpus: a vCPU inside an ioctl (KVM_RUN) holds its mutex, and

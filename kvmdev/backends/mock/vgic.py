@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ...arch import get_arch
 from ...arm64 import Affinity
+from ...devices.its import baser_table
 from ...devices.vgic import ICC
 from .kernel import DeviceModel, Errno, device_model
 
@@ -429,9 +430,36 @@ class VgicV3Model(_Vgic):
     reg_groups = frozenset({DIST_REGS, REDIST_REGS, CPU_SYSREGS, LEVEL_INFO})
 
 
+# -- the ITS (vgic-its.c) ----------------------------------------------------------------------
+# Values seen on 6.12 and 6.1 (tests/test_its.py)
+GITS_IIDR = 0x4B00043B           # ProductID 'K', Implementer ARM; Revision = the table ABI (0)
+GITS_TYPER = 0x1EF71             # Physical, ITT entry 8 bytes, 16 EventID bits, 16 DeviceID bits
+GITS_BASER_PAGE_64K = 2 << 8
+BASER_DEVICE_RESET = 1 << 56 | 7 << 48 | 3 << 59 | 1 << 10 | GITS_BASER_PAGE_64K   # type 1, 8-byte entries
+BASER_COLL_RESET = 4 << 56 | 7 << 48 | 3 << 59 | 1 << 10 | GITS_BASER_PAGE_64K     # type 4
+BASER_RO = 7 << 56 | 0x1F << 48 | 3 << 8    # Type, EntrySize, PageSize
+VALID = 1 << 63
+# vgic_mmio_read_its_idregs
+ITS_IDREGS = {0xFFD0: 0x40, 0xFFE0: 0x92, 0xFFE4: 0xB4, 0xFFE8: 0x3B, 0xFFF0: 0x0D, 0xFFF4: 0xF0,
+              0xFFF8: 0x05, 0xFFFC: 0xB1}
+NR_ITS_ABIS = 1
+
+
+def _sanitise_its(reg: int) -> int:
+    """vgic_sanitise_its_{baser,cbaser}'s cacheability and shareability fixes."""
+    share, inner, outer = reg >> 10 & 3, reg >> 59 & 7, reg >> 53 & 7
+    share = 1 if share == 2 else share
+    inner = 3 if inner in (0, 1) else inner
+    outer = outer if outer in (0, 1) else 0
+    return (reg & ~(3 << 10 | 7 << 59 | 7 << 53)) | share << 10 | inner << 59 | outer << 53
+
+
 @device_model
 class ItsModel(DeviceModel):
-    """One ITS (several per VM are allowed; it needs no VGIC to be created)."""
+    """One ITS (several per VM are allowed; it needs no VGIC to be created).
+    Modelled: the frame address, the GITS_* registers (values, sanitising, the
+    userspace rules), CTRL_RESET, and SAVE/RESTORE of tables with nothing mapped.
+    Command processing and device/collection mappings answer ENOSYS."""
 
     type_name = "ARM_VGIC_ITS"
     SIZE = ITS_SIZE
@@ -440,6 +468,9 @@ class ItsModel(DeviceModel):
         """vgic_its_create."""
         self.base = ADDR_UNDEF
         self.enabled = False  # GITS_CTLR.Enabled
+        self.abi = 0
+        self.cbaser = self.creadr = self.cwriter = 0
+        self.baser_device, self.baser_coll = BASER_DEVICE_RESET, BASER_COLL_RESET
         part = self.vm.part
         part.its.append(self)
         part.msis_require_devid = True
@@ -450,7 +481,10 @@ class ItsModel(DeviceModel):
                 CTRL_INIT, ITS_SAVE_TABLES, ITS_RESTORE_TABLES, ITS_CTRL_RESET):
             return
         if group == ITS_REGS:
-            raise Errno(E.ENOSYS)
+            self._check_offset(attr)
+            if self._reg(attr) is None:
+                raise Errno(E.ENXIO)
+            return
         raise Errno(E.ENXIO)
 
     def get(self, group: int, attr: int, addr: int) -> None:
@@ -460,7 +494,8 @@ class ItsModel(DeviceModel):
             self.user.put("__u64", addr, self.base)
             return
         if group == ITS_REGS:
-            raise Errno(E.ENOSYS)
+            self.user.put("__u64", addr, self._regs_access(attr, None))
+            return
         raise Errno(E.ENXIO)
 
     def set(self, group: int, attr: int, addr: int) -> None:
@@ -475,17 +510,138 @@ class ItsModel(DeviceModel):
             if attr == CTRL_INIT:
                 return  # nothing to do
             if attr in (ITS_SAVE_TABLES, ITS_RESTORE_TABLES, ITS_CTRL_RESET):
-                raise Errno(E.ENOSYS)
+                with self.vm.all_vcpus_locked():
+                    self._ctrl(attr)
+                return
         if group == ITS_REGS:
-            raise Errno(E.ENOSYS)
+            self._regs_access(attr, self.user.get("__u64", addr))
+            return
         raise Errno(E.ENXIO)
+
+    # -- GRP_ITS_REGS (vgic_its_attr_regs_access) -----------------------------------------
+    @staticmethod
+    def _check_offset(off: int) -> None:
+        """Only GITS_CTLR, GITS_IIDR and the ID registers take 32-bit aligned offsets."""
+        if off & (3 if off < 0x8 or off >= 0xFFD0 else 7):
+            raise Errno(E.EINVAL)
+
+    def _reg(self, off: int) -> str | None:
+        if off in (0x0, 0x4, 0x8, 0x80, 0x88, 0x90):
+            return {0x0: "ctlr", 0x4: "iidr", 0x8: "typer", 0x80: "cbaser", 0x88: "cwriter", 0x90: "creadr"}[off]
+        if 0x100 <= off < 0x140:
+            return "baser"
+        if 0xFFD0 <= off < 0x10000:
+            return "idregs"
+        return None
+
+    def _regs_access(self, off: int, value: int | None) -> int:
+        self._check_offset(off)
+        with self.vm.all_vcpus_locked():
+            if self.base == ADDR_UNDEF:
+                raise Errno(E.ENXIO)
+            reg = self._reg(off)
+            if reg is None:
+                raise Errno(E.ENXIO)
+            if value is not None:
+                getattr(self, "_write_" + reg, lambda o, v: None)(off, value)
+                return 0
+            return int(self._read(reg, off))
+
+    def _cmd_queue_size(self) -> int:
+        return ((self.cbaser & 0xFF) + 1) << 12
+
+    def _read(self, reg: str, off: int) -> int:
+        if reg == "ctlr":  # Quiescent: no command in flight
+            return int(self.enabled) | (1 << 31 if self.creadr == self.cwriter else 0)
+        if reg == "iidr":
+            return GITS_IIDR | self.abi << 12
+        if reg == "baser":
+            return {0x100: self.baser_device, 0x108: self.baser_coll}.get(off, 0)
+        if reg == "idregs":
+            return ITS_IDREGS.get(off, 0)
+        return int({"typer": GITS_TYPER, "cbaser": self.cbaser, "cwriter": self.cwriter,
+                    "creadr": self.creadr}[reg])
+
+    def _write_ctlr(self, off: int, value: int) -> None:
+        """Enabling needs valid CBASER and device/collection BASERs (else ignored)."""
+        if not self.enabled and value & 1 and not (
+                self.baser_device & VALID and self.baser_coll & VALID and self.cbaser & VALID):
+            return
+        self.enabled = bool(value & 1)
+        self._process_commands()
+
+    def _write_iidr(self, off: int, value: int) -> None:
+        rev = value >> 12 & 0xF
+        if rev >= NR_ITS_ABIS:
+            raise Errno(E.EINVAL)  # no such table ABI
+        self.abi = rev
+
+    def _write_cbaser(self, off: int, value: int) -> None:
+        if self.enabled:
+            return  # ignored while the ITS is enabled
+        self.cbaser = _sanitise_its(value) & ~(0xF << 12)
+        self.creadr = self.cwriter = 0
+
+    def _write_cwriter(self, off: int, value: int) -> None:
+        """CWRITER inside the queue (else ignored); an enabled ITS processes commands."""
+        reg = value & 0xFFFE0
+        if reg < self._cmd_queue_size():
+            self.cwriter = reg
+            self._process_commands()
+
+    def _write_creadr(self, off: int, value: int) -> None:
+        if self.enabled:
+            raise Errno(E.EBUSY)
+        reg = value & 0xFFFE0
+        if reg >= self._cmd_queue_size():
+            raise Errno(E.EINVAL)
+        self.creadr = reg
+
+    def _write_baser(self, off: int, value: int) -> None:
+        if self.enabled or off not in (0x100, 0x108):
+            return
+        ro = BASER_DEVICE_RESET if off == 0x100 else BASER_COLL_RESET
+        reg = _sanitise_its((value & ~BASER_RO) | (ro & BASER_RO))
+        if off == 0x108:
+            reg &= ~(1 << 62)  # no two-level collection table
+        if off == 0x100:
+            self.baser_device = reg
+        else:
+            self.baser_coll = reg
+
+    def _process_commands(self) -> None:
+        if self.enabled and self.creadr != self.cwriter:
+            raise Errno(E.ENOSYS)  # command processing: not modelled yet
+
+    # -- CTRL -------------------------------------------------------------------------------
+    def _ctrl(self, attr: int) -> None:
+        if attr == ITS_CTRL_RESET:  # "ITS Reset State"
+            self.baser_device &= ~VALID
+            self.baser_coll &= ~VALID
+            self.cbaser = self.creadr = self.cwriter = 0
+            self.enabled = False
+            return
+        vm = self.vm
+        if attr == ITS_SAVE_TABLES:
+            # no device is ever mapped here; the collection table ends with an invalid entry
+            if self.baser_coll & VALID:
+                vm.write_guest(baser_table(self.baser_coll)[0], bytes(8))
+            return
+        # RESTORE_TABLES: collections, then devices; any valid entry would need the mappings
+        if self.baser_coll & VALID:
+            if int.from_bytes(vm.read_guest(baser_table(self.baser_coll)[0], 8), "little") >> 63:
+                raise Errno(E.ENOSYS)
+        if self.baser_device & VALID:
+            base, size, _ = baser_table(self.baser_device)
+            data = vm.read_guest(base, size)
+            if any(int.from_bytes(data[i:i + 8], "little") >> 63 for i in range(0, size, 8)):
+                raise Errno(E.ENOSYS)
 
     def inject(self, devid: int, eventid: int) -> int:
         """vgic_its_inject_msi: a disabled ITS is EBUSY; translation is not modelled."""
         if not self.enabled:
             raise Errno(E.EBUSY)
         raise Errno(E.ENOSYS)
-
 
 
 # -- register state (vgic-mmio.c, vgic-mmio-v2.c, vgic-mmio-v3.c, uaccess paths) ----------
