@@ -10,6 +10,7 @@ from typing import Iterator
 import pytest
 
 import kvmdev
+from a64 import HVC0, ldst, program
 from kvm_asserts import raises
 from kvmdev import arm64 as A
 from kvmdev.arm64 import Affinity, default_mpidr
@@ -218,19 +219,6 @@ def test_vcpu_features_per_vm(vm: kvmdev.Vm, arm64_kvm: kvmdev.Kvm) -> None:
         assert other.features == ["PSCI_0_2", "PMU_V3"]
 
 
-def _ldst(load: bool, rt: int, rn: int, offset: int = 0, size: int = 3) -> int:
-    """LDR/STR (immediate, unsigned offset) of 2**size bytes."""
-    assert offset % (1 << size) == 0
-    return size << 30 | 0x39000000 | (1 << 22 if load else 0) | (offset >> size) << 10 | rn << 5 | rt
-
-
-HVC0 = 0xD4000002
-
-
-def _program(*insns: int) -> bytes:
-    return b"".join(i.to_bytes(4, "little") for i in insns)
-
-
 @pytest.mark.parametrize("psci_0_2", [True, False], ids=["psci0.2", "psci0.1"])
 def test_guest_mmio_ram_and_psci(vm: kvmdev.Vm, psci_0_2: bool) -> None:
     """A few guest instructions from RAM the test wrote through its mmap: MMIO
@@ -239,16 +227,16 @@ def test_guest_mmio_ram_and_psci(vm: kvmdev.Vm, psci_0_2: bool) -> None:
     mem = vm.add_memory(RAM, 0x10000)
     data = RAM + 0x100
     # x4: MMIO base, x5: RAM data, x6: a value; PSCI calls return in x0-x3 (SMCCC)
-    mem.write(RAM, _program(
-        _ldst(True, 6, 4),              # 0x00 ldr x6, [x4]        -> MMIO read
-        _ldst(False, 6, 4, 8),          # 0x04 str x6, [x4, #8]    -> MMIO write
-        _ldst(False, 6, 5),             # 0x08 str x6, [x5]        -> RAM
-        _ldst(False, 6, 4, 32, 2),      # 0x0c str w6, [x4, #32]   -> 4-byte MMIO write
+    mem.write(RAM, program(
+        ldst(True, 6, 4),              # 0x00 ldr x6, [x4]        -> MMIO read
+        ldst(False, 6, 4, 8),          # 0x04 str x6, [x4, #8]    -> MMIO write
+        ldst(False, 6, 5),             # 0x08 str x6, [x5]        -> RAM
+        ldst(False, 6, 4, 32, 2),      # 0x0c str w6, [x4, #32]   -> 4-byte MMIO write
         HVC0,                           # 0x10 PSCI_VERSION
-        _ldst(False, 0, 4, 16),         # 0x14 str x0, [x4, #16]   -> MMIO write
-        _ldst(True, 0, 5, 8),           # 0x18 ldr x0, [x5, #8]    (SYSTEM_OFF id)
+        ldst(False, 0, 4, 16),         # 0x14 str x0, [x4, #16]   -> MMIO write
+        ldst(True, 0, 5, 8),           # 0x18 ldr x0, [x5, #8]    (SYSTEM_OFF id)
         HVC0,                           # 0x1c PSCI SYSTEM_OFF
-        _ldst(False, 0, 4, 24),         # 0x20 str x0, [x4, #24]   -> MMIO write
+        ldst(False, 0, 4, 24),         # 0x20 str x0, [x4, #24]   -> MMIO write
     ))
     mem.write(data + 8, A.PSCI_0_2_FN_SYSTEM_OFF.to_bytes(8, "little"))
     c = vcpu(vm, 0, ("PSCI_0_2",) if psci_0_2 else ())
@@ -296,7 +284,7 @@ def test_guest_mmio_ram_and_psci(vm: kvmdev.Vm, psci_0_2: bool) -> None:
 def test_guest_store_to_readonly_memory_exits(vm: kvmdev.Vm) -> None:
     code = vm.add_memory(RAM_RO_TEST, 0x10000)
     vm.add_memory(RAM_RO_TEST + 0x10000, 0x10000, readonly=True)
-    code.write(RAM_RO_TEST, _program(_ldst(False, 2, 1)))
+    code.write(RAM_RO_TEST, program(ldst(False, 2, 1)))
     c = vcpu(vm)
     c.set_one_reg("pc", RAM_RO_TEST)
     c.set_one_reg("x1", RAM_RO_TEST + 0x10000)

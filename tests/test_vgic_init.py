@@ -13,6 +13,7 @@ import time
 import pytest
 
 import kvmdev
+from a64 import cbz, ldst, program
 from kvm_asserts import raises
 from kvmdev.devices.vgic import RedistRegion, VgicV2, VgicV3
 
@@ -366,14 +367,6 @@ def test_save_pending_tables(arm64_kvm: kvmdev.Kvm, arm64_gic: int) -> None:
         g.save_pending_tables()                  # no LPIs without an ITS: nothing written
 
 
-def _ldr(rt: int, rn: int) -> int:
-    return 0xF9400000 | rn << 5 | rt
-
-
-def _str(rt: int, rn: int) -> int:
-    return 0xF9000000 | rn << 5 | rt
-
-
 def test_registers_busy_while_a_vcpu_runs(ready, arm64_gic: int) -> None:
     """Register access takes every vCPU's mutex with a trylock: while one vCPU is
     inside KVM_RUN the access fails with EBUSY rather than waiting, and works again
@@ -381,11 +374,10 @@ def test_registers_busy_while_a_vcpu_runs(ready, arm64_gic: int) -> None:
     a flag, then stores to MMIO."""
     vm, cpus, g = ready
     mem = vm.add_memory(RAM, 0x10000)
-    code = [_str(1, 2),            # mark: [x2] = x1
-            _ldr(3, 4),            # loop: x3 = [x4]
-            0xB4000000 | (-1 & 0x7FFFF) << 5 | 3,   # cbz x3, loop
-            _str(0, 5)]            # MMIO store: exit
-    mem.write(RAM, b"".join(i.to_bytes(4, "little") for i in code))
+    mem.write(RAM, program(ldst(False, 1, 2),    # mark: [x2] = x1
+                           ldst(True, 3, 4),     # loop: x3 = [x4]
+                           cbz(3, -1),           # cbz x3, loop
+                           ldst(False, 0, 5)))   # MMIO store: exit
     c = cpus[0]
     for r, v in {"pc": RAM, "x1": 1, "x2": RAM + 0x1000, "x4": RAM + 0x2000, "x5": 0x10000000, "x0": 7}.items():
         c.set_one_reg(r, v)

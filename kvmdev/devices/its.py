@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 from .. import attrs as _attrs
 from ..errnos import register as _register_errnos
@@ -227,7 +227,7 @@ def _scan(read: Reader, base: int, size: int, first_id: int,
         i += step
 
 
-def _walk_device_table(read: Reader, baser: int) -> Iterator[tuple[int, Dte]]:
+def _walk_device_table(read: Reader, baser: int) -> list[tuple[int, Dte]]:
     base, size, indirect = baser_table(baser)
     found: list[tuple[int, Dte]] = []
 
@@ -246,7 +246,7 @@ def _walk_device_table(read: Reader, baser: int) -> Iterator[tuple[int, Dte]]:
             l1 = unpack(read(base + idx * ESZ, ESZ))
             if l1 >> 63:
                 _scan(read, l1 & 0xFFFFFFFF0000, SZ_64K, idx * per_page, dte)
-    yield from found
+    return found
 
 
 def read_tables(regs: Registers, read: Reader) -> ItsTables:

@@ -209,23 +209,13 @@ class Arm64Vcpu:
         self.pc = (self.pc + 4) & U64
 
     # -- the guest ------------------------------------------------------------------
-    def _ram(self, gpa: int, n: int, write: bool) -> int | None:
-        """The user address of guest RAM [gpa, gpa+n), or None (MMIO; a write to a
-        read-only slot is MMIO too)."""
-        for gpa0, size, uaddr, flags in self.vcpu.vm.memslots.values():
-            if gpa0 <= gpa and gpa + n <= gpa0 + size:
-                if write and flags & self.a.const("KVM_MEM_READONLY"):
-                    return None
-                return uaddr + gpa - gpa0
-        return None
-
     def _execute(self, run: Any) -> int:
         user = self.vcpu.user
         deadline = time.monotonic() + RUN_LIMIT_S
         for step in itertools.count():
             if step % 4096 == 0 and time.monotonic() > deadline:
                 break  # a guest spinning this long is a test bug: stop it rather than hang
-            fetch = self._ram(self.pc, 4, False)
+            fetch = self.vcpu.vm.memslot_uaddr(self.pc, 4, False)
             if fetch is None:
                 raise Errno(E.ENOSYS)  # the kernel would inject an abort and run on
             insn = user.get("__u32", fetch)
@@ -236,7 +226,7 @@ class Arm64Vcpu:
                 n, is_write = 1 << size, opc == 0
                 addr = ((self.sp if rn == 31 else self.x[rn]) + ((insn >> 10 & 0xFFF) << size)) & U64
                 value = 0 if rt == 31 else self.x[rt] & ((1 << 8 * n) - 1)
-                ram = self._ram(addr, n, is_write)
+                ram = self.vcpu.vm.memslot_uaddr(addr, n, is_write)
                 if ram is None:
                     run.exit_reason = self.a.const("KVM_EXIT_MMIO")
                     m = run.mmio

@@ -260,15 +260,22 @@ class MockVm(KernelObject):
     def owner_vm(self) -> "MockVm":
         return self
 
-    def guest_uaddr(self, gpa: int, n: int, write: bool) -> int:
-        """kvm_{read,write}_guest's translation: the user address of [gpa, gpa+n), or
-        EFAULT outside the memslots (and for writes to a read-only slot)."""
+    def memslot_uaddr(self, gpa: int, n: int, write: bool) -> int | None:
+        """The user address of guest RAM [gpa, gpa+n), or None outside the memslots
+        (and for a write to a read-only slot: a guest's becomes MMIO, KVM's EFAULT)."""
         for gpa0, size, uaddr, flags in self.memslots.values():
             if gpa0 <= gpa and gpa + n <= gpa0 + size:
                 if write and flags & self.backend.arch.const("KVM_MEM_READONLY"):
-                    break
+                    return None
                 return uaddr + gpa - gpa0
-        raise Errno(E.EFAULT)
+        return None
+
+    def guest_uaddr(self, gpa: int, n: int, write: bool) -> int:
+        """kvm_{read,write}_guest's translation: EFAULT where there is no RAM."""
+        uaddr = self.memslot_uaddr(gpa, n, write)
+        if uaddr is None:
+            raise Errno(E.EFAULT)
+        return uaddr
 
     def read_guest(self, gpa: int, n: int) -> bytes:
         return self.user.read(self.guest_uaddr(gpa, n, False), n)

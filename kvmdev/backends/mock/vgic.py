@@ -395,6 +395,16 @@ class _Vgic(DeviceModel):
         if not write:
             self.user.put(width, addr, out or 0)
 
+    _shape: tuple[tuple[int, ...], "GicRegs"] | None = None
+
+    def _shape_regs(self) -> "GicRegs":
+        """Before init, HAS answers from a GicRegs of the current shape (SPIs and
+        vCPUs), built once per shape rather than on every call."""
+        key = (self.dist.nr_spis, *self.vm.vcpus)
+        if self._shape is None or self._shape[0] != key:
+            self._shape = (key, GicRegs(self.dist))
+        return self._shape[1]
+
     def has(self, group: int, attr: int, addr: int) -> None:
         if group in self.reg_groups:
             if group == LEVEL_INFO:
@@ -402,7 +412,7 @@ class _Vgic(DeviceModel):
                     raise Errno(E.ENXIO)
                 return
             vcpu = self._vcpu(group, attr)
-            regs = self.dist.regs or GicRegs(self.dist)
+            regs = self.dist.regs or self._shape_regs()
             try:
                 ok = self._access(regs, group, vcpu, attr, None) is not None
             except Errno as e:
@@ -443,15 +453,6 @@ VALID = 1 << 63
 ITS_IDREGS = {0xFFD0: 0x40, 0xFFE0: 0x92, 0xFFE4: 0xB4, 0xFFE8: 0x3B, 0xFFF0: 0x0D, 0xFFF4: 0xF0,
               0xFFF8: 0x05, 0xFFFC: 0xB1}
 NR_ITS_ABIS = 1
-
-
-def _sanitise_its(reg: int) -> int:
-    """vgic_sanitise_its_{baser,cbaser}'s cacheability and shareability fixes."""
-    share, inner, outer = reg >> 10 & 3, reg >> 59 & 7, reg >> 53 & 7
-    share = 1 if share == 2 else share
-    inner = 3 if inner in (0, 1) else inner
-    outer = outer if outer in (0, 1) else 0
-    return (reg & ~(3 << 10 | 7 << 59 | 7 << 53)) | share << 10 | inner << 59 | outer << 53
 
 
 @device_model
@@ -579,7 +580,7 @@ class ItsModel(DeviceModel):
     def _write_cbaser(self, off: int, value: int) -> None:
         if self.enabled:
             return  # ignored while the ITS is enabled
-        self.cbaser = _sanitise_its(value) & ~(0xF << 12)
+        self.cbaser = _sanitise_baser(value, 0xF << 12, inner=59, outer=53)
         self.creadr = self.cwriter = 0
 
     def _write_cwriter(self, off: int, value: int) -> None:
@@ -601,7 +602,7 @@ class ItsModel(DeviceModel):
         if self.enabled or off not in (0x100, 0x108):
             return
         ro = BASER_DEVICE_RESET if off == 0x100 else BASER_COLL_RESET
-        reg = _sanitise_its((value & ~BASER_RO) | (ro & BASER_RO))
+        reg = _sanitise_baser((value & ~BASER_RO) | (ro & BASER_RO), inner=59, outer=53)
         if off == 0x108:
             reg &= ~(1 << 62)  # no two-level collection table
         if off == 0x100:
@@ -661,14 +662,15 @@ PROPBASER_RES0 = 0x1F << 59 | 0xF << 52 | 0x3 << 5
 PENDBASER_RES0 = 1 << 63 | 0x7 << 59 | 0xF << 52 | 0xF << 12 | 0x7F
 
 
-def _sanitise_baser(reg: int, res0: int) -> int:
-    """vgic_sanitise_{prop,pend}baser: no outer shareability, no inner non-cacheable,
-    outer only SameAsInner or nC; RES0 bits cleared."""
-    share, inner, outer = reg >> 10 & 3, reg >> 7 & 7, reg >> 56 & 7
+def _sanitise_baser(reg: int, res0: int = 0, inner: int = 7, outer: int = 56) -> int:
+    """vgic_sanitise_{prop,pend}baser and vgic_sanitise_its_{baser,cbaser}: no outer
+    shareability, no inner non-cacheable, outer only SameAsInner or nC; RES0 bits
+    cleared.  ``inner``/``outer``: the cacheability fields' shifts (GITS: 59, 53)."""
+    share, icache, ocache = reg >> 10 & 3, reg >> inner & 7, reg >> outer & 7
     share = 1 if share == 2 else share
-    inner = 3 if inner in (0, 1) else inner
-    outer = outer if outer in (0, 1) else 0
-    reg = (reg & ~(3 << 10 | 7 << 7 | 7 << 56)) | share << 10 | inner << 7 | outer << 56
+    icache = 3 if icache in (0, 1) else icache
+    ocache = ocache if ocache in (0, 1) else 0
+    reg = (reg & ~(3 << 10 | 7 << inner | 7 << outer)) | share << 10 | icache << inner | ocache << outer
     return reg & ~res0
 
 

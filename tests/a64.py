@@ -1,0 +1,19 @@
+"""A64 instruction encodings for the test guests (the few the mock guest runs)."""
+from __future__ import annotations
+
+HVC0 = 0xD4000002
+
+
+def ldst(load: bool, rt: int, rn: int, offset: int = 0, size: int = 3) -> int:
+    """LDR/STR (immediate, unsigned offset) of 2**size bytes."""
+    assert offset % (1 << size) == 0
+    return size << 30 | 0x39000000 | (1 << 22 if load else 0) | (offset >> size) << 10 | rn << 5 | rt
+
+
+def cbz(rt: int, insns: int) -> int:
+    """CBZ (64-bit) to ``insns`` instructions from here (negative: backwards)."""
+    return 0xB4000000 | (insns & 0x7FFFF) << 5 | rt
+
+
+def program(*insns: int) -> bytes:
+    return b"".join(i.to_bytes(4, "little") for i in insns)
