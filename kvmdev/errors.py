@@ -54,3 +54,8 @@ class KvmUnavailable(KvmError):
 
 class ClosedError(ValueError):
     """An operation on a kvmdev object whose fd was already closed."""
+
+
+class SequenceError(RuntimeError):
+    """A step of a documented save/restore sequence taken out of order; the
+    message quotes the rule."""

@@ -96,6 +96,19 @@ def arm64_gic(arm64_kvm: kvmdev.Kvm) -> int:
 
 
 @pytest.fixture
+def arm64_kernel(arm64_kvm: kvmdev.Kvm) -> str:
+    """The kernel series ("6.12" or "6.1") where the real kernels differ: the
+    running kernel's release, the mock's profile."""
+    if arm64_kvm.backend == "mock":
+        return str(arm64_kvm._backend.host.kernel)  # type: ignore[attr-defined]
+    release = os.uname().release
+    series = ".".join(release.split(".")[:2])
+    if series not in ("6.12", "6.1"):
+        pytest.fail(f"kernel {release}: the arm64 tests know the 6.12 and 6.1 series")
+    return series
+
+
+@pytest.fixture
 def vm(kvm: kvmdev.Kvm) -> kvmdev.Vm:
     return kvm.create_vm()
 

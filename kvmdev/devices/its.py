@@ -4,20 +4,24 @@
     its.base = 0x08080000                  # KVM_VGIC_ITS_ADDR_TYPE, 64K aligned, 128K frame
     its.regs["GITS_BASER0"]                # KVM_DEV_ARM_VGIC_GRP_ITS_REGS: always a u64 buffer
     its.regs.fields("GITS_TYPER")
+    its.submit(command("MAPD", DeviceID=1, Size=1, ITT_addr=itt, V=1))   # into the queue, CWRITER moved
     its.save_tables(); tables = read_tables(its.regs, mem.read)   # the ABI REV0 tables, decoded
+    state = its.save(); other_its.restore(state)                 # the documented sequences, checked
 
 The table ABI (REV0, all entries 8 bytes, little endian) is data here too:
 Dte/Cte/Ite encode and decode one entry; read_tables walks the device table
 (flat or two-level), every ITT and the collection table in guest memory.
+Commands are data as well: COMMANDS (opcodes) and CMD_FIELDS (bit positions).
 """
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 from .. import attrs as _attrs
 from ..errnos import register as _register_errnos
+from ..errors import SequenceError
 from ..fd import DEVICE_CLASSES, Device
 from .vgic import Frame, Reg, Registers, _bits
 
@@ -81,6 +85,74 @@ _register_errnos({
 })
 
 
+# -- ITS commands (GICv3 spec 5.13; the fields vgic-its.c reads) --------------------------------
+COMMANDS = {"MOVI": 0x01, "INT": 0x03, "CLEAR": 0x04, "SYNC": 0x05, "MAPD": 0x08, "MAPC": 0x09,
+            "MAPTI": 0x0A, "MAPI": 0x0B, "INV": 0x0C, "INVALL": 0x0D, "MOVALL": 0x0E, "DISCARD": 0x0F}
+# field -> (doubleword, shift, width, address shift): ITT_addr is given as a byte address
+CMD_FIELDS = {"DeviceID": (0, 32, 32, 0), "EventID": (1, 0, 32, 0), "Size": (1, 0, 5, 0),
+              "pINTID": (1, 32, 32, 0), "ICID": (2, 0, 16, 0), "ITT_addr": (2, 8, 44, 8),
+              "RDbase": (2, 16, 32, 0), "V": (2, 63, 1, 0), "RDbase2": (3, 16, 32, 0)}
+CMD_SIZE = 32
+
+
+def command(name: str, **fields: int) -> bytes:
+    """One 32-byte ITS command, e.g. ``command("MAPTI", DeviceID=1, EventID=0,
+    pINTID=8192, ICID=0)``.  Size is EventID bits - 1; RDbase is the target's
+    GICR_TYPER.Processor_Number (GITS_TYPER.PTA is 0)."""
+    if name not in COMMANDS:
+        raise ValueError(f"unknown ITS command {name!r}; known: {', '.join(COMMANDS)}")
+    dw = [COMMANDS[name], 0, 0, 0]
+    for key, value in fields.items():
+        if key not in CMD_FIELDS:
+            raise ValueError(f"unknown ITS command field {key!r}; known: {', '.join(CMD_FIELDS)}")
+        word, shift, width, scale = CMD_FIELDS[key]
+        if value & ((1 << scale) - 1):
+            raise ValueError(f"{key} {value:#x} is not {1 << scale}-byte aligned")
+        dw[word] |= _field(value >> scale, key, width) << shift
+    return b"".join(pack(w) for w in dw)
+
+
+def decode_command(raw: bytes) -> tuple[str, dict[str, int]]:
+    """The name and every field of a 32-byte command (fields that overlap, such
+    as Size and EventID, are all given)."""
+    dw = [unpack(raw[i:i + 8]) for i in range(0, CMD_SIZE, 8)]
+    names = {v: k for k, v in COMMANDS.items()}
+    name = names.get(dw[0] & 0xFF, f"{dw[0] & 0xFF:#04x}")
+    return name, {k: (dw[w] >> s & ((1 << n) - 1)) << sc for k, (w, s, n, sc) in CMD_FIELDS.items()}
+
+
+# The registers of the documented restore sequence, in its order (arm-vgic-its.rst,
+# "ITS Restore Sequence"): GITS_CBASER, then the others but GITS_CTLR (GITS_CREADR
+# after GITS_CBASER, GITS_IIDR before RESTORE_TABLES), RESTORE_TABLES, GITS_CTLR.
+RESTORE_ORDER = ("GITS_CBASER", "GITS_CREADR", "GITS_CWRITER") + tuple(f"GITS_BASER{n}" for n in range(8)) + (
+    "GITS_IIDR",)
+
+
+@dataclass
+class ItsState:
+    """What Its.save() read: the frame address and the GITS_* registers.  The
+    tables themselves are in guest RAM (see ``table_ranges``)."""
+
+    base: int
+    regs: dict[str, int]
+
+    def table_ranges(self) -> list[tuple[str, int, int]]:
+        """(what, gpa, size) of the command queue and the tables named by the
+        registers; memory that has to travel with this state."""
+        out = []
+        cbaser = self.regs.get("GITS_CBASER", 0)
+        if cbaser >> 63:
+            out.append(("command queue", cbaser & 0xFFFFFFFFFF << 12, ((cbaser & 0xFF) + 1) << 12))
+        for n in range(8):
+            b = self.regs.get(f"GITS_BASER{n}", 0)
+            if b >> 63:
+                base, size, indirect = baser_table(b)
+                kind = {GITS_BASER_TYPE_DEVICE: "device table", GITS_BASER_TYPE_COLLECTION: "collection table"}
+                out.append((kind.get(b >> 56 & 7, f"table type {b >> 56 & 7}") + (" (level 1)" if indirect else ""),
+                            base, size))
+        return out
+
+
 class Its(Device):
     """KVM_DEV_TYPE_ARM_VGIC_ITS: one per 128K frame; several per VM."""
 
@@ -113,8 +185,84 @@ class Its(Device):
         self.set_attr(_CTRL, "KVM_DEV_ARM_ITS_SAVE_TABLES")
 
     def restore_tables(self) -> None:
-        """KVM_DEV_ARM_ITS_RESTORE_TABLES (after every GITS_* register but GITS_CTLR)."""
+        """KVM_DEV_ARM_ITS_RESTORE_TABLES (after every GITS_* register but GITS_CTLR).
+        Refused while the ITS is enabled: GITS_CTLR is restored last."""
+        if self.regs["GITS_CTLR"] & 1:
+            raise SequenceError("KVM_DEV_ARM_ITS_RESTORE_TABLES on an enabled ITS: GITS_CTLR must be "
+                                "restored last, after the tables (arm-vgic-its.rst, ITS Restore Sequence)")
         self.set_attr(_CTRL, "KVM_DEV_ARM_ITS_RESTORE_TABLES")
+
+    # -- the command queue -------------------------------------------------------------------
+    def submit(self, *commands: bytes) -> int:
+        """Write ``commands`` into the command queue in guest RAM (at GITS_CWRITER,
+        wrapping) and move GITS_CWRITER past them: an enabled ITS processes them
+        at once.  Returns GITS_CREADR afterwards."""
+        regs = self.regs
+        cbaser = regs["GITS_CBASER"]
+        if not cbaser >> 63:
+            raise ValueError("GITS_CBASER is not valid: there is no command queue")
+        base, size = cbaser & 0xFFFFFFFFFF << 12, ((cbaser & 0xFF) + 1) << 12
+        wr, rd = regs["GITS_CWRITER"] & 0xFFFE0, regs["GITS_CREADR"] & 0xFFFE0
+        if len(commands) * CMD_SIZE > (rd - wr - CMD_SIZE) % size:
+            raise ValueError(f"{len(commands)} commands do not fit in the queue "
+                             f"(GITS_CREADR {rd:#x}, GITS_CWRITER {wr:#x}, {size:#x} bytes)")
+        for c in commands:
+            if len(c) != CMD_SIZE:
+                raise ValueError(f"an ITS command is {CMD_SIZE} bytes, not {len(c)}")
+            self.vm.guest_memory(base + wr, CMD_SIZE).write(base + wr, c)
+            wr = (wr + CMD_SIZE) % size
+        regs["GITS_CWRITER"] = wr
+        return int(regs["GITS_CREADR"])
+
+    # -- the documented sequences ----------------------------------------------------------------
+    def save(self) -> ItsState:
+        """ITS save: KVM_DEV_ARM_ITS_SAVE_TABLES first (the tables go to guest RAM),
+        then the registers."""
+        self.save_tables()
+        regs = self.regs
+        return ItsState(self.base, {n: int(regs[n]) for n in RESTORE_ORDER + ("GITS_CTLR",)})
+
+    def restore(self, state: ItsState | Mapping[str, int], base: int | None = None) -> None:
+        """The ITS Restore Sequence in one call, after the VGIC v3 and its
+        redistributors (GICR_PROPBASER/PENDBASER): the frame address,
+        GITS_CBASER, the other registers, RESTORE_TABLES, GITS_CTLR last.
+        Everything is checked before the first write."""
+        regs_in = dict(state.regs if isinstance(state, ItsState) else state)
+        base = state.base if base is None and isinstance(state, ItsState) else base
+        unknown = set(regs_in) - set(RESTORE_ORDER) - {"GITS_CTLR"}
+        if unknown:
+            raise ValueError(f"not restorable ITS registers: {', '.join(sorted(unknown))}")
+        current = self.base
+        if base is None and current == (1 << 64) - 1:
+            raise SequenceError("the ITS has no frame address: KVM_VGIC_ITS_ADDR_TYPE is restored first")
+        if base is not None and current not in ((1 << 64) - 1, base):
+            raise SequenceError(f"the ITS frame is at {current:#x}, not {base:#x} as saved")
+        rev = regs_in.get("GITS_IIDR", 0) >> 12 & 0xF
+        if current != (1 << 64) - 1:
+            if self.regs["GITS_CTLR"] & 1:
+                raise SequenceError("the ITS is enabled: restore into a disabled ITS, GITS_CTLR last "
+                                    "(arm-vgic-its.rst, ITS Restore Sequence)")
+            if rev > self.regs.fields("GITS_IIDR")["Revision"]:
+                raise SequenceError(f"table ABI revision {rev} is newer than this kernel's")
+        gics = [d for d in self.vm.devices if d.type_name == "ARM_VGIC_V3"]
+        if not gics:
+            raise SequenceError("no VGIC v3 on this VM: the GICv3 is restored before the ITS "
+                                "(arm-vgic-its.rst, ITS Restore Sequence)")
+        vcpus = self.vm.vcpus   # GICR_PROPBASER is one per VM: any vCPU's redistributor shows it
+        if vcpus and (gics[0].redist(vcpus[0])["GICR_PROPBASER"] & 0x1F) + 1 < 14:   # type: ignore[attr-defined]
+            raise SequenceError("GICR_PROPBASER allows no LPI yet: the redistributors are restored before "
+                                "the ITS, whose tables name LPIs (arm-vgic-its.rst, ITS Restore Sequence)")
+        if current == (1 << 64) - 1:
+            self.base = base   # type: ignore[assignment]
+            if rev > self.regs.fields("GITS_IIDR")["Revision"]:
+                raise SequenceError(f"table ABI revision {rev} is newer than this kernel's")
+        regs = self.regs
+        for name in RESTORE_ORDER:
+            if name in regs_in:
+                regs[name] = regs_in[name]
+        self.restore_tables()
+        if "GITS_CTLR" in regs_in:
+            regs["GITS_CTLR"] = regs_in["GITS_CTLR"]
 
 
 DEVICE_CLASSES["ARM_VGIC_ITS"] = Its

@@ -21,7 +21,7 @@ from typing import Any
 from ...arm64 import (CORE_OFFSETS, SYSREGS, NR_PRIVATE_IRQS, NR_SGIS, PSCI_0_2_FN_PSCI_VERSION, PSCI_0_2_FN_SYSTEM_OFF,
                       PSCI_RET_NOT_SUPPORTED, default_mpidr, irq_fields)
 from . import vfio  # noqa: F401  (registers the VFIO model)
-from . import vgic
+from . import its, vgic
 from .kernel import ArchModel as _Base
 from .kernel import Errno, MockVcpu, MockVm
 
@@ -49,7 +49,8 @@ class Arm64Vm:
         self.vm = vm
         self.ipa_bits = ipa_bits
         self.vgic: vgic.VgicDist | None = None
-        self.its: list[vgic.ItsModel] = []
+        self.its: list[its.ItsModel] = []
+        self.lpis = its.Lpis(self)
         self.msis_require_devid = False
         self.propbaser = 0  # kvm->arch.vgic.propbaser: GICR_PROPBASER of every redistributor
         self.features: int | None = None  # kvm->arch.vcpu_features once configured (6.12)

@@ -8,7 +8,7 @@ redistributor placed in region slots as vgic_register_redist_iodev does);
 NR_IRQS; CTRL INIT and SAVE_PENDING_TABLES; the DIST/REDIST/CPU/CPU_SYSREGS
 register state and LEVEL_INFO, in the kernel's check order (vCPU lookup, copy-in,
 every vCPU lock, init); the VGIC checks of the first KVM_RUN; injection.
-The ITS beyond its frame address answers ENOSYS ("not modelled"), never a guess.
+The ITS and the LPIs are in its.py.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from ...arch import get_arch
 from ...arm64 import Affinity
-from ...devices.its import baser_table
 from ...devices.vgic import ICC
 from .kernel import DeviceModel, Errno, device_model
 
@@ -325,7 +324,8 @@ class _Vgic(DeviceModel):
                 with self.vm.all_vcpus_locked():
                     if not d.initialized:
                         raise Errno(E.ENXIO)  # vgic_v3_save_pending_tables
-                    return  # no LPI pending without an ITS mapping one
+                    d.part.lpis.save_pending_tables()
+                    return
 
         raise Errno(E.ENXIO)
 
@@ -440,211 +440,6 @@ class VgicV3Model(_Vgic):
     reg_groups = frozenset({DIST_REGS, REDIST_REGS, CPU_SYSREGS, LEVEL_INFO})
 
 
-# -- the ITS (vgic-its.c) ----------------------------------------------------------------------
-# Values seen on 6.12 and 6.1 (tests/test_its.py)
-GITS_IIDR = 0x4B00043B           # ProductID 'K', Implementer ARM; Revision = the table ABI (0)
-GITS_TYPER = 0x1EF71             # Physical, ITT entry 8 bytes, 16 EventID bits, 16 DeviceID bits
-GITS_BASER_PAGE_64K = 2 << 8
-BASER_DEVICE_RESET = 1 << 56 | 7 << 48 | 3 << 59 | 1 << 10 | GITS_BASER_PAGE_64K   # type 1, 8-byte entries
-BASER_COLL_RESET = 4 << 56 | 7 << 48 | 3 << 59 | 1 << 10 | GITS_BASER_PAGE_64K     # type 4
-BASER_RO = 7 << 56 | 0x1F << 48 | 3 << 8    # Type, EntrySize, PageSize
-VALID = 1 << 63
-# vgic_mmio_read_its_idregs
-ITS_IDREGS = {0xFFD0: 0x40, 0xFFE0: 0x92, 0xFFE4: 0xB4, 0xFFE8: 0x3B, 0xFFF0: 0x0D, 0xFFF4: 0xF0,
-              0xFFF8: 0x05, 0xFFFC: 0xB1}
-NR_ITS_ABIS = 1
-
-
-@device_model
-class ItsModel(DeviceModel):
-    """One ITS (several per VM are allowed; it needs no VGIC to be created).
-    Modelled: the frame address, the GITS_* registers (values, sanitising, the
-    userspace rules), CTRL_RESET, and SAVE/RESTORE of tables with nothing mapped.
-    Command processing and device/collection mappings answer ENOSYS."""
-
-    type_name = "ARM_VGIC_ITS"
-    SIZE = ITS_SIZE
-
-    def create(self) -> None:
-        """vgic_its_create."""
-        self.base = ADDR_UNDEF
-        self.enabled = False  # GITS_CTLR.Enabled
-        self.abi = 0
-        self.cbaser = self.creadr = self.cwriter = 0
-        self.baser_device, self.baser_coll = BASER_DEVICE_RESET, BASER_COLL_RESET
-        part = self.vm.part
-        part.its.append(self)
-        part.msis_require_devid = True
-        part.propbaser = INITIAL_BASER  # vgic_its_create
-
-    def has(self, group: int, attr: int, addr: int) -> None:
-        if group == ADDR and attr == ITS_ADDR or group == CTRL and attr in (
-                CTRL_INIT, ITS_SAVE_TABLES, ITS_RESTORE_TABLES, ITS_CTRL_RESET):
-            return
-        if group == ITS_REGS:
-            self._check_offset(attr)
-            if self._reg(attr) is None:
-                raise Errno(E.ENXIO)
-            return
-        raise Errno(E.ENXIO)
-
-    def get(self, group: int, attr: int, addr: int) -> None:
-        if group == ADDR:
-            if attr != ITS_ADDR:
-                raise Errno(E.ENODEV)
-            self.user.put("__u64", addr, self.base)
-            return
-        if group == ITS_REGS:
-            self.user.put("__u64", addr, self._regs_access(attr, None))
-            return
-        raise Errno(E.ENXIO)
-
-    def set(self, group: int, attr: int, addr: int) -> None:
-        if group == ADDR:
-            if attr != ITS_ADDR:
-                raise Errno(E.ENODEV)
-            value = self.user.get("__u64", addr)
-            check_iorange(self.vm.part.phys_size, self.base, value, SZ_64K, ITS_SIZE)
-            self.base = value
-            return
-        if group == CTRL:
-            if attr == CTRL_INIT:
-                return  # nothing to do
-            if attr in (ITS_SAVE_TABLES, ITS_RESTORE_TABLES, ITS_CTRL_RESET):
-                with self.vm.all_vcpus_locked():
-                    self._ctrl(attr)
-                return
-        if group == ITS_REGS:
-            self._regs_access(attr, self.user.get("__u64", addr))
-            return
-        raise Errno(E.ENXIO)
-
-    # -- GRP_ITS_REGS (vgic_its_attr_regs_access) -----------------------------------------
-    @staticmethod
-    def _check_offset(off: int) -> None:
-        """Only GITS_CTLR, GITS_IIDR and the ID registers take 32-bit aligned offsets."""
-        if off & (3 if off < 0x8 or off >= 0xFFD0 else 7):
-            raise Errno(E.EINVAL)
-
-    def _reg(self, off: int) -> str | None:
-        if off in (0x0, 0x4, 0x8, 0x80, 0x88, 0x90):
-            return {0x0: "ctlr", 0x4: "iidr", 0x8: "typer", 0x80: "cbaser", 0x88: "cwriter", 0x90: "creadr"}[off]
-        if 0x100 <= off < 0x140:
-            return "baser"
-        if 0xFFD0 <= off < 0x10000:
-            return "idregs"
-        return None
-
-    def _regs_access(self, off: int, value: int | None) -> int:
-        self._check_offset(off)
-        with self.vm.all_vcpus_locked():
-            if self.base == ADDR_UNDEF:
-                raise Errno(E.ENXIO)
-            reg = self._reg(off)
-            if reg is None:
-                raise Errno(E.ENXIO)
-            if value is not None:
-                getattr(self, "_write_" + reg, lambda o, v: None)(off, value)
-                return 0
-            return int(self._read(reg, off))
-
-    def _cmd_queue_size(self) -> int:
-        return ((self.cbaser & 0xFF) + 1) << 12
-
-    def _read(self, reg: str, off: int) -> int:
-        if reg == "ctlr":  # Quiescent: no command in flight
-            return int(self.enabled) | (1 << 31 if self.creadr == self.cwriter else 0)
-        if reg == "iidr":
-            return GITS_IIDR | self.abi << 12
-        if reg == "baser":
-            return {0x100: self.baser_device, 0x108: self.baser_coll}.get(off, 0)
-        if reg == "idregs":
-            return ITS_IDREGS.get(off, 0)
-        return int({"typer": GITS_TYPER, "cbaser": self.cbaser, "cwriter": self.cwriter,
-                    "creadr": self.creadr}[reg])
-
-    def _write_ctlr(self, off: int, value: int) -> None:
-        """Enabling needs valid CBASER and device/collection BASERs (else ignored)."""
-        if not self.enabled and value & 1 and not (
-                self.baser_device & VALID and self.baser_coll & VALID and self.cbaser & VALID):
-            return
-        self.enabled = bool(value & 1)
-        self._process_commands()
-
-    def _write_iidr(self, off: int, value: int) -> None:
-        rev = value >> 12 & 0xF
-        if rev >= NR_ITS_ABIS:
-            raise Errno(E.EINVAL)  # no such table ABI
-        self.abi = rev
-
-    def _write_cbaser(self, off: int, value: int) -> None:
-        if self.enabled:
-            return  # ignored while the ITS is enabled
-        self.cbaser = _sanitise_baser(value, 0xF << 12, inner=59, outer=53)
-        self.creadr = self.cwriter = 0
-
-    def _write_cwriter(self, off: int, value: int) -> None:
-        """CWRITER inside the queue (else ignored); an enabled ITS processes commands."""
-        reg = value & 0xFFFE0
-        if reg < self._cmd_queue_size():
-            self.cwriter = reg
-            self._process_commands()
-
-    def _write_creadr(self, off: int, value: int) -> None:
-        if self.enabled:
-            raise Errno(E.EBUSY)
-        reg = value & 0xFFFE0
-        if reg >= self._cmd_queue_size():
-            raise Errno(E.EINVAL)
-        self.creadr = reg
-
-    def _write_baser(self, off: int, value: int) -> None:
-        if self.enabled or off not in (0x100, 0x108):
-            return
-        ro = BASER_DEVICE_RESET if off == 0x100 else BASER_COLL_RESET
-        reg = _sanitise_baser((value & ~BASER_RO) | (ro & BASER_RO), inner=59, outer=53)
-        if off == 0x108:
-            reg &= ~(1 << 62)  # no two-level collection table
-        if off == 0x100:
-            self.baser_device = reg
-        else:
-            self.baser_coll = reg
-
-    def _process_commands(self) -> None:
-        if self.enabled and self.creadr != self.cwriter:
-            raise Errno(E.ENOSYS)  # command processing: not modelled yet
-
-    # -- CTRL -------------------------------------------------------------------------------
-    def _ctrl(self, attr: int) -> None:
-        if attr == ITS_CTRL_RESET:  # "ITS Reset State"
-            self.baser_device &= ~VALID
-            self.baser_coll &= ~VALID
-            self.cbaser = self.creadr = self.cwriter = 0
-            self.enabled = False
-            return
-        vm = self.vm
-        if attr == ITS_SAVE_TABLES:
-            # no device is ever mapped here; the collection table ends with an invalid entry
-            if self.baser_coll & VALID:
-                vm.write_guest(baser_table(self.baser_coll)[0], bytes(8))
-            return
-        # RESTORE_TABLES: collections, then devices; any valid entry would need the mappings
-        if self.baser_coll & VALID:
-            if int.from_bytes(vm.read_guest(baser_table(self.baser_coll)[0], 8), "little") >> 63:
-                raise Errno(E.ENOSYS)
-        if self.baser_device & VALID:
-            base, size, _ = baser_table(self.baser_device)
-            data = vm.read_guest(base, size)
-            if any(int.from_bytes(data[i:i + 8], "little") >> 63 for i in range(0, size, 8)):
-                raise Errno(E.ENOSYS)
-
-    def inject(self, devid: int, eventid: int) -> int:
-        """vgic_its_inject_msi: a disabled ITS is EBUSY; translation is not modelled."""
-        if not self.enabled:
-            raise Errno(E.EBUSY)
-        raise Errno(E.ENOSYS)
-
-
 # -- register state (vgic-mmio.c, vgic-mmio-v2.c, vgic-mmio-v3.c, uaccess paths) ----------
 # Values seen on Debian 6.12 and 6.1 under QEMU -cpu max (tests/test_vgic.py)
 IIDR_DIST = 0x4B00343B      # ProductID 'K', Revision 3, Implementer ARM
@@ -700,7 +495,7 @@ class GicRegs:
         self.d = d
         self.v3 = d.v3
         self.enabled = False                    # GICD_CTLR: EnableGrp1 (v3), Enable (v2)
-        self.pendbaser: dict[int, int] = {}
+        self.implementation_rev = 3             # GICD_IIDR.Revision: 2 or 3, restorable
         # v2: IGROUPR writes are ignored until GICD_IIDR is written back; v3 always
         # takes them (the v3 doc repeats the v2 rule; the kernel does not apply it)
         self.groups_writable = d.v3
@@ -797,7 +592,8 @@ class GicRegs:
                 if (value ^ IIDR_DIST) & ~0xF000 or (value >> 12 & 0xF) not in (2, 3):
                     raise Errno(E.EINVAL)
                 self.groups_writable = True
-            return IIDR_DIST
+                self.implementation_rev = value >> 12 & 0xF
+            return IIDR_DIST & ~0xF000 | self.implementation_rev << 12
         if self.v3 and off == 0x010:
             return 0xFFFFFFFF  # GICD_STATUSR: read-as-ones, writes ignored
         for base, (which, write) in self.BITMAPS.items():
@@ -855,8 +651,11 @@ class GicRegs:
 
     def redist(self, vcpu: int, off: int, value: int | None) -> int | None:
         """A GICR access of vCPU ``vcpu`` (RD frame, then SGI frame at +64K)."""
-        if off == 0x0:
-            return 0x6
+        lpis = self.d.part.lpis
+        if off == 0x0:  # GICR_CTLR: EnableLPIs; revision 3 adds CES and IR (read-only)
+            if value is not None:
+                lpis.set_enable(vcpu, bool(value & 1))
+            return int(lpis.enabled(vcpu)) | (0x6 if self.implementation_rev >= 3 else 0)
         if off == 0x4:
             return IIDR_GICR
         if off == 0x8:  # GICR_TYPER: vcpu id, PLPIS with an ITS, Last by region placement
@@ -867,15 +666,15 @@ class GicRegs:
             return 0
         if 0x70 <= off < 0x80:  # GICR_PROPBASER (one for the VM), GICR_PENDBASER (per vCPU)
             prop = off < 0x78
-            reg = self.d.part.propbaser if prop else self.pendbaser.get(vcpu, INITIAL_BASER)
-            if value is not None:
+            reg = self.d.part.propbaser if prop else lpis.pendbaser.get(vcpu, INITIAL_BASER)
+            if value is not None and not lpis.enabled(vcpu):  # fixed while LPIs are enabled
                 shift = 32 if off & 4 else 0
                 reg = (reg & ~(0xFFFFFFFF << shift)) | (value & 0xFFFFFFFF) << shift
                 reg = _sanitise_baser(reg, PROPBASER_RES0 if prop else PENDBASER_RES0)
                 if prop:
                     self.d.part.propbaser = reg
                 else:
-                    self.pendbaser[vcpu] = reg
+                    lpis.pendbaser[vcpu] = reg
             if not prop:
                 reg &= ~(1 << 62)  # PTZ reads as 0
             return reg >> 32 if off & 4 else reg & 0xFFFFFFFF
