@@ -22,17 +22,20 @@ long kvmdev_attr(int fd, unsigned long request, __u32 group, __u64 attr, void *a
 	return r < 0 ? -errno : r;
 }
 
-/* One ioctl per attribute, for save/restore walks; errs[i] is 0 or -errno.
- * Returns the number of failed entries. */
+/* Device-attr ioctls in order, for save/restore walks: one C call for many
+ * attributes.  Stops at the first failure; returns how many succeeded and sets
+ * *err to 0 or to that failure's -errno. */
 int kvmdev_attr_batch(int fd, unsigned long request, struct kvm_device_attr *attrs,
-		      int count, int *errs)
+		      int count, int *err)
 {
-	int failed = 0;
+	*err = 0;
 	for (int i = 0; i < count; i++) {
-		errs[i] = ioctl(fd, request, &attrs[i]) < 0 ? -errno : 0;
-		failed += errs[i] != 0;
+		if (ioctl(fd, request, &attrs[i]) < 0) {
+			*err = -errno;
+			return i;
+		}
 	}
-	return failed;
+	return count;
 }
 
 /* copy_from_user / copy_to_user for the mock backend: process_vm_readv and

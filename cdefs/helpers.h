@@ -11,6 +11,6 @@ long kvmdev_ioctl(int fd, unsigned long request, void *arg);
 long kvmdev_ioctl_val(int fd, unsigned long request, unsigned long arg);
 long kvmdev_attr(int fd, unsigned long request, __u32 group, __u64 attr, void *addr);
 int kvmdev_attr_batch(int fd, unsigned long request, struct kvm_device_attr *attrs,
-		      int count, int *errs);
+		      int count, int *err);
 int kvmdev_copy_from_user(void *dst, uint64_t src, size_t len);
 int kvmdev_copy_to_user(uint64_t dst, const void *src, size_t len);

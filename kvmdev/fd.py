@@ -10,9 +10,10 @@ from __future__ import annotations
 import errno as E
 import mmap
 import re
+import struct
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Sequence
 
 from . import arm64 as _arm64
 from . import attrs as _attrs
@@ -214,6 +215,22 @@ class _AttrTarget(_Fd):
         if r < 0:
             raise self._attr_error(-r, 2, spec.group, spec.attr, spec.given)
 
+    def attr_batch(self, ioctl: str, items: Sequence[tuple[int | str, int | str]],
+                   values: Sequence[int] | None = None) -> list[int]:
+        """Many KVM_GET_DEVICE_ATTR (or KVM_SET_DEVICE_ATTR, with ``values``) of
+        integer attributes in one C call (kvmdev_attr_batch), in order.  Every
+        buffer is a u64 slot, at least what the kernel copies.  Values are checked
+        against each attribute's width before any ioctl; the first failing ioctl
+        stops the batch and raises its KvmError (noting how many were done).
+        Returns the values read (for a set: ``values``).  For the same list again
+        and again, keep an attr_program()."""
+        prog = self.attr_program(ioctl, items)
+        return list(prog.run(values))
+
+    def attr_program(self, ioctl: str, items: Sequence[tuple[int | str, int | str]]) -> "AttrProgram":
+        """A fixed batch compiled once (see AttrProgram)."""
+        return AttrProgram(self, ioctl, items)
+
     def attr_ioctl(self, ioctl: str, group: int | str, attr: int | str, addr: int = 0) -> int:
         """The raw ioctl with a caller-chosen ``attr.addr`` (for exploring and for
         regression tests of the kernel's own pointer checks)."""
@@ -234,6 +251,71 @@ class _AttrTarget(_Fd):
             for an, a in names.items():
                 if t.attrs[g][a].name == an and self.has_attr(g, a):
                     yield t.group_name(g), an
+
+
+# attr_batch: struct kvm_device_attr (flags, group, attr, addr) and the native
+# layout of each integer type at the start of its u64 slot
+_ATTR_STRUCT = struct.Struct("=IIQQ")
+_BATCH_FORMATS = {"__u8": "B7x", "__u16": "H6x", "__u32": "I4x", "__u64": "Q"}
+
+
+class AttrProgram:
+    """A fixed list of integer device attributes to get (or set) in order, in one
+    C call (kvmdev_attr_batch).  Compiled once: the struct kvm_device_attr array
+    and the u64 slots it points at live as long as the program, so a run is one
+    struct (un)pack and one call, whatever the number of attributes."""
+
+    def __init__(self, target: _AttrTarget, ioctl: str, items: Sequence[tuple[int | str, int | str]]) -> None:
+        which = target._IOCTLS.index(ioctl)
+        if which == 0:
+            raise ValueError("an attr program does KVM_GET_DEVICE_ATTR or KVM_SET_DEVICE_ATTR")
+        self.target, self.which, self.n = target, which, len(items)
+        self.specs = [target._spec(g, a, None) for g, a in items]
+        fmts = []
+        for spec in self.specs:
+            f = _BATCH_FORMATS.get(spec.ctype or "")
+            if f is None:
+                gn, an = target._names(spec.group, spec.attr, spec.given)
+                raise ValueError(f"{gn}/{an} copies {spec.ctype}: attr batches take integer attributes")
+            fmts.append(f)
+        self.limits = [1 << 8 * struct.calcsize("=" + f.rstrip("x0123456789")) for f in fmts]
+        self.layout = struct.Struct("=" + "".join(fmts))
+        ffi = target._arch.ffi
+        self.slots = ffi.new("uint64_t[]", max(self.n, 1))
+        base = int(ffi.cast("uintptr_t", self.slots))
+        self.attrs = ffi.new("struct kvm_device_attr[]", max(self.n, 1))
+        packed = b"".join(_ATTR_STRUCT.pack(0, s.group, s.attr, base + 8 * i) for i, s in enumerate(self.specs))
+        ffi.memmove(self.attrs, packed, len(packed))
+        self.buf = ffi.buffer(self.slots)
+        self.err = ffi.new("int *")
+        self.request = (target._get_req, target._set_req)[which - 1]
+        self.lock = threading.Lock()
+
+    def run(self, values: Sequence[int] | None = None) -> tuple[int, ...]:
+        """Get: the values read.  Set: ``values``, one per attribute, checked
+        against their widths before any ioctl."""
+        if (values is None) != (self.which == 1) or values is not None and len(values) != self.n:
+            raise ValueError("KVM_SET_DEVICE_ATTR takes one value per attribute; KVM_GET_DEVICE_ATTR none")
+        t = self.target
+        with self.lock:
+            if values is not None:
+                try:
+                    self.layout.pack_into(self.buf, 0, *values)
+                except struct.error:
+                    i = next(i for i, (v, lim) in enumerate(zip(values, self.limits))
+                             if not isinstance(v, int) or not 0 <= v < lim)
+                    s = self.specs[i]
+                    gn, an = t._names(s.group, s.attr, s.given)
+                    raise ValueError(f"{gn}/{an}: {values[i]!r} does not fit {s.ctype} (nothing was written)") from None
+            done = t._backend.attr_batch(t.fileno(), self.request, self.attrs, self.n, self.err)
+            if done < self.n:
+                s = self.specs[done]
+                e = t._attr_error(-self.err[0], self.which, s.group, s.attr, s.given)
+                e.add_note(f"attr_batch: {done} of {self.n} done before this one")
+                raise e
+            if values is not None:
+                return tuple(values)
+            return self.layout.unpack_from(self.buf)
 
 
 class _Spec:

@@ -98,3 +98,23 @@ def test_vcpu_tsc_errors(vm: kvmdev.Vm) -> None:
         vcpu.tsc_offset = 1 << 64
     with pytest.raises(TypeError):
         vcpu.tsc_offset = 1.5  # type: ignore[assignment]
+
+
+def test_attr_batch(kvm: kvmdev.Kvm) -> None:
+    """attr_batch: many attrs in one C call, in order.  A get returns each value;
+    the first failing ioctl stops the batch and raises its KvmError, naming the
+    attr and how many were done; a value too wide is refused before any ioctl."""
+    assert kvm.attr_batch("KVM_GET_DEVICE_ATTR", [(SYS, XCOMP)] * 3) == [kvm.xcomp_guest_supp] * 3
+    if not _sev_enabled():   # SEV's attribute is ENXIO without SEV: the batch stops there
+        with pytest.raises(KvmError) as ei:
+            kvm.attr_batch("KVM_GET_DEVICE_ATTR", [(SYS, XCOMP), (SYS, XCOMP),
+                                                   ("KVM_X86_GRP_SEV", "KVM_X86_SEV_VMSA_FEATURES")])
+        assert ei.value.errno == errno.ENXIO and "KVM_X86_SEV_VMSA_FEATURES" in str(ei.value)
+        assert "2 of 3 done" in ei.value.__notes__[0]
+    vcpu = kvm.create_vm().create_vcpu(0)
+    pinned = "-fc-" in os.uname().release and kvm.backend == "real"   # see the round-trip test
+    vcpu.attr_batch("KVM_SET_DEVICE_ATTR", [(TSC, OFFSET), (TSC, OFFSET)], [7, 1 << 40])
+    assert vcpu.tsc_offset == (0 if pinned else 1 << 40)
+    with pytest.raises(ValueError, match="nothing was written"):
+        vcpu.attr_batch("KVM_SET_DEVICE_ATTR", [(TSC, OFFSET), (TSC, OFFSET)], [9, 1 << 64])
+    assert vcpu.tsc_offset == (0 if pinned else 1 << 40)

@@ -25,6 +25,7 @@ class RealBackend:
         self.ioctl = self.arch.lib.kvmdev_ioctl
         self.ioctl_val = self.arch.lib.kvmdev_ioctl_val
         self.attr = self.arch.lib.kvmdev_attr
+        self.attr_batch = self.arch.lib.kvmdev_attr_batch
         self.kernel_release = os.uname().release
 
     def open_system(self) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno as _E
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from .. import attrs as _attrs
 from ..arm64 import Affinity
@@ -317,6 +317,33 @@ class Registers:
         r, _ = self.frame.lookup(name)
         return decode(r.fields, self[name])
 
+    def attrs_of(self, name: str) -> list[int]:
+        """The attr value(s) that reach ``name``: a 64-bit register accessed in
+        halves is two (low half first)."""
+        r, off = self.frame.lookup(name)
+        if r.width == 64 and self.halves:
+            return [self.prefix | off, self.prefix | (off + 4)]
+        return [self.prefix | off]
+
+    def read(self, names: Iterable[str]) -> dict[str, int]:
+        """Many registers in one batch (Device.attr_batch)."""
+        b = Batch(self.dev)
+        out: dict[str, int] = {}
+        for n in names:
+            b.get(self.group, self.attrs_of(n), out, n)
+        b.run()
+        return out
+
+    def write(self, values: dict[str, int]) -> None:
+        """Many registers in one batch, in the dict's order."""
+        b = Batch(self.dev)
+        for n, v in values.items():
+            r, _ = self.frame.lookup(n)
+            if not 0 <= v < 1 << r.width:
+                raise ValueError(f"{n} is {r.width} bits wide: {v:#x} does not fit")
+            b.set(self.group, self.attrs_of(n), v)
+        b.run()
+
     def has(self, name: str) -> bool:
         """KVM_HAS_DEVICE_ATTR for this register: implemented by this kernel."""
         _, off = self.frame.lookup(name)
@@ -324,6 +351,41 @@ class Registers:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.frame.regs)
+
+
+class Batch:
+    """Device-attribute reads or writes gathered, then done in one attr_batch
+    call; a register of several attrs (32-bit halves) is split and joined here."""
+
+    def __init__(self, dev: Device) -> None:
+        self.dev = dev
+        self.items: list[tuple[str, int]] = []
+        self.values: list[int] = []
+        self.sinks: list[tuple[dict[str, int], str, int, int]] = []
+
+    def get(self, group: str, attrs: list[int], sink: dict[str, int], key: str) -> None:
+        if self.values:
+            raise ValueError("a Batch either reads or writes")
+        self.sinks.append((sink, key, len(self.items), len(attrs)))
+        self.items += [(group, a) for a in attrs]
+
+    def set(self, group: str, attrs: list[int], value: int) -> None:
+        if self.sinks:
+            raise ValueError("a Batch either reads or writes")
+        for i, a in enumerate(attrs):
+            self.items.append((group, a))
+            self.values.append(value >> 32 * i & 0xFFFFFFFF if len(attrs) > 1 else value)
+
+    def run(self) -> None:
+        if not self.items:
+            return
+        if self.sinks:
+            vals = self.dev.attr_batch("KVM_GET_DEVICE_ATTR", self.items)
+            for sink, key, start, count in self.sinks:
+                sink[key] = sum(vals[start + i] << 32 * i for i in range(count))
+        else:
+            self.dev.attr_batch("KVM_SET_DEVICE_ATTR", self.items, self.values)
+        self.items, self.values, self.sinks = [], [], []
 
 
 class SysRegisters:
@@ -350,6 +412,9 @@ class SysRegisters:
 
     def has(self, name: str) -> bool:
         return self.dev.has_attr(self.group, self._attr(name))
+
+    def attrs_of(self, name: str) -> list[int]:
+        return [self._attr(name)]
 
 
 class Vgic(Device):

@@ -56,6 +56,16 @@ class MockBackend:
         st = self.arch.ffi.new("struct kvm_device_attr *", [0, group, attr, self.arch.ffi.cast("uintptr_t", addr)])
         return self.ioctl(fd, request, st)
 
+    def attr_batch(self, fd: int, request: int, attrs: Any, count: int, err: Any) -> int:
+        """kvmdev_attr_batch: in order, stopping at the first failure."""
+        err[0] = 0
+        for i in range(count):
+            r = self.ioctl(fd, request, attrs + i)
+            if r < 0:
+                err[0] = r
+                return i
+        return count
+
     def ioctl_val(self, fd: int, request: int, value: int) -> int:
         return self._dispatch(fd, request, value)
 

@@ -365,9 +365,9 @@ class ArchModel(_Base):
         if not msi.flags & self.backend.arch.const("KVM_MSI_VALID_DEVID"):
             raise Errno(E.EINVAL)
         addr = msi.address_hi << 32 | msi.address_lo
-        for its in vm.part.its:
-            if its.base != vgic.ADDR_UNDEF and its.base <= addr < its.base + its.SIZE:
-                return its.inject(msi.devid, msi.data)
+        for dev in vm.part.its:
+            if dev.base != vgic.ADDR_UNDEF and dev.base <= addr < dev.base + dev.SIZE:
+                return dev.inject(msi.devid, msi.data)
         raise Errno(E.EINVAL)
 
     def vcpu_run(self, vcpu: MockVcpu, immediate_exit: bool) -> int:

@@ -1,0 +1,40 @@
+#!/bin/bash
+# bench-arm64.sh - run bench/bench_gicstate.py on the real arm64 kernels (Debian
+# 6.12 and 6.1 under qemu-system-aarch64 TCG, --gic 3: VGIC v3 + ITS), with its
+# C baseline bench/gic_replay.c cross-built here for aarch64.
+#
+# usage: tools/arm64/bench-arm64.sh [--kernel 6.12|6.1]... [bench_gicstate.py args]
+#   default kernels: 6.12 and 6.1, one after the other (benchmarks share no CPU);
+#   default bench args: --vcpus 512 --irqs 992 --repeats 3 (the largest VGIC v3)
+# Prints the benchmark's table for each kernel.  Exit status 0 when every run
+# printed its table.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+KERNELS=() ARGS=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --kernel) KERNELS+=("${2:?}"); shift 2;;
+    *) ARGS+=("$1"); shift;;
+  esac
+done
+[ ${#KERNELS[@]} -eq 0 ] && KERNELS=(6.12 6.1)
+[ ${#ARGS[@]} -eq 0 ] && ARGS=(--vcpus 512 --irqs 992 --repeats 3)   # 512: the most vCPUs a VGIC v3 takes
+
+STAGE=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-bench.XXXXXX")
+trap 'rm -rf "$STAGE"' EXIT
+EXT=$("$HERE/build-ext.sh" | tail -1)
+tar -C "$ROOT" --exclude=__pycache__ -cf - kvmdev bench | tar -C "$STAGE" -xf -
+find "$STAGE/kvmdev" -name '*.so' -delete
+cp "$EXT"/_kvm_*.cpython-311-aarch64-linux-gnu.so "$STAGE/kvmdev/"
+aarch64-linux-gnu-gcc -O2 -Wall -shared -fPIC -o "$STAGE/bench/gic_replay.aarch64.so" "$ROOT/bench/gic_replay.c"
+
+rc=0
+for k in "${KERNELS[@]}"; do
+  "$HERE/run-guest.sh" --prepare --kernel "$k" >/dev/null 2>&1 || { echo "bench-arm64: guest $k unavailable" >&2; rc=1; continue; }
+  "$HERE/run-guest.sh" --kernel "$k" --gic 3 --smp 1 --timeout 1200 --env PYTHONPATH=/work --env PYTHONDONTWRITEBYTECODE=1 \
+    "$STAGE" -- python3 bench/bench_gicstate.py --backend real --c-replay bench/gic_replay.aarch64.so "${ARGS[@]}" \
+    2>&1 | grep -E "^(GIC save|  |gic_replay|Traceback|[A-Za-z]*Error)" || rc=1
+done
+exit $rc
