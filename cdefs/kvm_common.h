@@ -72,9 +72,10 @@
 /* KVM_CREATE_DEVICE */
 #define KVM_CREATE_DEVICE_TEST 1
 
-/* enum kvm_device_type; values after ARM_PV_TIME are newer than 6.1:
- * include/uapi/linux/kvm.h of v6.19 adds RISCV_AIA (11), the three
- * LoongArch types (12-14) and ARM_VGIC_V5 (15). */
+/* enum kvm_device_type; values after ARM_PV_TIME are newer than 6.1: RISCV_AIA
+ * (11, v6.5), the LoongArch IPI/EIOINTC/PCHPIC (12-14, v6.15), then, in the
+ * newest include/uapi/linux/kvm.h (its exported copies list the enum as
+ * ... PCHPIC, LOONGARCH_DMSINTC, ARM_VGIC_V5, MAX), DMSINTC 15 and VGIC_V5 16. */
 #define KVM_DEV_TYPE_FSL_MPIC_20 1
 #define KVM_DEV_TYPE_FSL_MPIC_42 2
 #define KVM_DEV_TYPE_XICS 3
@@ -89,7 +90,8 @@
 #define KVM_DEV_TYPE_LOONGARCH_IPI 12
 #define KVM_DEV_TYPE_LOONGARCH_EIOINTC 13
 #define KVM_DEV_TYPE_LOONGARCH_PCHPIC 14
-#define KVM_DEV_TYPE_ARM_VGIC_V5 15
+#define KVM_DEV_TYPE_LOONGARCH_DMSINTC 15
+#define KVM_DEV_TYPE_ARM_VGIC_V5 16
 
 /* VFIO device (Documentation/virt/kvm/devices/vfio.rst).  KVM_DEV_VFIO_FILE
  * (v6.6) renamed KVM_DEV_VFIO_GROUP; both names have the same values. */

@@ -54,7 +54,11 @@ NEWER_THAN_HEADERS: dict[str, str] = {
     "KVM_DEV_TYPE_LOONGARCH_IPI": "v6.15, include/uapi/linux/kvm.h enum kvm_device_type",
     "KVM_DEV_TYPE_LOONGARCH_EIOINTC": "v6.15, include/uapi/linux/kvm.h enum kvm_device_type",
     "KVM_DEV_TYPE_LOONGARCH_PCHPIC": "v6.15, include/uapi/linux/kvm.h enum kvm_device_type",
-    "KVM_DEV_TYPE_ARM_VGIC_V5": "KVM arm64 vGICv5 (v6.19 per cdefs/kvm_common.h), "
+    "KVM_DEV_TYPE_LOONGARCH_DMSINTC": "newest include/uapi/linux/kvm.h enum kvm_device_type",
+    "KVM_DEV_ARM_VGIC_USERSPACE_PPIS": "newest arch/arm64/include/uapi/asm/kvm.h (VGIC v5)",
+    "KVM_ARM_VCPU_TIMER_IRQ_HVTIMER": "v6.4, arch/arm64/include/uapi/asm/kvm.h",
+    "KVM_ARM_VCPU_TIMER_IRQ_HPTIMER": "v6.4, arch/arm64/include/uapi/asm/kvm.h",
+    "KVM_DEV_TYPE_ARM_VGIC_V5": "KVM arm64 vGICv5 (newest, per cdefs/kvm_common.h), "
                                 "include/uapi/linux/kvm.h enum kvm_device_type",
     "KVM_DEV_VFIO_FILE": "v6.6, include/uapi/linux/kvm.h (renames KVM_DEV_VFIO_GROUP)",
     "KVM_DEV_VFIO_FILE_ADD": "v6.6, include/uapi/linux/kvm.h (renames KVM_DEV_VFIO_GROUP_ADD)",
@@ -163,6 +167,10 @@ def _probe_source(macros: list[str], structs: list[StructDecl]) -> tuple[str, li
         # include/vdso/sizes.h for KVM_VGIC_V3_*_SIZE without defining it.
         "#ifndef SZ_64K",
         "#define SZ_64K 0x00010000",
+        "#endif",
+        # s390's KVM_S390_NO_MEM_LIMIT is the kernel-internal U64_MAX, likewise.
+        "#ifndef U64_MAX",
+        "#define U64_MAX (~0ULL)",
         "#endif",
         "#include <linux/kvm.h>",
         "",

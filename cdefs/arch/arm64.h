@@ -81,6 +81,10 @@ struct kvm_vcpu_init {
 #define KVM_DEV_ARM_ITS_RESTORE_TABLES 2
 #define KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES 3
 #define KVM_DEV_ARM_ITS_CTRL_RESET 4
+/* VGIC v5 (arm-vgic-v5.rst; newest arch/arm64/include/uapi/asm/kvm.h): a
+ * KVM_DEV_ARM_VGIC_GRP_CTRL attr, get-only, two __u64 (PPIs 0-63, 64-127).
+ * The doc spells it KVM_DEV_ARM_VGIC_USERPSPACE_PPIS; this is the code's name. */
+#define KVM_DEV_ARM_VGIC_USERSPACE_PPIS 5
 
 /* vCPU attribute groups (Documentation/virt/kvm/devices/vcpu.rst) */
 #define KVM_ARM_VCPU_PMU_V3_CTRL 0
@@ -91,8 +95,20 @@ struct kvm_vcpu_init {
 #define KVM_ARM_VCPU_TIMER_CTRL 1
 #define KVM_ARM_VCPU_TIMER_IRQ_VTIMER 0
 #define KVM_ARM_VCPU_TIMER_IRQ_PTIMER 1
+/* the EL2 timers of nested virt (v6.4 arch/arm64/include/uapi/asm/kvm.h) */
+#define KVM_ARM_VCPU_TIMER_IRQ_HVTIMER 2
+#define KVM_ARM_VCPU_TIMER_IRQ_HPTIMER 3
 #define KVM_ARM_VCPU_PVTIME_CTRL 2
 #define KVM_ARM_VCPU_PVTIME_IPA 0
+/* KVM_ARM_VCPU_PMU_V3_FILTER's payload */
+struct kvm_pmu_event_filter {
+	__u16 base_event;
+	__u16 nevents;
+	__u8 action;
+	__u8 pad[3];
+};
+#define KVM_PMU_EVENT_ALLOW 0
+#define KVM_PMU_EVENT_DENY 1
 
 /* KVM_IRQ_LINE irq field layout */
 #define KVM_ARM_IRQ_VCPU2_SHIFT 28

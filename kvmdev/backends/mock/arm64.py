@@ -21,7 +21,7 @@ from typing import Any
 from ...arm64 import (CORE_OFFSETS, SYSREGS, NR_PRIVATE_IRQS, NR_SGIS, PSCI_0_2_FN_PSCI_VERSION, PSCI_0_2_FN_SYSTEM_OFF,
                       PSCI_RET_NOT_SUPPORTED, default_mpidr, irq_fields)
 from . import vfio  # noqa: F401  (registers the VFIO model)
-from . import its, vgic
+from . import arm64_vcpu, its, vgic
 from .kernel import ArchModel as _Base
 from .kernel import Errno, MockVcpu, MockVm
 
@@ -54,6 +54,11 @@ class Arm64Vm:
         self.msis_require_devid = False
         self.propbaser = 0  # kvm->arch.vgic.propbaser: GICR_PROPBASER of every redistributor
         self.features: int | None = None  # kvm->arch.vcpu_features once configured (6.12)
+        self.timer_ppi = dict(arm64_vcpu.TIMER_DEFAULTS)   # 6.12: kvm->arch.timer_data.ppi
+        self.timers_immutable = False                      # KVM_ARCH_FLAG_TIMER_PPIS_IMMUTABLE
+        self.spi_owner: dict[int, str] = {}
+        self.pmu_filters: list[tuple[int, int, int]] = []
+        self.pmu_type: int | None = None
 
     @property
     def phys_size(self) -> int:
@@ -78,7 +83,13 @@ class Arm64Vcpu:
         self.target = -1
         self.features = 0
         self.has_run_once = False
+        self.k61 = vcpu.backend.host.kernel == "6.1"
+        self.timer_ppi = dict(arm64_vcpu.TIMER_DEFAULTS)   # 6.1: per vCPU
+        self.timer_enabled = False
+        self.ppi_owner: dict[int, str] = {}
         self.pmu_created = False
+        self.pmu_irq: int | None = None
+        self.pvtime = arm64_vcpu.INVALID_GPA
         self.x = [0] * 31
         self.sp = self.pc = 0
         self.pstate = PSTATE_RESET
@@ -197,8 +208,8 @@ class Arm64Vcpu:
         d = self.vm.vgic
         if d is not None:
             d.map_resources()
-        if self.has("PMU_V3") and not self.pmu_created:
-            raise Errno(E.EINVAL)  # kvm_arm_pmu_v3_enable: KVM_ARM_VCPU_PMU_V3_INIT not done
+        arm64_vcpu.timer_enable(self)
+        arm64_vcpu.pmu_enable(self)
         self.has_run_once = True
 
     def _complete_mmio(self, run: Any) -> None:
@@ -315,6 +326,9 @@ class ArchModel(_Base):
         if d is not None and d.v3:
             d.register_redist(vcpu.id, duplicate=vcpu.id in vcpu.vm.vcpus)
         return part
+
+    def vcpu_attrs(self, vcpu: MockVcpu) -> arm64_vcpu.VcpuAttrs:
+        return arm64_vcpu.VcpuAttrs(vcpu)
 
     def vcpu_precreate(self, vm: MockVm, vcpu_id: int) -> None:
         """kvm_vm_ioctl_create_vcpu's limits, then kvm_arch_vcpu_precreate."""

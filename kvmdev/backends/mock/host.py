@@ -67,6 +67,8 @@ class HostProfile:
     # arm64 GICv3 host CPU interface (ICH_VTR_EL2): priority bits (5..7) and ID bits (16 or 24)
     pri_bits: int = 5
     id_bits: int = 24
+    # arm64: the host PMU's perf type (KVM_ARM_VCPU_PMU_V3_SET_PMU)
+    pmu_type: int = 8
 
     def __post_init__(self) -> None:
         self.kernel = self.kernel or _DEFAULT_KERNEL.get(self.arch, "6.12")
