@@ -50,6 +50,7 @@ class Arm64Vm:
         self.ipa_bits = ipa_bits
         self.vgic: vgic.VgicDist | None = None
         self.its: list[its.ItsModel] = []
+        self.vgic_v5: vgic.VgicV5Model | None = None
         self.lpis = its.Lpis(self)
         self.msis_require_devid = False
         self.propbaser = 0  # kvm->arch.vgic.propbaser: GICR_PROPBASER of every redistributor
@@ -294,6 +295,8 @@ class ArchModel(_Base):
     vm_attr_errno = E.EINVAL
 
     def device_types(self) -> list[str]:
+        if self.host.gic == 5:
+            return ["VFIO", "ARM_VGIC_V5"]
         if self.host.gic == 3:
             return ["VFIO", "ARM_VGIC_V3", "ARM_VGIC_ITS"] + (["ARM_VGIC_V2"] if self.host.gicv2_compat else [])
         return ["VFIO", "ARM_VGIC_V2"]
@@ -337,7 +340,7 @@ class ArchModel(_Base):
         d = vm.part.vgic
         if d is not None and len(vm.vcpus) >= d.max_vcpus:
             raise Errno(E.EINVAL)  # kvm->max_vcpus, set by the VGIC's creation
-        if d is not None and d.initialized:
+        if d is not None and d.initialized or vm.part.vgic_v5 is not None and vm.part.vgic_v5.initialized:
             raise Errno(E.EBUSY)
 
     def check_memory_region(self, vm: MockVm, gpa: int, size: int) -> None:

@@ -42,6 +42,7 @@ _ARM64_BY_KERNEL: dict[str, dict[str, int]] = {
 # kvm_arm_default_max_vcpus(): the host GIC's limit (VGIC_V3_MAX_CPUS / VGIC_V2_MAX_CPUS)
 _ARM64_BY_GIC: dict[int, dict[str, int]] = {
     3: {"KVM_CAP_MAX_VCPUS": 512, "KVM_CAP_MAX_VCPU_ID": 512},
+    5: {"KVM_CAP_MAX_VCPUS": 512, "KVM_CAP_MAX_VCPU_ID": 512},   # a GICv5 host: mock only
     2: {"KVM_CAP_MAX_VCPUS": 8, "KVM_CAP_MAX_VCPU_ID": 8},
 }
 _DEFAULT_KERNEL = {"x86_64": "6.18", "arm64": "6.12", "powerpc": "6.12", "s390": "6.12"}
@@ -60,7 +61,7 @@ class HostProfile:
     vcpu_mmap_size: int = 12288
     # the kernel series emulated ("6.12", "6.1"): where the real kernels differ
     kernel: str = ""
-    # arm64: the host's GIC (3: GICv3 + ITS, VGIC_V3/ITS devices; 2: GICv2, VGIC_V2)
+    # arm64: the host GIC (3: GICv3 + ITS, VGIC_V3/ITS devices; 2: GICv2, VGIC_V2; 5: GICv5, VGIC_V5, mock only)
     gic: int = 3
     # arm64 GICv3 host: GICv2 compatibility (VGIC_V2 creatable too; QEMU's GICv3 has none)
     gicv2_compat: bool = False
@@ -69,13 +70,15 @@ class HostProfile:
     id_bits: int = 24
     # arm64: the host PMU's perf type (KVM_ARM_VCPU_PMU_V3_SET_PMU)
     pmu_type: int = 8
+    # arm64 GICv5 host (gic=5, no real counterpart here): the userspace-drivable PPIs
+    v5_userspace_ppis: int = 0
 
     def __post_init__(self) -> None:
         self.kernel = self.kernel or _DEFAULT_KERNEL.get(self.arch, "6.12")
         if self.arch == "arm64":
             if self.kernel not in _ARM64_BY_KERNEL or self.gic not in _ARM64_BY_GIC:
                 raise ValueError(f"the arm64 mock emulates kernel {' or '.join(_ARM64_BY_KERNEL)} "
-                                 f"with gic 3 or 2, not kernel {self.kernel!r} gic {self.gic!r}")
+                                 f"with gic 3, 2 (or 5, mock only), not kernel {self.kernel!r} gic {self.gic!r}")
             if self.pri_bits not in (5, 6, 7) or self.id_bits not in (16, 24):
                 raise ValueError(f"a GICv3 CPU interface has 5, 6 or 7 priority bits and 16 or 24 "
                                  f"ID bits, not {self.pri_bits!r} and {self.id_bits!r}")

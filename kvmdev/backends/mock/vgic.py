@@ -42,6 +42,7 @@ V3_REDIST_REGION, ITS_ADDR = _c("KVM_VGIC_V3_ADDR_TYPE_REDIST_REGION"), _c("KVM_
 CTRL_INIT, SAVE_PENDING_TABLES = _c("KVM_DEV_ARM_VGIC_CTRL_INIT"), _c("KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES")
 ITS_SAVE_TABLES, ITS_RESTORE_TABLES = _c("KVM_DEV_ARM_ITS_SAVE_TABLES"), _c("KVM_DEV_ARM_ITS_RESTORE_TABLES")
 ITS_CTRL_RESET = _c("KVM_DEV_ARM_ITS_CTRL_RESET")
+USERSPACE_PPIS = _c("KVM_DEV_ARM_VGIC_USERSPACE_PPIS")
 V2_DIST_SIZE, V2_CPU_SIZE = _c("KVM_VGIC_V2_DIST_SIZE"), _c("KVM_VGIC_V2_CPU_SIZE")
 V3_DIST_SIZE, V3_REDIST_SIZE = _c("KVM_VGIC_V3_DIST_SIZE"), _c("KVM_VGIC_V3_REDIST_SIZE")
 ITS_SIZE = _c("KVM_VGIC_V3_ITS_SIZE")
@@ -273,7 +274,7 @@ class _Vgic(DeviceModel):
         """kvm_vgic_create."""
         part = self.vm.part
         with self.vm.all_vcpus_locked():
-            if part.vgic is not None:
+            if part.vgic is not None or part.vgic_v5 is not None:
                 raise Errno(E.EEXIST)
             if part.any_vcpu_ran():
                 raise Errno(E.EBUSY)
@@ -747,3 +748,44 @@ class GicRegs:
 
 ICC_BY_INSTR = {r.instr: r.name for r in ICC.values()}
 ICC_APR = {r.instr for r in ICC.values() if r.name[:7] in ("ICC_AP0", "ICC_AP1")}
+
+
+@device_model
+class VgicV5Model(DeviceModel):
+    """KVM_DEV_TYPE_ARM_VGIC_V5 (vgic-kvm-device.c's v5 ops, from the kernel patches:
+    no host here has a GICv5).  Only GRP_CTRL: CTRL_INIT and the read-only
+    USERSPACE_PPIS mask (the host profile's ``v5_userspace_ppis``)."""
+
+    type_name = "ARM_VGIC_V5"
+
+    def create(self) -> None:
+        part = self.vm.part
+        with self.vm.all_vcpus_locked():
+            if part.vgic is not None or part.vgic_v5 is not None:
+                raise Errno(E.EEXIST)
+            if part.any_vcpu_ran():
+                raise Errno(E.EBUSY)
+            self.initialized = False
+            part.vgic_v5 = self
+
+    def has(self, group: int, attr: int, addr: int) -> None:
+        if group == CTRL and attr in (CTRL_INIT, USERSPACE_PPIS):
+            return
+        raise Errno(E.ENXIO)
+
+    def get(self, group: int, attr: int, addr: int) -> None:
+        if group == CTRL and attr == USERSPACE_PPIS:
+            mask = self.vm.backend.host.v5_userspace_ppis
+            self.user.put("__u64", addr, mask & (1 << 64) - 1)
+            self.user.put("__u64", addr + 8, mask >> 64)
+            return
+        raise Errno(E.ENXIO)
+
+    def set(self, group: int, attr: int, addr: int) -> None:
+        if group == CTRL and attr == CTRL_INIT:
+            with self.vm.all_vcpus_locked():
+                if not self.vm.vcpus:
+                    raise Errno(E.ENODEV)
+                self.initialized = True
+            return
+        raise Errno(E.ENXIO)   # USERSPACE_PPIS is read-only; no other group
