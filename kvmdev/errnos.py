@@ -55,8 +55,16 @@ ERRNO_MEANINGS: dict[_K, str] = {
 }
 
 
+# the kernel's names where Python's errorcode picks an alias (95 is ENOTSUP there)
+_KERNEL_NAMES = {_errno.EOPNOTSUPP: "EOPNOTSUPP"}
+
+
+def errno_name(errno: int) -> str:
+    return _KERNEL_NAMES.get(errno) or _errno.errorcode.get(errno, str(errno))
+
+
 def meaning(errno: int, ioctl: str | None, target: str | None, group: str | None) -> str:
-    name = _errno.errorcode.get(errno, str(errno))
+    name = errno_name(errno)
     for key in ((ioctl, target, group, name), (ioctl, target, None, name), (ioctl, None, group, name),
                 (None, target, group, name), (ioctl, None, None, name), (None, target, None, name),
                 (None, None, None, name)):

@@ -1,9 +1,8 @@
 """KvmError: an OSError naming the ioctl, the target, the group and attribute."""
 from __future__ import annotations
 
-import errno as _errno
 
-from .errnos import meaning
+from .errnos import errno_name, meaning
 
 
 class KvmError(OSError):
@@ -27,7 +26,7 @@ class KvmError(OSError):
 
     @property
     def errno_name(self) -> str:
-        return _errno.errorcode.get(self.errno or 0, str(self.errno))
+        return errno_name(self.errno or 0)
 
     def __str__(self) -> str:
         where = f"{self.ioctl} on {self.target}"

@@ -55,6 +55,8 @@ NEWER_THAN_HEADERS: dict[str, str] = {
     "KVM_DEV_TYPE_LOONGARCH_EIOINTC": "v6.15, include/uapi/linux/kvm.h enum kvm_device_type",
     "KVM_DEV_TYPE_LOONGARCH_PCHPIC": "v6.15, include/uapi/linux/kvm.h enum kvm_device_type",
     "KVM_DEV_TYPE_LOONGARCH_DMSINTC": "newest include/uapi/linux/kvm.h enum kvm_device_type",
+    "KVM_S390_VM_CPU_PROCESSOR_UV_FEAT_GUEST": "v6.6, arch/s390/include/uapi/asm/kvm.h",
+    "KVM_S390_VM_CPU_MACHINE_UV_FEAT_GUEST": "v6.6, arch/s390/include/uapi/asm/kvm.h",
     "KVM_DEV_ARM_VGIC_USERSPACE_PPIS": "newest arch/arm64/include/uapi/asm/kvm.h (VGIC v5)",
     "KVM_ARM_VCPU_TIMER_IRQ_HVTIMER": "v6.4, arch/arm64/include/uapi/asm/kvm.h",
     "KVM_ARM_VCPU_TIMER_IRQ_HPTIMER": "v6.4, arch/arm64/include/uapi/asm/kvm.h",

@@ -139,6 +139,10 @@ struct kvm_s390_vm_tod_clock {
 #define KVM_S390_VM_CPU_MACHINE_FEAT 3
 #define KVM_S390_VM_CPU_PROCESSOR_SUBFUNC 4
 #define KVM_S390_VM_CPU_MACHINE_SUBFUNC 5
+/* v6.6 arch/s390/include/uapi/asm/kvm.h: the UV features a guest may use */
+#define KVM_S390_VM_CPU_PROCESSOR_UV_FEAT_GUEST 6
+#define KVM_S390_VM_CPU_MACHINE_UV_FEAT_GUEST 7
+#define KVM_S390_FLIC_MAX_BUFFER 0x2000000
 struct kvm_s390_vm_cpu_processor {
 	__u64 cpuid;
 	__u16 ibc;

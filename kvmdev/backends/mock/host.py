@@ -72,6 +72,15 @@ class HostProfile:
     pmu_type: int = 8
     # arm64 GICv5 host (gic=5, no real counterpart here): the userspace-drivable PPIs
     v5_userspace_ppis: int = 0
+    # s390 host (no real one here): facilities (72 AIS, 76 MSA3, 139 multiple epoch),
+    # CMMA, AP instructions, the VM memory limit, the CPU model it offers
+    s390_facilities: frozenset[int] = frozenset({72, 76})
+    s390_cmma: bool = True
+    s390_ap: bool = True
+    s390_mem_limit: int = 1 << 53
+    s390_cpuid: int = 0xFF00000085612000
+    s390_facility_words: tuple[int, ...] = (0xFBFAFCFFF8200000, 0x2000000000000000)
+    s390_machine_feat: int = 0xFFFF << (1024 - 16)   # features 0-15 (bit 0 is the MSB)
 
     def __post_init__(self) -> None:
         self.kernel = self.kernel or _DEFAULT_KERNEL.get(self.arch, "6.12")

@@ -211,8 +211,7 @@ def _attr_ioctl(obj: KernelObject, model: AttrModel | None, which: str, arg: int
     fn = getattr(model, which)
     if fn is None:
         raise Errno(E.ENXIO)
-    fn(a.group, a.attr, a.addr)
-    return 0
+    return int(fn(a.group, a.attr, a.addr) or 0)   # a few accessors return a count
 
 
 class MockSystem(KernelObject):
@@ -441,8 +440,7 @@ class MockDevice(KernelObject):
         if fn is None:
             raise Errno(E.EPERM)
         a = self.read_attr(arg)
-        fn(a.group, a.attr, a.addr)
-        return 0
+        return int(fn(a.group, a.attr, a.addr) or 0)   # a few accessors return a count
 
     def ioctl_KVM_HAS_DEVICE_ATTR(self, arg: int) -> int:
         return self._accessor("has", arg)
