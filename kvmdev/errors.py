@@ -1,7 +1,6 @@
 """KvmError: an OSError naming the ioctl, the target, the group and attribute."""
 from __future__ import annotations
 
-
 from .errnos import errno_name, meaning
 
 
