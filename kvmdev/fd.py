@@ -244,6 +244,18 @@ class _AttrTarget(_Fd):
             raise self._attr_error(-r, which, g, a, (group, attr))
         return int(r)
 
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        """IPython: the object, then its attribute table (groups, attributes, what
+        the kernel copies, the doc's words)."""
+        p.text(repr(self))
+        t = self.attr_table
+        for gv, g in sorted(t.groups.items()):
+            p.break_()
+            p.text(f"  {g.name} ({gv}){': ' + g.doc if g.doc else ''}")
+            for a in t.attrs.get(gv, {}).values():
+                p.break_()
+                p.text(f"    {a.name}  [{a.ctype or 'no payload'}, {a.access}]  {a.doc}")
+
     def attributes(self) -> Iterator[tuple[str, str]]:
         """(group, attr) names from this target's table that HAS_DEVICE_ATTR answers yes to."""
         t = self.attr_table

@@ -29,6 +29,24 @@ from .vgic import Registers, Vgic, VgicV2, VgicV3
 FORMAT, VERSION = "kvmdev.gic", 1
 
 
+class GicDocument(dict):   # type: ignore[type-arg]
+    """A saved GIC state: a plain dict (JSON as it is) that shows a summary."""
+
+    def __repr__(self) -> str:
+        return (f"<GicDocument {self.get('format')} v{self.get('version')}: GICv{self.get('gic')}, "
+                f"NR_IRQS {self.get('nr_irqs')}, {len(self.get('vcpus', {}))} vCPUs, "
+                f"{len(self.get('its', []))} ITS, {len(self.get('memory', []))} memory ranges>")
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))
+        nonzero = {k: v for k, v in self.get("dist", {}).items() if v}
+        p.break_()
+        p.text(f"  dist: {len(nonzero)} of {len(self.get('dist', {}))} registers non-zero")
+        for key, entry in self.get("vcpus", {}).items():
+            p.break_()
+            p.text(f"  vCPU {key}: " + ", ".join(f"{part} {len(v)}" for part, v in entry.items() if isinstance(v, dict)))
+
+
 class SnapshotError(ValueError):
     """A GIC document that cannot be restored here; nothing was written."""
 
@@ -267,8 +285,8 @@ def save(gic: Vgic, vcpus: Sequence[Any] | None = None, its: Iterable[Its] = ())
     nr = gic.nr_irqs
     if isinstance(gic, VgicV2) and its:
         raise ValueError("an ITS goes with a VGIC v3")
-    doc: dict[str, Any] = {"format": FORMAT, "version": VERSION, "gic": 3 if isinstance(gic, VgicV3) else 2,
-                           "nr_irqs": nr, "dist": {}, "vcpus": {}}
+    doc: dict[str, Any] = GicDocument(format=FORMAT, version=VERSION, gic=3 if isinstance(gic, VgicV3) else 2,
+                                      nr_irqs=nr, dist={}, vcpus={})
     if isinstance(gic, VgicV3) and its:
         gic.save_pending_tables()
     its_states = [i.save() for i in its]

@@ -249,7 +249,8 @@ class Its(Device):
             raise SequenceError("no VGIC v3 on this VM: the GICv3 is restored before the ITS "
                                 "(arm-vgic-its.rst, ITS Restore Sequence)")
         vcpus = self.vm.vcpus   # GICR_PROPBASER is one per VM: any vCPU's redistributor shows it
-        if vcpus and (gics[0].redist(vcpus[0])["GICR_PROPBASER"] & 0x1F) + 1 < 14:   # type: ignore[attr-defined]
+        tables = any(regs_in.get(f"GITS_BASER{n}", 0) >> 63 for n in range(8))
+        if tables and vcpus and (gics[0].redist(vcpus[0])["GICR_PROPBASER"] & 0x1F) + 1 < 14:   # type: ignore[attr-defined]
             raise SequenceError("GICR_PROPBASER allows no LPI yet: the redistributors are restored before "
                                 "the ITS, whose tables name LPIs (arm-vgic-its.rst, ITS Restore Sequence)")
         if current == (1 << 64) - 1:
@@ -258,7 +259,9 @@ class Its(Device):
                 raise SequenceError(f"table ABI revision {rev} is newer than this kernel's")
         regs = self.regs
         for name in RESTORE_ORDER:
-            if name in regs_in:
+            # a register already holding the value is left alone: a write can sanitise
+            # (CBASER 0, its reset value, reads back RaWb) or have effects (BASER V=0 unmaps)
+            if name in regs_in and regs[name] != regs_in[name]:
                 regs[name] = regs_in[name]
         self.restore_tables()
         if "GITS_CTLR" in regs_in:

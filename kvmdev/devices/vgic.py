@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno as _E
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .. import attrs as _attrs
 from ..arm64 import Affinity
@@ -71,6 +71,24 @@ class Frame:
             r = self.regs[m.group(1)]
             return r, r.element(int(m.group(2)))
         raise KeyError(f"{name} is not a register of the {self.name} frame; known: {', '.join(self.regs)}")
+
+    def name_at(self, offset: int) -> tuple[str, int] | None:
+        """The register at a byte offset and the offset into it (``("GICD_IROUTER40",
+        4)`` for the high half), or None."""
+        for r in self.regs.values():
+            span = r.count * r.stride
+            if r.offset <= offset < r.offset + span:
+                i, within = divmod(offset - r.offset, r.stride)
+                return (r.name if r.count == 1 else f"{r.name}{r.first + i}"), within
+        return None
+
+    def names(self) -> Iterator[str]:
+        """Every register name, array elements spelt out."""
+        for r in self.regs.values():
+            if r.count == 1:
+                yield r.name
+            else:
+                yield from (f"{r.name}{r.first + i}" for i in range(r.count))
 
 
 def _bits(**f: tuple[int, int]) -> dict[str, tuple[int, int]]:
@@ -180,6 +198,28 @@ ICC = {r.name: r for r in [
 
 def decode(fields: dict[str, tuple[int, int]], value: int) -> dict[str, int]:
     return {n: value >> lsb & ((1 << bits) - 1) for n, (lsb, bits) in fields.items()}
+
+
+class RegValue(int):
+    """A register's value: an int that shows its name and decoded fields."""
+
+    name: str
+    fields: dict[str, int]
+
+    def __new__(cls, value: int, name: str, fields: dict[str, tuple[int, int]]) -> "RegValue":
+        v = super().__new__(cls, value)
+        v.name, v.fields = name, decode(fields, value)
+        return v
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v:#x}" for k, v in self.fields.items() if v)
+        return f"{self.name}={int(self):#x}" + (f" ({shown})" if shown else "")
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(f"{self.name} = {int(self):#x}")
+        for k, v in self.fields.items():
+            p.break_()
+            p.text(f"  {k:16s} {v:#x}")
 
 
 # -- KVM_DEV_ARM_VGIC_GRP_ADDR REDIST_REGION --------------------------------------------
@@ -299,8 +339,21 @@ class Registers:
     def __getitem__(self, name: str) -> int:
         r, off = self.frame.lookup(name)
         if r.width == 64 and self.halves:  # the docs demand 32-bit accesses: low half, then high half
-            return self._word(off) | self._word(off + 4) << 32
-        return self._word(off)
+            return RegValue(self._word(off) | self._word(off + 4) << 32, name, r.fields)
+        return RegValue(self._word(off), name, r.fields)
+
+    def __repr__(self) -> str:
+        return (f"<Registers {self.frame.name} of {self.dev!r} via {self.group}"
+                f"{f' (prefix {self.prefix:#x})' if self.prefix else ''}: {len(self.frame.regs)} kinds>")
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))
+        for r in self.frame.regs.values():
+            p.break_()
+            p.text(f"  {r.name}{'<n>' if r.count > 1 else ''}  +{r.offset:#x}  {r.width} bits  {r.access}")
+
+    def _ipython_key_completions_(self) -> list[str]:
+        return list(self.frame.names())
 
     def __setitem__(self, name: str, value: int) -> None:
         r, off = self.frame.lookup(name)
@@ -402,7 +455,13 @@ class SysRegisters:
         return self.prefix | r.instr
 
     def __getitem__(self, name: str) -> int:
-        return int(self.dev.get_attr(self.group, self._attr(name)))
+        return RegValue(int(self.dev.get_attr(self.group, self._attr(name))), name, ICC[name].fields)
+
+    def __repr__(self) -> str:
+        return f"<ICC system registers of {self.dev!r} (mpidr prefix {self.prefix:#x})>"
+
+    def _ipython_key_completions_(self) -> list[str]:
+        return list(ICC)
 
     def __setitem__(self, name: str, value: int) -> None:
         self.dev.set_attr(self.group, self._attr(name), value)
