@@ -33,6 +33,31 @@ def gic(arm64_kvm: kvmdev.Kvm, arm64_gic: int):
     vm.close()
 
 
+def test_spi_registers_follow_nr_irqs(arm64_kvm: kvmdev.Kvm, arm64_gic: int) -> None:
+    """Per-IRQ distributor registers exist (HAS) only for allocated IRQs: the
+    private ones before NR_IRQS is chosen, then up to NR_IRQS; past it a get reads
+    0 and a set is ignored (vgic_get_mmio_region's check of the IRQ number)."""
+    with arm64_kvm.create_vm() as vm:
+        c = vm.create_vcpu(0)
+        c.vcpu_init(["PSCI_0_2"])
+        g = vm.create_device("ARM_VGIC_V3" if arm64_gic == 3 else "ARM_VGIC_V2")
+        d = g.dist
+        assert d.has("GICD_IPRIORITYR7") and not d.has("GICD_IPRIORITYR8") and not d.has("GICD_ISENABLER1")
+        g.nr_irqs = 64
+        assert d.has("GICD_ISENABLER1") and not d.has("GICD_ISENABLER2")
+        assert d.has("GICD_IPRIORITYR15") and not d.has("GICD_IPRIORITYR16")
+        assert d.has("GICD_ICFGR3") and not d.has("GICD_ICFGR4")
+        if arm64_gic == 3:
+            assert d.has("GICD_IROUTER63") and not d.has("GICD_IROUTER64")
+        if arm64_gic == 3:
+            g.dist_base, g.redist_base = 0x08000000, 0x080A0000
+        else:
+            g.dist_base, g.cpu_base = 0x08000000, 0x08010000
+        g.init()
+        d["GICD_ISENABLER2"] = 0xFFFFFFFF                 # IRQs 64..95: none here, ignored
+        assert d["GICD_ISENABLER2"] == 0 and d["GICD_IPRIORITYR20"] == 0
+
+
 def test_typed_addresses_and_nr_irqs(gic) -> None:
     g, _ = gic
     assert g.dist_base == 0x08000000

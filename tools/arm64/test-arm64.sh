@@ -119,7 +119,7 @@ EXT=$("$HERE/build-ext.sh" 2> >(tee "$LOGS/build-ext.log" >&2) | tail -1) || die
 [ -d "$EXT" ] || die "build-ext.sh did not name its output dir"
 
 # 2. the staged project tree the guests get as /work
-for p in kvmdev tests examples cdefs pyproject.toml conftest.py; do
+for p in kvmdev tests examples cdefs pyproject.toml conftest.py README.md; do
   [ -e "$ROOT/$p" ] || continue
   tar -C "$ROOT" --exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis -cf - "$p" | tar -C "$STAGE" -xf -
 done

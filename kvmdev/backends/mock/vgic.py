@@ -569,10 +569,19 @@ class GicRegs:
             out |= irq.priority << 8 * i
         return out
 
+    # per-IRQ GICD registers: (first offset, end, bits per IRQ)
+    PER_IRQ = tuple((b, b + 0x80, 1) for b in range(0x080, 0x400, 0x80)) + (
+        (0x400, 0x800, 8), (0x800, 0xC00, 8), (0xC00, 0xD00, 2), (0xD00, 0xD80, 1), (0x6000, 0x8000, 64))
+
     def dist(self, vcpu: int, off: int, value: int | None) -> int | None:
-        """A GICD access; None: not implemented (HAS ENXIO, GET 0, SET ignored)."""
+        """A GICD access; None: not implemented (HAS ENXIO, GET 0, SET ignored).
+        A per-IRQ register of IRQs past NR_IRQS (SPIs not allocated: none before
+        NR_IRQS or CTRL_INIT) has no region either (vgic_get_mmio_region)."""
         d = self.d
         ncpus = len(d.part.vm.vcpus)
+        for lo, hi, bits in self.PER_IRQ:
+            if lo <= off < hi and (off - lo) * 8 // bits >= NR_PRIVATE_IRQS + d.nr_spis:
+                return None
         if off == 0x000:
             if value is not None:
                 self.enabled = bool(value & 0x2 if self.v3 else value & 0x1)
@@ -639,10 +648,10 @@ class GicRegs:
             return 0  # GICD_IGRPMODR: RAZ/WI without security
         if not self.v3 and 0xF00 <= off < 0xF30:
             return 0  # SGIR, CPENDSGIR, SPENDSGIR: no SGI pending here
-        if self.v3 and 0x6100 <= off < 0x6000 + 8 * 1020:
-            irq = self.irq(0, (off - 0x6000) // 8)
+        if self.v3 and 0x6000 <= off < 0x6000 + 8 * 1020:
+            irq = self.irq(0, (off - 0x6000) // 8) if off >= 0x6100 else None
             if irq is None or off & 4:
-                return 0  # the upper word (Aff3) is RAZ/WI
+                return 0  # the upper word (Aff3), and the private IRQs' routes, RAZ/WI
             if value is not None:
                 irq.mpidr = value & 0xFFFFFF  # only Aff2..Aff0 are kept (not IRM)
             return irq.mpidr
