@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := .install.stamp
 
-.PHONY: install test example bench bench-arm64 test-arm64 clean
+.PHONY: install test example bench bench-arm64 test-arm64 docs clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard cdefs/*.h cdefs/*.c cdefs/*.ioctls cdefs/arch/* cdefs/build.py)
 	$(PIP) install -q --root-user-action=ignore -e '.[test]'
@@ -21,6 +21,9 @@ bench: $(STAMP)
 	$(PYTHON) bench/bench_attr.py
 	$(PYTHON) bench/bench_gicstate.py --backend mock --vcpus 64 --irqs 992
 	bash tools/arm64/bench-arm64.sh
+
+docs: $(STAMP)
+	$(PYTHON) tools/api_doc.py
 
 test-arm64: $(STAMP)
 	bash tools/arm64/test-arm64.sh

@@ -57,3 +57,13 @@ def test_console_lines(tmp_path: Path) -> None:
             assert out.returncode == 0, f"{line}\n{out.stdout}\n{out.stderr}"
             ran += 1
     assert ran >= 7
+
+
+def test_api_reference_is_current() -> None:
+    """docs/API.md is what tools/api_doc.py renders from today's docstrings."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("api_doc", ROOT / "tools" / "api_doc.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert (ROOT / "docs" / "API.md").read_text() == mod.render(), "run `make docs`"
