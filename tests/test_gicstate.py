@@ -186,11 +186,14 @@ def _bad(doc: dict[str, Any], case: str) -> dict[str, Any]:
         del d["vcpus"][first]["redist" if "redist" in d["vcpus"][first] else "gicc"]
     elif case == "its":
         d["its"] = [] if d["its"] else [{"base": ITS_BASE, "regs": {}}]
-    return d
+    elif case == "tampered":                            # a valid-looking value, not re-sealed
+        d["dist"]["GICD_ISENABLER1"] ^= 1
+        return d
+    return gicstate.seal(d)                             # past the integrity check: each rule on its own
 
 
 @pytest.mark.parametrize("case", ["version", "gic", "nr_irqs", "mpidr", "value", "register", "iidr", "missing",
-                                  "its"])
+                                  "its", "tampered"])
 def test_bad_document_writes_nothing(arm64_kvm, arm64_gic, case: str) -> None:
     """A mismatched or corrupted document is refused with a SnapshotError that
     says why, and the target's state reads back unchanged."""
@@ -239,5 +242,6 @@ def test_icc_buffers_are_64_bits(arm64_kvm, arm64_gic) -> None:
     assert all(isinstance(v, int) for e in doc["vcpus"].values() for v in e["icc"].values())
     bad = copy.deepcopy(doc)
     next(iter(bad["vcpus"].values()))["icc"]["ICC_PMR_EL1"] = 1 << 64
+    gicstate.seal(bad)
     with pytest.raises(SnapshotError, match="ICC_PMR_EL1: .* is not a 64-bit value"):
         m.restore(bad)

@@ -16,6 +16,7 @@ nothing if anything is wrong.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import operator
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any, Iterable, Sequence
 
 from ..arm64 import Affinity
 from ..errors import KvmError, SequenceError
-from .its import Its, ItsState
+from .its import RESTORE_ORDER, Its, ItsState
 from .vgic import Registers, Vgic, VgicV2, VgicV3
 
 FORMAT, VERSION = "kvmdev.gic", 1
@@ -121,6 +122,7 @@ def _apr_count(icc_ctlr: int) -> int:
 
 # -- compiled walks ------------------------------------------------------------------------
 GRP_LEVEL = "KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO"
+ITS_REGS = frozenset(RESTORE_ORDER) | {"GITS_CTLR"}
 PLAIN, COMPLEMENT, LOW, HIGH = range(4)
 
 
@@ -248,6 +250,8 @@ def _write(gic: Vgic, key: tuple[Any, ...], build: Any, sections: list[dict[str,
     try:
         for sec, kind, mask, get in runs:
             vs = get(sections[sec])
+            if set(map(type, vs)) != {int}:
+                raise TypeError("not an int")   # bool, str, float, None...: named by _bad_value
             if kind == PLAIN:
                 values += vs
             elif kind == COMPLEMENT:
@@ -320,7 +324,28 @@ def save(gic: Vgic, vcpus: Sequence[Any] | None = None, its: Iterable[Its] = ())
         doc["vcpus"][_mpidr_key(mp)] = e
     doc["its"] = [{"base": s.base, "regs": s.regs} for s in its_states]
     doc["memory"] = _memory(doc, its_states)
+    return seal(doc)
+
+
+def _digest(doc: dict[str, Any]) -> str:
+    body = {k: v for k, v in doc.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def seal(doc: dict[str, Any]) -> dict[str, Any]:
+    """Set the document's sha256 (save() does; call it after a deliberate edit).
+    restore() refuses a document whose content no longer matches it."""
+    doc["sha256"] = _digest(doc)
     return doc
+
+
+def loads(text: str) -> dict[str, Any]:
+    """A document from JSON text; truncated or malformed text is a SnapshotError."""
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise SnapshotError(f"not a {FORMAT} document: {e}") from None
+    return GicDocument(doc) if isinstance(doc, dict) else doc
 
 
 def _gicc_names(gic: VgicV2, vcpu: Any) -> list[str]:
@@ -437,6 +462,13 @@ def _validate(gic: Vgic, doc: Any, by_mpidr: dict[str, Any], its: list[Its]) -> 
     problems: list[str] = []
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise SnapshotError(f"not a {FORMAT} document")
+    try:
+        intact = doc.get("sha256") == _digest(doc)
+    except (TypeError, ValueError):   # not JSON data any more
+        intact = False
+    if not intact:
+        raise SnapshotError("the document was altered or corrupted: its sha256 does not match its content "
+                            "(gicstate.seal() re-signs a deliberate edit)")
     if doc.get("version") != VERSION:
         raise SnapshotError(f"{FORMAT} version {doc.get('version')!r}: this kvmdev reads version {VERSION}")
     v3 = isinstance(gic, VgicV3)
@@ -469,11 +501,9 @@ def _validate(gic: Vgic, doc: Any, by_mpidr: dict[str, Any], its: list[Its]) -> 
             _check_regs(problems, f"vCPU {key} icc", icc, _icc_names(ctlr if isinstance(ctlr, int) else 0))
         else:
             _check_regs(problems, f"vCPU {key} dist", entry.get("dist"), _plan_names(V2_BANKED_PLAN, nr))
-            gicc = entry.get("gicc")
-            if not isinstance(gicc, dict) or set(gicc) - set(GICC_PLAN):
-                problems.append(f"vCPU {key} gicc: not a table of {', '.join(GICC_PLAN)}")
-            else:
-                _check_regs(problems, f"vCPU {key} gicc", gicc, set(gicc))
+            # the GICC registers this kernel implements (HAS), as a save here would have them
+            _check_regs(problems, f"vCPU {key} gicc", entry.get("gicc"),
+                        set(_gicc_names(gic, by_mpidr[key])) if isinstance(gic, VgicV2) else set())
     saved_its = doc.get("its", [])
     if not isinstance(saved_its, list) or len(saved_its) != len(its):
         n = len(saved_its) if isinstance(saved_its, list) else saved_its
@@ -482,6 +512,11 @@ def _validate(gic: Vgic, doc: Any, by_mpidr: dict[str, Any], its: list[Its]) -> 
         for n, (dev, st) in enumerate(zip(its, saved_its)):
             if not isinstance(st, dict) or not isinstance(st.get("regs"), dict):
                 problems.append(f"ITS {n}: not an ITS state")
+                continue
+            bad = [k for k, v in st["regs"].items() if k not in ITS_REGS or type(v) is not int or not 0 <= v < 1 << 64]
+            bad += sorted(ITS_REGS - set(st["regs"]))   # every GITS_* register is in a saved ITS
+            if bad or not isinstance(st.get("base"), int):
+                problems.append(f"ITS {n}: bad registers {', '.join(map(str, bad[:6])) or '(base)'}")
                 continue
             rev = st["regs"].get("GITS_IIDR", 0) >> 12 & 0xF
             base = dev.base
@@ -515,7 +550,7 @@ def diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
         elif x != y:
             out.append(f"{path}: {_fmt(x)} -> {_fmt(y)}")
 
-    walk("", a, b)
+    walk("", {k: v for k, v in a.items() if k != "sha256"}, {k: v for k, v in b.items() if k != "sha256"})
     return out
 
 
@@ -528,4 +563,5 @@ def dumps(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=1, sort_keys=False)
 
 
-__all__ = ["save", "restore", "diff", "dumps", "SnapshotError", "SequenceError", "FORMAT", "VERSION"]
+__all__ = ["save", "restore", "diff", "dumps", "loads", "seal", "SnapshotError", "SequenceError", "FORMAT",
+           "VERSION"]
