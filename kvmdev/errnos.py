@@ -29,6 +29,8 @@ ERRNO_MEANINGS: dict[_K, str] = {
     (None, None, None, "EFAULT"): "invalid user pointer for attr->addr",
     (None, None, None, "ENOTTY"): "this kind of fd does not accept this ioctl on this kernel",
     (None, None, None, "EBADF"): "the file descriptor is not open",
+    (None, None, None, "EMFILE"):
+        "this process has as many open files as RLIMIT_NOFILE allows: close some fds or raise the limit",
     (None, None, None, "EIO"):
         "the VM is dead (kvm_vm_dead): an earlier unrecoverable error, e.g. a failed VGIC mapping at the "
         "first KVM_RUN on arm64, makes every ioctl of the VM, its vCPUs and devices fail; close it",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno as E
 import mmap
+import os
 import re
 import struct
 import threading
@@ -26,15 +27,39 @@ if TYPE_CHECKING:
 _INT_CTYPES = {"__u8", "__u16", "__u32", "__u64", "__s8", "__s16", "__s32", "__s64", "int"}
 
 
+# bumped in a fork child: VM, vCPU and device fds then belong to the parent
+_GENERATION = [0]
+
+
+def _after_fork_in_child() -> None:
+    _GENERATION[0] += 1
+    _Fd._forked = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _Fd:
-    """A kernel fd owned by this object; closes deterministically, children first."""
+    """A kernel fd owned by this object; closes deterministically, children first.
+
+    Threads: every ioctl holds the fd for its duration (_acquire/_release).  A
+    close() from another thread marks the object closed at once (later calls get
+    ClosedError) and the fd is closed when the last call in flight returns, so no
+    ioctl ever reaches a reused fd number.  Concurrent calls on one object are
+    allowed; the kernel serializes what it must (a vCPU's ioctls, a VM's config)."""
 
     _kind = "fd"
+    _process_bound = True   # KVM answers EIO to VM, vCPU and device ioctls from another process
+    _forked = False         # set in a fork child
 
     def __init__(self, backend: "Backend", fd: int, parent: "_Fd | None") -> None:
         self._backend = backend
         self._arch: Arch = backend.arch
         self._fd = fd
+        self._users: list[None] = []      # one entry per call in flight
+        self._deferred: list[int] = []    # the fd close() left to the last of them
+        self._generation = _GENERATION[0]
+        self._pid = os.getpid()
         self._parent = parent
         # Weak: an object nobody references closes its fd like a Python file does;
         # close() still reaches every live child first.
@@ -54,17 +79,58 @@ class _Fd:
             raise ClosedError(f"{self._target_label()} is closed")
         return fd
 
+    # The hand-over between calls in flight and close() uses list append/pop, each
+    # atomic in CPython, rather than a lock: it is on every ioctl's path.
+    def _acquire(self) -> int:
+        """The fd, held for one ioctl (see the class doc); _release() after it."""
+        fd = self._fd
+        if fd < 0 or self._forked and self._process_bound and self._generation != _GENERATION[0]:
+            self._refuse(fd)
+        self._users.append(None)
+        if self._fd < 0:           # closed meanwhile: not this fd any more
+            self._release()
+            self._refuse(-1)
+        return fd
+
+    def _release(self) -> None:
+        self._users.pop()
+        if not self._users and self._deferred:
+            try:
+                fd = self._deferred.pop()
+            except IndexError:
+                return
+            self._backend.close(fd)
+            self._after_close()
+
+    def _after_close(self) -> None:
+        """What goes with the fd once it is really closed (a vCPU's kvm_run map)."""
+
+    def _refuse(self, fd: int) -> None:
+        if fd < 0:
+            raise ClosedError(f"{self._target_label()} is closed")
+        raise KvmError(E.EIO, "ioctl", self._target_label(), detail=(
+            f"this {self._kind} belongs to process {self._pid}, which created its VM; KVM answers EIO "
+            "to any other process, a fork child included (open KVM again in the child)"))
+
     def close(self) -> None:
-        """Close this fd, after closing every object created from it."""
+        """Close this fd, after closing every object created from it.  Calls in
+        flight on other threads finish first; the fd closes after the last."""
         with self._lock:
             if self._fd < 0:
                 return
             for child in list(self._children.values()):
                 child.close()
-            fd, self._fd = self._fd, -1
+            self._deferred.append(self._fd)
+            self._fd = -1
             if self._parent is not None:
                 self._parent._children.pop(id(self), None)
-            self._backend.close(fd)
+            if not self._users:
+                try:
+                    fd = self._deferred.pop()
+                except IndexError:
+                    return
+                self._backend.close(fd)
+                self._after_close()
 
     def __enter__(self):
         return self
@@ -92,14 +158,22 @@ class _Fd:
     # -- ioctls ------------------------------------------------------------
     def _ioctl(self, name: str, arg: Any, *, group: str | None = None, attr: str | None = None,
                register: str | None = None) -> int:
-        r = self._backend.ioctl(self.fileno(), self._arch.request(name), arg)
+        fd = self._acquire()
+        try:
+            r = self._backend.ioctl(fd, self._arch.request(name), arg)
+        finally:
+            self._release()
         if r < 0:
             raise KvmError(-r, name, self._target_label(), group=group, attr=attr, target_key=self._target_key(),
                            register=register)
         return int(r)
 
     def _ioctl_val(self, name: str, value: int) -> int:
-        r = self._backend.ioctl_val(self.fileno(), self._arch.request(name), value)
+        fd = self._acquire()
+        try:
+            r = self._backend.ioctl_val(fd, self._arch.request(name), value)
+        finally:
+            self._release()
         if r < 0:
             raise KvmError(-r, name, self._target_label(), target_key=self._target_key())
         return int(r)
@@ -173,7 +247,11 @@ class _AttrTarget(_Fd):
 
         ENXIO answers False; any other error is raised."""
         g, a, _ = self._resolve(group, attr)
-        r = self._attr_fn(self.fileno(), self._has_req, g, a, self._null)
+        fd = self._acquire()
+        try:
+            r = self._attr_fn(fd, self._has_req, g, a, self._null)
+        finally:
+            self._release()
         if r == 0:
             return True
         if r == -E.ENXIO:
@@ -188,14 +266,15 @@ class _AttrTarget(_Fd):
         ``value_in`` fills the buffer first, for reads that take an input
         (e.g. the index of KVM_VGIC_V3_ADDR_TYPE_REDIST_REGION)."""
         spec = self._spec(group, attr, ctype)
-        fd = self._fd
-        if fd < 0:
-            self.fileno()
         if value_in is not None and spec.ctype is not None:
             buf = _pack(self._arch.ffi, spec.ctype, value_in, self._names(spec.group, spec.attr, spec.given))
         else:
             buf = spec.new() if spec.ctype is not None else self._null
-        r = self._attr_fn(fd, self._get_req, spec.group, spec.attr, buf)
+        fd = self._acquire()
+        try:
+            r = self._attr_fn(fd, self._get_req, spec.group, spec.attr, buf)
+        finally:
+            self._release()
         if r < 0:
             raise self._attr_error(-r, 1, spec.group, spec.attr, spec.given)
         return spec.decode(buf) if spec.ctype is not None else None
@@ -211,7 +290,11 @@ class _AttrTarget(_Fd):
             buf = self._null
         else:
             buf = _pack(self._arch.ffi, spec.ctype, value, self._names(spec.group, spec.attr, spec.given))
-        r = self._attr_fn(self.fileno(), self._set_req, spec.group, spec.attr, buf)
+        fd = self._acquire()
+        try:
+            r = self._attr_fn(fd, self._set_req, spec.group, spec.attr, buf)
+        finally:
+            self._release()
         if r < 0:
             raise self._attr_error(-r, 2, spec.group, spec.attr, spec.given)
 
@@ -239,7 +322,11 @@ class _AttrTarget(_Fd):
         which = self._IOCTLS.index(ioctl)
         g, a, _ = self._resolve(group, attr)
         req = (self._has_req, self._get_req, self._set_req)[which]
-        r = self._attr_fn(self.fileno(), req, g, a, self._arch.ffi.cast("void *", addr))
+        fd = self._acquire()
+        try:
+            r = self._attr_fn(fd, req, g, a, self._arch.ffi.cast("void *", addr))
+        finally:
+            self._release()
         if r < 0:
             raise self._attr_error(-r, which, g, a, (group, attr))
         return int(r)
@@ -319,7 +406,11 @@ class AttrProgram:
                     s = self.specs[i]
                     gn, an = t._names(s.group, s.attr, s.given)
                     raise ValueError(f"{gn}/{an}: {values[i]!r} does not fit {s.ctype} (nothing was written)") from None
-            done = t._backend.attr_batch(t.fileno(), self.request, self.attrs, self.n, self.err)
+            fd = t._acquire()
+            try:
+                done = t._backend.attr_batch(fd, self.request, self.attrs, self.n, self.err)
+            finally:
+                t._release()
             if done < self.n:
                 s = self.specs[done]
                 e = t._attr_error(-self.err[0], self.which, s.group, s.attr, s.given)
@@ -377,7 +468,11 @@ class attr_property:
             raise AttributeError(f"{self.key[1]} is write-only")
         spec = obj._specs.get(self.key) or obj._spec(*self.key, None)
         buf = spec.new()
-        r = obj._attr_fn(obj._fd if obj._fd >= 0 else obj.fileno(), obj._get_req, spec.group, spec.attr, buf)
+        fd = obj._acquire()
+        try:
+            r = obj._attr_fn(fd, obj._get_req, spec.group, spec.attr, buf)
+        finally:
+            obj._release()
         if r < 0:
             raise obj._attr_error(-r, 1, spec.group, spec.attr, spec.given)
         return spec.decode(buf)
@@ -419,6 +514,7 @@ class Kvm(_AttrTarget):
     """The system fd (/dev/kvm)."""
 
     _kind = "system"
+    _process_bound = False   # /dev/kvm ioctls work from a fork child too
 
     def __init__(self, backend: "Backend") -> None:
         super().__init__(backend, backend.open_system(), None)
@@ -609,7 +705,11 @@ class Vm(_AttrTarget):
         cd.type = dtype
         cd.fd = 0xFFFFFFFF
         cd.flags = flags
-        r = self._backend.ioctl(self.fileno(), self._arch.request("KVM_CREATE_DEVICE"), cd)
+        fd = self._acquire()
+        try:
+            r = self._backend.ioctl(fd, self._arch.request("KVM_CREATE_DEVICE"), cd)
+        finally:
+            self._release()
         if r < 0:
             raise KvmError(-r, "KVM_CREATE_DEVICE", device_type_name(dtype), target_key=device_type_name(dtype))
         return cd
@@ -759,18 +859,23 @@ class Vcpu(_AttrTarget):
     def run(self, *, immediate_exit: bool = False) -> str:
         """KVM_RUN; returns the exit reason's kernel name.  With
         ``immediate_exit`` the kernel does its first-run checks and returns at
-        once (EINTR), reported as KVM_EXIT_INTR."""
-        run = self.kvm_run
-        run.immediate_exit = 1 if immediate_exit else 0
+        once (EINTR), reported as KVM_EXIT_INTR.  The fd and the kvm_run map stay
+        until this returns, even if another thread closes the vCPU meanwhile."""
+        fd = self._acquire()
         try:
-            self._ioctl_val("KVM_RUN", 0)
-        except KvmError as e:
-            if e.errno != E.EINTR:
-                raise
-            return "KVM_EXIT_INTR"
+            run = self.kvm_run
+            run.immediate_exit = 1 if immediate_exit else 0
+            try:
+                r = self._backend.ioctl_val(fd, self._arch.request("KVM_RUN"), 0)
+            finally:
+                run.immediate_exit = 0
+            if r == -E.EINTR:
+                return "KVM_EXIT_INTR"
+            if r < 0:
+                raise KvmError(-r, "KVM_RUN", self._target_label(), target_key=self._target_key())
+            return exit_reason_name(self._arch, run.exit_reason)
         finally:
-            run.immediate_exit = 0
-        return exit_reason_name(self._arch, run.exit_reason)
+            self._release()
 
     @property
     def mmio(self) -> MmioExit:
@@ -803,13 +908,11 @@ class Vcpu(_AttrTarget):
             raise ValueError(f"vCPU {self.id}'s last exit is {exit_reason_name(self._arch, run.exit_reason)}, not {name}")
         return run
 
-    def close(self) -> None:
-        with self._lock:
-            super().close()
-            if self._run is not None:
-                self._arch.ffi.release(self._run)
-                self._run = None
-                self._run_map.close()
+    def _after_close(self) -> None:
+        if self._run is not None:
+            self._arch.ffi.release(self._run)
+            self._run = None
+            self._run_map.close()
 
 
 def _one_reg_ctype(arch: Arch, reg_id: int) -> str:

@@ -41,13 +41,22 @@ class MockBackend:
         return f"<MockBackend {self.arch.name} fds={len(self._objects)}>"
 
     def new_fd(self, obj: KernelObject) -> int:
-        fd = os.eventfd(0, os.EFD_CLOEXEC)
+        """A real fd for a kernel object (anon_inode_getfd: EMFILE when the fd
+        table is full)."""
+        try:
+            fd = os.eventfd(0, os.EFD_CLOEXEC)
+        except OSError as e:
+            raise Errno(e.errno or E.ENOMEM) from None
         with self._lock:
             self._objects[fd] = obj
         return fd
 
     def open_system(self) -> int:
-        return self.new_fd(MockSystem(self))
+        try:
+            return self.new_fd(MockSystem(self))
+        except Errno as e:
+            from ...errors import KvmUnavailable
+            raise KvmUnavailable(e.errno, "open", "/dev/kvm (mock)", target_key=None) from None
 
     def ioctl(self, fd: int, request: int, arg: Any) -> int:
         return self._dispatch(fd, request, int(self.arch.ffi.cast("uintptr_t", arg)))

@@ -306,7 +306,11 @@ class MockVm(KernelObject):
         if arg in self.vcpus:
             raise Errno(E.EEXIST)
         self.vcpus[arg] = vcpu
-        return self.backend.new_fd(vcpu)
+        try:
+            return self.backend.new_fd(vcpu)
+        except Errno:
+            del self.vcpus[arg]   # create_vcpu_fd failed: the vCPU goes again
+            raise
 
     def ioctl_KVM_CREATE_DEVICE(self, arg: int) -> int:
         cd = self.user.read_struct("struct kvm_create_device", arg)
@@ -321,7 +325,11 @@ class MockVm(KernelObject):
         model = cls(self)
         model.create()
         self.devices.append(model)
-        fd = self.backend.new_fd(MockDevice(self.backend, model))
+        try:
+            fd = self.backend.new_fd(MockDevice(self.backend, model))
+        except Errno:
+            self.devices.remove(model)
+            raise
         cd.fd = fd
         self.user.write_struct(arg, cd)
         return 0

@@ -1,0 +1,151 @@
+"""fd lifetime under threads, fork and fd exhaustion, on the real kernel and the
+mock: a close() racing calls in flight never lets an ioctl reach a reused fd
+number; a fork child gets a clear error for the parent's VM fds; EMFILE is
+reported as such."""
+from __future__ import annotations
+
+import errno as E
+import os
+import resource
+import threading
+import time
+
+import pytest
+
+import kvmdev
+from a64 import cbz, ldst, program
+from kvm_asserts import raises
+
+RAM = 0x61000000
+
+
+def _target(fd: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
+@pytest.mark.arm64
+def test_close_while_in_kvm_run(arm64_kvm: kvmdev.Kvm) -> None:
+    """close() from another thread during KVM_RUN returns at once and refuses
+    every later call (ClosedError), but the fd stays open, so its number cannot
+    be reused, until the run returns; then it is closed."""
+    vm = arm64_kvm.create_vm()
+    c = vm.create_vcpu(0)
+    c.vcpu_init(["PSCI_0_2"])
+    mem = vm.add_memory(RAM, 0x10000)
+    mem.write(RAM, program(ldst(False, 1, 2), ldst(True, 3, 4), cbz(3, -1), ldst(False, 0, 5)))
+    for r, v in {"pc": RAM, "x1": 1, "x2": RAM + 0x1000, "x4": RAM + 0x2000, "x5": 0x10000000}.items():
+        c.set_one_reg(r, v)
+    fd, target = c.fileno(), _target(c.fileno())
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.setdefault("exit", c.run()))
+    t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while mem.read(RAM + 0x1000, 8) != (1).to_bytes(8, "little"):
+            assert time.monotonic() < deadline and t.is_alive(), "the guest never started"
+            time.sleep(0.01)
+        c.close()
+        assert c.closed
+        with pytest.raises(kvmdev.ClosedError):
+            c.get_one_reg("pc")
+        assert _target(fd) == target                      # still this vCPU's fd: not reusable
+        other = os.open("/dev/null", os.O_RDONLY)
+        assert other != fd
+        os.close(other)
+    finally:
+        mem.write(RAM + 0x2000, (1).to_bytes(8, "little"))
+        t.join(60)
+    assert out.get("exit") == "KVM_EXIT_MMIO"            # the run in flight completed normally
+    assert _target(fd) != target                          # and then the fd was closed
+    vm.close()
+
+
+def test_threads_racing_close(kvm: kvmdev.Kvm) -> None:
+    """Eight threads reading an attribute while the main thread closes the
+    object: every call returns the value or raises ClosedError, nothing else."""
+    vm = kvm.create_vm()
+    dev = vm.create_device("VFIO")
+    errors: list[BaseException] = []
+    ok = [0]
+
+    def worker() -> None:
+        for _ in range(400):
+            try:
+                assert dev.has_attr("KVM_DEV_VFIO_FILE", "KVM_DEV_VFIO_FILE_ADD")
+                ok[0] += 1
+            except kvmdev.ClosedError:
+                return
+            except BaseException as e:   # noqa: BLE001 - any other error is the failure
+                errors.append(e)
+                return
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.002)
+    dev.close()
+    for t in threads:
+        t.join(30)
+    assert errors == [] and ok[0] > 0
+    vm.close()
+
+
+def test_fork_child_gets_a_clear_error(kvm: kvmdev.Kvm) -> None:
+    """KVM ties a VM's fds to the process that created the VM: in a fork child
+    kvmdev refuses them with EIO and says why, while the system fd still works.
+    On the real kernel the raw ioctl from the child is EIO too."""
+    vm = kvm.create_vm()
+    cpu = vm.create_vcpu(0)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: report through the pipe, never return into pytest
+        try:
+            lines = []
+            try:
+                vm.create_vcpu(1)
+                lines.append("created")
+            except kvmdev.KvmError as e:
+                lines.append(f"{e.errno_name}|{'belongs to process' in str(e)}")
+            lines.append(str(kvm.api_version))
+            raw = vm._backend.ioctl_val(vm._fd, vm._arch.request("KVM_CREATE_VCPU"), 2)
+            lines.append(str(raw))
+            os.write(w, "\n".join(lines).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    _, status = os.waitpid(pid, 0)
+    got = os.read(r, 4096).decode().split("\n")
+    os.close(r)
+    assert status == 0
+    assert got[0] == "EIO|True" and got[1] == "12"
+    if kvm.backend == "real":
+        assert int(got[2]) == -E.EIO                      # the kernel's own answer
+    assert cpu.tsc_offset == 0 if kvm.arch == "x86_64" else True   # the parent's objects still work
+    vm.close()
+
+
+def test_emfile(kvm: kvmdev.Kvm) -> None:
+    """With the fd table full, creating a vCPU fails with EMFILE, named as such,
+    and the vCPU id is free again afterwards."""
+    vm = kvm.create_vm()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cpus = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(os.listdir("/proc/self/fd"), key=int, default=0) and
+                                                    len(os.listdir("/proc/self/fd")) + 8, hard))
+        with pytest.raises(kvmdev.KvmError) as ei:
+            for i in range(64):
+                cpus.append(vm.create_vcpu(i))
+        e = ei.value
+        assert e.errno == E.EMFILE and "RLIMIT_NOFILE" in str(e) and e.ioctl == "KVM_CREATE_VCPU"
+        n = len(cpus)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert n < 64
+    cpus.append(vm.create_vcpu(n))                        # that id was not taken by the failure
+    for c in cpus:
+        c.close()
+    vm.close()
