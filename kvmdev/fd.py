@@ -95,12 +95,16 @@ class _Fd:
     def _release(self) -> None:
         self._users.pop()
         if not self._users and self._deferred:
-            try:
-                fd = self._deferred.pop()
-            except IndexError:
-                return
-            self._backend.close(fd)
-            self._after_close()
+            self._close_deferred()
+
+    def _close_deferred(self) -> None:
+        """Close the fd close() left, if no one else took it first (atomic pop)."""
+        try:
+            fd = self._deferred.pop()
+        except IndexError:
+            return
+        self._backend.close(fd)
+        self._after_close()
 
     def _after_close(self) -> None:
         """What goes with the fd once it is really closed (a vCPU's kvm_run map)."""
@@ -125,12 +129,7 @@ class _Fd:
             if self._parent is not None:
                 self._parent._children.pop(id(self), None)
             if not self._users:
-                try:
-                    fd = self._deferred.pop()
-                except IndexError:
-                    return
-                self._backend.close(fd)
-                self._after_close()
+                self._close_deferred()
 
     def __enter__(self):
         return self

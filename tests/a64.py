@@ -17,3 +17,14 @@ def cbz(rt: int, insns: int) -> int:
 
 def program(*insns: int) -> bytes:
     return b"".join(i.to_bytes(4, "little") for i in insns)
+
+
+def spin_guest(vm, cpu, ram: int, mmio: int = 0x10000000):  # type: ignore[no-untyped-def]
+    """A guest at ``ram`` that marks ram+0x1000 when it runs, spins until
+    ram+0x2000 is non-zero, then stores x0 to ``mmio`` (a KVM_EXIT_MMIO).
+    Returns the GuestMemory."""
+    mem = vm.add_memory(ram, 0x10000)
+    mem.write(ram, program(ldst(False, 1, 2), ldst(True, 3, 4), cbz(3, -1), ldst(False, 0, 5)))
+    for r, v in {"pc": ram, "x1": 1, "x2": ram + 0x1000, "x4": ram + 0x2000, "x5": mmio}.items():
+        cpu.set_one_reg(r, v)
+    return mem

@@ -13,8 +13,7 @@ import time
 import pytest
 
 import kvmdev
-from a64 import cbz, ldst, program
-from kvm_asserts import raises
+from a64 import spin_guest
 
 RAM = 0x61000000
 
@@ -34,10 +33,7 @@ def test_close_while_in_kvm_run(arm64_kvm: kvmdev.Kvm) -> None:
     vm = arm64_kvm.create_vm()
     c = vm.create_vcpu(0)
     c.vcpu_init(["PSCI_0_2"])
-    mem = vm.add_memory(RAM, 0x10000)
-    mem.write(RAM, program(ldst(False, 1, 2), ldst(True, 3, 4), cbz(3, -1), ldst(False, 0, 5)))
-    for r, v in {"pc": RAM, "x1": 1, "x2": RAM + 0x1000, "x4": RAM + 0x2000, "x5": 0x10000000}.items():
-        c.set_one_reg(r, v)
+    mem = spin_guest(vm, c, RAM)
     fd, target = c.fileno(), _target(c.fileno())
     out: dict = {}
     t = threading.Thread(target=lambda: out.setdefault("exit", c.run()))

@@ -13,7 +13,7 @@ import time
 import pytest
 
 import kvmdev
-from a64 import cbz, ldst, program
+from a64 import spin_guest
 from kvm_asserts import raises
 from kvmdev.devices.vgic import RedistRegion, VgicV2, VgicV3
 
@@ -373,14 +373,9 @@ def test_registers_busy_while_a_vcpu_runs(ready, arm64_gic: int) -> None:
     once it is out.  The guest marks RAM when it runs, spins until the test writes
     a flag, then stores to MMIO."""
     vm, cpus, g = ready
-    mem = vm.add_memory(RAM, 0x10000)
-    mem.write(RAM, program(ldst(False, 1, 2),    # mark: [x2] = x1
-                           ldst(True, 3, 4),     # loop: x3 = [x4]
-                           cbz(3, -1),           # cbz x3, loop
-                           ldst(False, 0, 5)))   # MMIO store: exit
     c = cpus[0]
-    for r, v in {"pc": RAM, "x1": 1, "x2": RAM + 0x1000, "x4": RAM + 0x2000, "x5": 0x10000000, "x0": 7}.items():
-        c.set_one_reg(r, v)
+    mem = spin_guest(vm, c, RAM)
+    c.set_one_reg("x0", 7)
     out: dict = {}
     t = threading.Thread(target=lambda: out.setdefault("exit", c.run()))
     t.start()
