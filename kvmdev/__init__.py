@@ -23,14 +23,17 @@ __version__ = "0.1.0"
 BACKENDS = ("auto", "real", "mock")
 
 
-def open(backend: str = "auto", arch: str | None = None, **mock_host: Any) -> Kvm:  # noqa: A001
+def open(backend: str = "auto", arch: str | None = None, *, guard_buffers: bool | None = None,  # noqa: A001
+         **mock_host: Any) -> Kvm:
     """Open a system handle.
 
     ``backend``: "real" (/dev/kvm), "mock" (in-process emulator) or "auto" (real
     when /dev/kvm opens and ``arch`` is the host's, else mock).  The environment
     variable KVMDEV_BACKEND overrides it.  ``arch`` picks the mock's architecture
     (x86_64, arm64, powerpc, s390); ``mock_host`` overrides fields of the mock's
-    HostProfile.
+    HostProfile.  ``guard_buffers`` (or KVMDEV_GUARD_BUFFERS=1): debug mode in
+    which every attribute buffer sits between guard bytes checked after each
+    call (kvmdev.backends.guard.BufferOverrun if the kernel wrote past it).
     """
     backend = os.environ.get("KVMDEV_BACKEND", backend)
     if backend not in BACKENDS:
@@ -40,7 +43,7 @@ def open(backend: str = "auto", arch: str | None = None, **mock_host: Any) -> Kv
         from .backends.real import RealBackend
         if backend == "real" or arch in (None, host_arch_name()):
             try:
-                kvm = Kvm(RealBackend(arch))
+                kvm = Kvm(_guarded(RealBackend(arch), guard_buffers))
                 kvm.backend_reason = "requested" if backend == "real" else "/dev/kvm opened"
                 return kvm
             except KvmUnavailable as e:
@@ -50,6 +53,15 @@ def open(backend: str = "auto", arch: str | None = None, **mock_host: Any) -> Kv
         else:
             reason = f"arch {arch} is not the host's ({host_arch_name()})"
     from .backends.mock import MockBackend
-    kvm = Kvm(MockBackend(arch, **mock_host))
+    kvm = Kvm(_guarded(MockBackend(arch, **mock_host), guard_buffers))
     kvm.backend_reason = reason or "requested"
     return kvm
+
+
+def _guarded(backend: Any, on: bool | None) -> Any:
+    if on is None:
+        on = os.environ.get("KVMDEV_GUARD_BUFFERS") == "1"
+    if not on:
+        return backend
+    from .backends.guard import GuardedBackend
+    return GuardedBackend(backend)

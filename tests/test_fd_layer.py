@@ -204,6 +204,26 @@ def test_auto_falls_back_to_mock_with_reason(monkeypatch: pytest.MonkeyPatch) ->
     assert str(ei.value).startswith("open on /nonexistent/kvm: [Errno 2] ENOENT: /dev/kvm does not exist")
 
 
+def test_kvm_disabled_message(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """A device node whose driver is absent (open: ENXIO), as /dev/kvm is where KVM
+    is disabled: one clear message from "real", the mock with that reason from
+    "auto".  (A character node of an unused major number stands in for it.)"""
+    import stat
+    node = tmp_path / "kvm"
+    try:
+        os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(240, 77))
+    except PermissionError:
+        pytest.skip("mknod needs CAP_MKNOD")
+    monkeypatch.delenv("KVMDEV_BACKEND", raising=False)
+    monkeypatch.setenv("KVMDEV_DEVICE", str(node))
+    with pytest.raises(kvmdev.KvmUnavailable) as ei:
+        kvmdev.open("real")
+    assert ei.value.errno == errno.ENXIO
+    assert "KVM is disabled" in str(ei.value)
+    with kvmdev.open("auto") as k:
+        assert k.backend == "mock" and "KVM is disabled" in k.backend_reason
+
+
 def test_auto_with_foreign_arch_is_mock() -> None:
     other = "arm64" if kvmdev.arch.host_arch_name() != "arm64" else "x86_64"
     with kvmdev.open("auto", arch=other) as k:
