@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := .install.stamp
 
-.PHONY: install test example bench bench-arm64 test-arm64 docs clean
+.PHONY: install test example bench bench-arm64 test-arm64 docs fuzz clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard cdefs/*.h cdefs/*.c cdefs/*.ioctls cdefs/arch/* cdefs/build.py)
 	$(PIP) install -q --root-user-action=ignore -e '.[test]'
@@ -21,6 +21,13 @@ bench: $(STAMP)
 	$(PYTHON) bench/bench_attr.py
 	$(PYTHON) bench/bench_gicstate.py --backend mock --vcpus 64 --irqs 992
 	bash tools/arm64/bench-arm64.sh
+
+# 100,000 operations per device type on each mock, 10,000 on the real x86 kernel and
+# per device on each real arm64 guest, differential against the mock there
+fuzz: $(STAMP)
+	for a in x86_64 arm64 powerpc s390; do $(PYTHON) -m kvmdev.fuzz --backend mock --arch $$a --ops 100000 || exit 1; done
+	$(PYTHON) -m kvmdev.fuzz --backend real --ops 10000
+	bash tools/arm64/fuzz-arm64.sh --ops 10000 --differential
 
 docs: $(STAMP)
 	$(PYTHON) tools/api_doc.py

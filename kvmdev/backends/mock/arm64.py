@@ -288,6 +288,25 @@ class Arm64Vcpu:
         return False
 
 
+class VmAttrs:
+    """kvm_vm_{has,set}_attr (6.12): the SMCCC filter (KVM_ARM_VM_SMCCC_CTRL 0 /
+    KVM_ARM_VM_SMCCC_FILTER 0, set-only) and ENXIO for everything else; a GET is
+    EINVAL (no such VM ioctl).  The filter itself is not modelled (ENOSYS).
+    Seen by the differential fuzzer on 6.12.117."""
+
+    def has(self, group: int, attr: int, addr: int) -> None:
+        if (group, attr) != (0, 0):
+            raise Errno(E.ENXIO)
+
+    def get(self, group: int, attr: int, addr: int) -> None:
+        raise Errno(E.EINVAL)   # no KVM_GET_DEVICE_ATTR on the VM: kvm_arch_vm_ioctl's default
+
+    def set(self, group: int, attr: int, addr: int) -> None:
+        if (group, attr) != (0, 0):
+            raise Errno(E.ENXIO)
+        raise Errno(E.ENOSYS)   # the SMCCC filter: not modelled
+
+
 class ArchModel(_Base):
     system_attr_errno = E.EINVAL   # kvm_arch_dev_ioctl: -EINVAL for everything
     # the VM fd's device-attr ioctls: 6.12 has the SMCCC filter group, 6.1 none
@@ -329,6 +348,10 @@ class ArchModel(_Base):
         if d is not None and d.v3:
             d.register_redist(vcpu.id, duplicate=vcpu.id in vcpu.vm.vcpus)
         return part
+
+    def vm_attrs(self, vm: MockVm) -> Any:
+        """6.12 has VM attributes (the SMCCC filter group, 0); 6.1 none (EINVAL)."""
+        return None if self.host.kernel == "6.1" else VmAttrs()
 
     def vcpu_attrs(self, vcpu: MockVcpu) -> arm64_vcpu.VcpuAttrs:
         return arm64_vcpu.VcpuAttrs(vcpu)

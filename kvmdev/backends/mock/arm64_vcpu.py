@@ -104,12 +104,14 @@ class VcpuAttrs(AttrModel):
 
     def get(self, group: int, attr: int, addr: int) -> None:
         c = self.cpu
-        if group == PMU_GRP:
+        if group == PMU_GRP:   # kvm_arm_pmu_v3_get_attr switches on the attr first
+            if attr != PMU_IRQ:
+                raise Errno(E.ENXIO)
             if c.vm.vgic is None:
                 raise Errno(E.EINVAL)
             if not c.has("PMU_V3"):
                 raise Errno(E.ENODEV)
-            if attr != PMU_IRQ or c.pmu_irq is None:
+            if c.pmu_irq is None:
                 raise Errno(E.ENXIO)
             self.user.put("int", addr, c.pmu_irq)
         elif group == TIMER_GRP:

@@ -265,11 +265,10 @@ class ItsModel(DeviceModel):
         if group == CTRL:
             if attr == CTRL_INIT:
                 return  # nothing to do
-            if attr in (ITS_SAVE_TABLES, ITS_RESTORE_TABLES, ITS_CTRL_RESET):
-                with self.vm.all_vcpus_locked():
-                    {ITS_CTRL_RESET: self._reset, ITS_SAVE_TABLES: self._save_tables,
-                     ITS_RESTORE_TABLES: self._restore_tables}[attr]()
-                return
+            with self.vm.all_vcpus_locked():   # vgic_its_ctrl: an unknown attr does nothing, 0
+                {ITS_CTRL_RESET: self._reset, ITS_SAVE_TABLES: self._save_tables,
+                 ITS_RESTORE_TABLES: self._restore_tables}.get(attr, lambda: None)()
+            return
         if group == ITS_REGS:
             self._regs_access(attr, self.user.get("__u64", addr))
             return

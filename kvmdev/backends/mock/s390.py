@@ -96,7 +96,7 @@ class FlicModel(DeviceModel):
     # -- set --------------------------------------------------------------------------------
     def set(self, group: int, attr: int, addr: int) -> None:
         g = {v: k for k, v in self.G.items()}.get(group)
-        if g is None:
+        if g is None or g == "GET_ALL_IRQS":   # flic_set_attr's default: EINVAL
             raise Errno(E.EINVAL)
         getattr(self, "_" + g.lower())(attr, addr)
 

@@ -713,6 +713,11 @@ class GicRegs:
         mask = self.GICC_MASKS.get(off)
         if mask is None:
             return None
+        if 0xD0 <= off < 0xE0:   # vgic_mmio_{read,write}_apr: APRn past what the host has is RAZ/WI
+            host = self.d.part.vm.backend.host
+            top = 0 if host.gic == 2 else {7: 3, 6: 1}.get(host.pri_bits, 0)
+            if (off - 0xD0) // 4 > top:
+                return 0
         regs = self.gicc[vcpu]
         if value is not None:
             regs[off] = value & mask

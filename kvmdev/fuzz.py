@@ -1,0 +1,282 @@
+"""Random device-attribute traffic, for fuzzing kvmdev and for comparing the mock
+with a real kernel (``make fuzz``; tests/test_fuzz.py).
+
+A *case* is a device type and a list of operations; each operation is one
+KVM_{HAS,GET,SET}_DEVICE_ATTR on the device, the VM or vCPU 0 (mostly the
+table's groups and attributes, sometimes random ones), a typed register access,
+or a second KVM_CREATE_DEVICE.  Every buffer is kvmdev's own (no random
+pointers: the kernel must never write where we did not ask).  ``run()`` returns
+each operation's *outcome* (0 or the errno name, and what a GET read), so a
+case run on the real kernel and on the mock can be compared (``differ()``), and
+a diverging case shrunk to the operations that matter (``shrink()``).
+
+Invariants checked on every operation: no exception but KvmError and, before
+any ioctl, ValueError/TypeError; no KVM fd left open after the case.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import ClosedError, KvmError
+from .fd import Kvm
+
+Op = tuple   # ("attr", target, ioctl, group, attr, value) | ("reg", frame, name, value) | ("create",)
+IOCTLS = ("KVM_HAS_DEVICE_ATTR", "KVM_GET_DEVICE_ATTR", "KVM_SET_DEVICE_ATTR")
+BUF = 4200                          # the widest table entry (s390's CPU machine model: 4112 bytes)
+
+
+@dataclass
+class Case:
+    device: str
+    ops: list[Op] = field(default_factory=list)
+
+    def dumps(self) -> str:
+        return json.dumps({"device": self.device, "ops": self.ops})
+
+    @classmethod
+    def loads(cls, text: str) -> "Case":
+        d = json.loads(text)
+        return cls(d["device"], [tuple(o) for o in d["ops"]])
+
+
+def _machine(kvm: Kvm, device: str) -> tuple[Any, dict[str, Any]]:
+    """A VM (vCPU 0, and on arm64 vCPU 1, initialized) with the device created."""
+    vm = kvm.create_vm()
+    cpus = [vm.create_vcpu(i) for i in range(2 if kvm.arch == "arm64" else 1)]
+    if kvm.arch == "arm64":
+        for c in cpus:
+            c.vcpu_init(["PSCI_0_2", "PMU_V3"])
+    dev = vm.create_device(device)
+    return vm, {"dev": dev, "vm": vm, "vcpu": cpus[0]}
+
+
+def generate(kvm: Kvm, device: str, n: int, rng: random.Random) -> Case:
+    """A random case of ``n`` operations against this KVM's tables."""
+    vm, targets = _machine(kvm, device)
+    tables = {name: t.attr_table for name, t in targets.items()}
+    frames = _frames(targets["dev"], targets["vcpu"])
+    vm.close()
+    case = Case(device)
+    for _ in range(n):
+        roll = rng.random()
+        if roll < 0.02:
+            case.ops.append(("create",))
+            continue
+        if frames and roll < 0.35:
+            label = rng.choice(sorted(frames))
+            names = frames[label]
+            name = rng.choice(names)
+            value = rng.choice([0, 1, 0xFFFFFFFF, rng.getrandbits(32), rng.getrandbits(64)])
+            case.ops.append(("reg", label, name, value if rng.random() < 0.6 else None))
+            continue
+        target = rng.choices(["dev", "vm", "vcpu"], [6, 1, 2])[0]
+        t = tables[target]
+        groups = list(t.groups)
+        if groups and rng.random() < 0.8:
+            g = rng.choice(groups)
+            named = list(t.attrs.get(g, {}))
+            if named and rng.random() < 0.8:
+                a = rng.choice(named)
+            else:
+                a = rng.choice([0, 1, 2, 8, 0x80, 0x100, 0x10000, rng.getrandbits(16), rng.getrandbits(64)])
+        else:
+            g, a = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 99, rng.getrandbits(32)]), rng.getrandbits(8)
+        ioctl = rng.choice(IOCTLS)
+        value = rng.getrandbits(64) if rng.random() < 0.7 else rng.choice([0, 1, 0x8000000000000000])
+        case.ops.append(("attr", target, ioctl, g, a, value))
+    return case
+
+
+def _frames(dev: Any, vcpu: Any) -> dict[str, list[str]]:
+    """Typed register frames of the device (names per frame), for "reg" operations."""
+    from .devices.its import Its
+    from .devices.vgic import VgicV2, VgicV3
+    out: dict[str, list[str]] = {}
+    if isinstance(dev, VgicV3):
+        out = {"dist": list(dev.dist.frame.names()), "redist": list(dev.redist(vcpu).frame.names())}
+    elif isinstance(dev, VgicV2):
+        out = {"dist": list(dev.dist.frame.names()), "cpu": list(dev.cpu(vcpu).frame.names())}
+    elif isinstance(dev, Its):
+        out = {"its": list(dev.regs.frame.names())}
+    return out
+
+
+def _regs(dev: Any, vcpu: Any, label: str) -> Any:
+    return {"dist": lambda: dev.dist, "redist": lambda: dev.redist(vcpu), "cpu": lambda: dev.cpu(vcpu),
+            "its": lambda: dev.regs}[label]()
+
+
+def _fds() -> set[str]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            t = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if t.startswith(("anon_inode:kvm", "anon_inode:[eventfd]")):
+            out.add(f"{fd}:{t}")
+    return out
+
+
+class InvariantBroken(AssertionError):
+    pass
+
+
+def run(kvm: Kvm, case: Case) -> list[str]:
+    """Run a case on a fresh VM; each operation's outcome as text ("ok", "ok <hex>",
+    an errno name, "refused: <ValueError/TypeError>").  Raises InvariantBroken if
+    anything else goes wrong or a KVM fd outlives the case."""
+    before = _fds()
+    vm, targets = _machine(kvm, case.device)
+    out: list[str] = []
+    ffi = kvm._arch.ffi
+    buf = ffi.new("unsigned char[]", BUF)
+    addr = int(ffi.cast("uintptr_t", buf))
+    try:
+        for i, op in enumerate(case.ops):
+            try:
+                if op[0] == "create":
+                    vm.create_device(case.device).close()
+                    out.append("ok")
+                elif op[0] == "reg":
+                    _, label, name, value = op
+                    regs = _regs(targets["dev"], targets["vcpu"], label)
+                    if value is None:
+                        out.append(f"ok {int(regs[name]):#x}")
+                    else:
+                        width = regs.frame.lookup(name)[0].width
+                        regs[name] = value & ((1 << width) - 1)
+                        out.append("ok")
+                else:
+                    _, target, ioctl, g, a, value = op
+                    ffi.memmove(buf, int(value).to_bytes(8, "little") + bytes(BUF - 8), BUF)
+                    r = targets[target].attr_ioctl(ioctl, g, a, addr)
+                    got = bytes(ffi.buffer(buf, 8)) if ioctl == "KVM_GET_DEVICE_ATTR" else b""
+                    out.append(f"ok {r} {got.hex()}".rstrip())
+            except KvmError as e:
+                out.append(e.errno_name)
+            except (ValueError, TypeError) as e:
+                out.append(f"refused: {type(e).__name__}")
+            except ClosedError:
+                out.append("closed")
+            except Exception as e:   # noqa: BLE001 - the invariant under test
+                raise InvariantBroken(f"op {i} {op!r}: {type(e).__name__}: {e}") from e
+    finally:
+        vm.close()
+    leaked = _fds() - before
+    if leaked:
+        raise InvariantBroken(f"{case.device}: KVM fds left open after the case: {sorted(leaked)}")
+    return out
+
+
+def differ(real: Kvm, mock: Kvm, case: Case) -> int | None:
+    """The index of the first operation whose outcome differs, or None."""
+    a, b = run(real, case), run(mock, case)
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None
+
+
+def shrink(case: Case, still_fails: Callable[[Case], bool]) -> Case:
+    """Fewer operations that still fail: cut after the failing one, then drop
+    earlier operations one at a time while it still fails."""
+    ops = list(case.ops)
+    i = 0
+    while i < len(ops):
+        trial = Case(case.device, ops[:i] + ops[i + 1:])
+        if trial.ops and still_fails(trial):
+            ops = trial.ops
+        else:
+            i += 1
+    return Case(case.device, ops)
+
+
+def devices(kvm: Kvm) -> list[str]:
+    """The device types this KVM can create (one VM asked with the TEST flag)."""
+    from .arch import DeviceType
+    vm = kvm.create_vm()
+    if kvm.arch == "arm64":   # a VGIC may need vCPUs to exist
+        vm.create_vcpu(0).vcpu_init(["PSCI_0_2"])
+    types = [t.name for t in DeviceType if vm.supports_device(t)]
+    vm.close()
+    return types
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m kvmdev.fuzz: OPS random operations per device type (cases of
+    --case-len), on one backend; --differential also runs every case on the mock
+    of the same kernel and GIC and reports each divergence, shrunk, as JSON."""
+    import argparse
+    import time
+
+    from . import open as kvm_open
+    ap = argparse.ArgumentParser(prog="python -m kvmdev.fuzz", description=main.__doc__)
+    ap.add_argument("--backend", default="mock")
+    ap.add_argument("--arch", default=None)
+    ap.add_argument("--kernel", default=None, help="mock (and --differential's mock): kernel series")
+    ap.add_argument("--gic", type=int, default=None, help="mock (and --differential's mock): host GIC")
+    ap.add_argument("--ops", type=int, default=100_000)
+    ap.add_argument("--case-len", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--differential", action="store_true")
+    ap.add_argument("--corpus", default=None,
+                    help="write each diverging case, with the real kernel's outcomes, to this directory (- : stdout)")
+    args = ap.parse_args(argv)
+    host = {k: v for k, v in (("kernel", args.kernel), ("gic", args.gic)) if v is not None}
+    kvm = kvm_open(args.backend, arch=args.arch, **(host if args.backend == "mock" else {}))
+    mock = kvm_open("mock", arch=kvm.arch, **host) if args.differential else None
+    rng = random.Random(args.seed)
+    failures, divergences = 0, 0
+    for device in devices(kvm):
+        t0, done, cases = time.monotonic(), 0, 0
+        seen: set[tuple[str, str, str, str]] = set()
+        while done < args.ops:
+            case = generate(kvm, device, min(args.case_len, args.ops - done), rng)
+            try:
+                run(kvm, case)
+            except InvariantBroken as e:
+                failures += 1
+                print(f"INVARIANT {device}: {e}\n  case: {case.dumps()}")
+            if mock is not None:
+                i = differ(kvm, mock, case)
+                if i is not None:
+                    small = shrink(Case(device, case.ops[:i + 1]), lambda c: differ(kvm, mock, c) is not None)
+                    j = differ(kvm, mock, small) or 0
+                    ra, rb = run(kvm, small), run(mock, small)
+                    last = small.ops[j]
+                    # one report per kind: where (target, ioctl or frame) and the two answers
+                    key = (device, json.dumps(last[1:3]), ra[j].split()[0], rb[j].split()[0])
+                    if key not in seen:
+                        seen.add(key)
+                        divergences += 1
+                        print(f"DIVERGENCE {device}: real {ra[j]!r} mock {rb[j]!r} at op {small.ops[j]!r}\n"
+                              f"  case: {small.dumps()}")
+                        if args.corpus:
+                            series = ".".join(kvm.kernel_release.split(".")[:2])
+                            record = json.dumps({"device": device, "ops": small.ops, "kernel": series,
+                                                 "gic": args.gic, "release": kvm.kernel_release, "real": ra})
+                            if args.corpus == "-":
+                                print("CORPUS " + record)
+                            else:
+                                os.makedirs(args.corpus, exist_ok=True)
+                                name = f"{series}-gic{args.gic}-{device}-{len(seen)}-{args.seed}.json"
+                                with open(os.path.join(args.corpus, name), "w") as f:
+                                    f.write(record)
+            done += len(case.ops)
+            cases += 1
+        print(f"{kvm.backend} {kvm.arch} {kvm.kernel_release} {device}: {done} operations in {cases} cases, "
+              f"{time.monotonic() - t0:.1f} s")
+    print(f"invariant failures: {failures}" + (f", divergences from the mock: {divergences}" if mock else ""))
+    kvm.close()
+    if mock is not None:
+        mock.close()
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
