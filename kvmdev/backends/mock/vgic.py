@@ -363,6 +363,8 @@ class _Vgic(DeviceModel):
 
     def _access(self, regs: "GicRegs", group: int, vcpu: int, attr: int, value: int | None) -> int | None:
         off = attr & 0xFFFFFFFF
+        if group in (DIST_REGS, REDIST_REGS, CPU_REGS) and off & 3:
+            return None   # check_region: a 32-bit access is 4-byte aligned, else there is no region
         if group == DIST_REGS:
             return regs.dist(vcpu, off, value)
         if group == REDIST_REGS:
