@@ -58,6 +58,22 @@ def test_spi_registers_follow_nr_irqs(arm64_kvm: kvmdev.Kvm, arm64_gic: int) -> 
         assert d["GICD_ISENABLER2"] == 0 and d["GICD_IPRIORITYR20"] == 0
 
 
+def test_v3_maintenance_and_id_registers(gic, arm64_gic: int) -> None:
+    """The LPI maintenance registers of the RD frame (GICR_INVLPIR, INVALLR,
+    SYNCR: read as zero) and the ID register blocks of GICD and GICR (PIDR2 says
+    GICv3, the others read zero) exist; found by the differential fuzzer."""
+    g, cpus = gic
+    if arm64_gic != 3:
+        return
+    r = g.redist(cpus[0])
+    assert (r["GICR_INVLPIR"], r["GICR_INVALLR"], r["GICR_SYNCR"]) == (0, 0, 0)
+    assert r.has("GICR_SYNCR") and not g.has_attr("KVM_DEV_ARM_VGIC_GRP_REDIST_REGS", r.prefix | 0xC4)
+    for dev_regs, group in ((g.dist, "KVM_DEV_ARM_VGIC_GRP_DIST_REGS"), (r, "KVM_DEV_ARM_VGIC_GRP_REDIST_REGS")):
+        for off in (0xFFD0, 0xFFE0, 0xFFFC):
+            assert g.has_attr(group, dev_regs.prefix | off) and g.get_attr(group, dev_regs.prefix | off) == 0
+        assert g.get_attr(group, dev_regs.prefix | 0xFFE8) == 0x3B
+
+
 def test_typed_addresses_and_nr_irqs(gic) -> None:
     g, _ = gic
     assert g.dist_base == 0x08000000

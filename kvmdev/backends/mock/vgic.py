@@ -657,8 +657,8 @@ class GicRegs:
             if value is not None:
                 irq.mpidr = value & 0xFFFFFF  # only Aff2..Aff0 are kept (not IRM)
             return irq.mpidr
-        if self.v3 and off == 0xFFE8:
-            return PIDR2_V3
+        if self.v3 and 0xFFD0 <= off < 0x10000:   # GICD_IDREGS: PIDR2 says GICv3, the rest RAZ
+            return PIDR2_V3 if off == 0xFFE8 else 0
         return None
 
     def redist(self, vcpu: int, off: int, value: int | None) -> int | None:
@@ -690,8 +690,10 @@ class GicRegs:
             if not prop:
                 reg &= ~(1 << 62)  # PTZ reads as 0
             return reg >> 32 if off & 4 else reg & 0xFFFFFFFF
-        if off == 0xFFE8:
-            return PIDR2_V3
+        if 0xFFD0 <= off < 0x10000:   # GICR_IDREGS
+            return PIDR2_V3 if off == 0xFFE8 else 0
+        if 0xA0 <= off < 0xB8 or off == 0xC0:
+            return 0   # GICR_INVLPIR, GICR_INVALLR (RAZ; a write invalidates), GICR_SYNCR (never busy)
         sgi = off - 0x10000
         for base, (which, write) in self.BITMAPS.items():
             if sgi == base:
