@@ -5,7 +5,6 @@ Seeded, so a failure names the case that shows it; runs on every arm64 backend
 from __future__ import annotations
 
 import copy
-import json
 import random
 from typing import Any
 
