@@ -476,7 +476,7 @@ class IrqState:
     __slots__ = ("enabled", "pending", "active", "priority", "edge", "group", "targets", "mpidr", "line_level")
 
     def __init__(self, intid: int, v3: bool) -> None:
-        self.enabled = intid < 16                 # SGIs are always enabled
+        self.enabled = intid < 16                 # SGIs start enabled (userspace may disable them)
         self.pending = self.active = False        # pending: the latch
         self.line_level = False
         self.priority = 0
@@ -526,8 +526,6 @@ class GicRegs:
             if value is not None and (write is None or value >> bit & 1):
                 if which == "group" and not self.groups_writable:
                     continue
-                if which == "enabled" and base + bit < 16:
-                    continue  # SGIs stay enabled
                 setattr(irq, which, bool(value >> bit & 1) if write is None else write)
             bit_value = getattr(irq, which)
             if which == "pending" and not self.v3:
