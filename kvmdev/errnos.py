@@ -31,6 +31,12 @@ ERRNO_MEANINGS: dict[_K, str] = {
     (None, None, None, "EBADF"): "the file descriptor is not open",
     (None, None, None, "EMFILE"):
         "this process has as many open files as RLIMIT_NOFILE allows: close some fds or raise the limit",
+    (None, None, None, "ENOMEM"):
+        "the kernel could not allocate memory for this request (system memory, or this process's memory "
+        "cgroup limit); nothing was created or changed, the call can be retried",
+    ("mmap", None, None, "ENOMEM"):
+        "the vCPU's kvm_run page could not be mapped: the address space is full (RLIMIT_AS or "
+        "vm.max_map_count); the vCPU itself is intact",
     (None, None, None, "EIO"):
         "the VM is dead (kvm_vm_dead): an earlier unrecoverable error, e.g. a failed VGIC mapping at the "
         "first KVM_RUN on arm64, makes every ioctl of the VM, its vCPUs and devices fail; close it",

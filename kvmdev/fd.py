@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Sequence
 from . import arm64 as _arm64
 from . import attrs as _attrs
 from .arch import Arch, DeviceType, device_type_name
+from .errnos import meaning
 from .errors import ClosedError, KvmError
 
 if TYPE_CHECKING:
@@ -850,9 +851,17 @@ class Vcpu(_AttrTarget):
     def kvm_run(self) -> Any:
         """The shared struct kvm_run (mmap of the vCPU fd), mapped on first use."""
         if self._run is None:
-            size = self.vm._parent.vcpu_mmap_size  # type: ignore[union-attr]
-            self._run_map = self._backend.mmap(self.fileno(), size)
-            self._run = self._arch.ffi.from_buffer("struct kvm_run *", self._run_map)
+            with self._lock:        # two threads' first use: one map
+                if self._run is None:
+                    size = self.vm._parent.vcpu_mmap_size  # type: ignore[union-attr]
+                    try:
+                        self._run_map = self._backend.mmap(self.fileno(), size)
+                    except OSError as e:
+                        raise KvmError(e.errno or E.ENOMEM, "mmap", self._target_label(),
+                                       target_key=self._target_key(),
+                                       detail=meaning(e.errno or E.ENOMEM, "mmap", None, None)
+                                       + f" (struct kvm_run, {size} bytes)") from None
+                    self._run = self._arch.ffi.from_buffer("struct kvm_run *", self._run_map)
         return self._run
 
     def run(self, *, immediate_exit: bool = False) -> str:

@@ -1,7 +1,7 @@
 """fd lifetime under threads, fork and fd exhaustion, on the real kernel and the
 mock: a close() racing calls in flight never lets an ioctl reach a reused fd
-number; a fork child gets a clear error for the parent's VM fds; EMFILE is
-reported as such."""
+number; a fork child gets a clear error for the parent's VM fds; EMFILE and
+ENOMEM (the kernel's, and a kvm_run map that does not fit) are reported as such."""
 from __future__ import annotations
 
 import errno as E
@@ -145,3 +145,119 @@ def test_emfile(kvm: kvmdev.Kvm) -> None:
     for c in cpus:
         c.close()
     vm.close()
+
+
+# Run in a child process: both tests change process-wide limits (RLIMIT_AS, the
+# memory cgroup) that must not reach pytest itself.
+_RLIMIT_AS_CHILD = """
+import json, resource, sys, kvmdev
+k = kvmdev.open(sys.argv[1])
+vm = k.create_vm()
+cpu = vm.create_vcpu(0)
+def vm_size():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+out = {}
+resource.setrlimit(resource.RLIMIT_AS, (vm_size(), hard))
+try:
+    cpu.kvm_run
+    out["error"] = None
+except kvmdev.KvmError as e:
+    out.update(error=str(e), errno=e.errno, ioctl=e.ioctl, target=e.target)
+finally:
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+out["after"] = cpu.run(immediate_exit=True) if k.arch == "x86_64" else int(cpu.kvm_run is not None)
+print(json.dumps(out))
+"""
+
+
+def test_enomem_mapping_kvm_run(kvm: kvmdev.Kvm) -> None:
+    """The vCPU's kvm_run mmap failing (address space full: RLIMIT_AS) is a
+    KvmError naming mmap, the vCPU, ENOMEM and its meaning; the vCPU is intact
+    and maps once the limit is lifted."""
+    import json
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-c", _RLIMIT_AS_CHILD, kvm.backend], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["errno"] == E.ENOMEM and out["ioctl"] == "mmap" and out["target"] == "vCPU 0"
+    assert out["error"].startswith("mmap on vCPU 0: [Errno 12] ENOMEM: the vCPU's kvm_run page could not be mapped")
+    assert "struct kvm_run" in out["error"]
+    assert out["after"] in ("KVM_EXIT_INTR", 1)
+
+
+_MEMCG_CHILD = """
+import json, os, sys, kvmdev
+cg = sys.argv[1]
+def put(name, value):
+    with open(os.path.join(cg, name), "w") as f:
+        f.write(str(value))
+put("cgroup.procs", os.getpid())
+put("memory.oom_control", 1)      # kernel charges fail with ENOMEM instead of an OOM kill
+k = kvmdev.open("real")
+vm = k.create_vm()
+cpus, out = [], {}
+fds = len(os.listdir("/proc/self/fd"))
+usage = int(open(os.path.join(cg, "memory.usage_in_bytes")).read())
+put("memory.limit_in_bytes", usage + (256 << 10))
+try:
+    while len(cpus) < 512:
+        cpus.append(vm.create_vcpu(len(cpus)))
+except kvmdev.KvmError as e:
+    out.update(error=str(e), errno=e.errno, ioctl=e.ioctl, target=e.target)
+finally:
+    put("memory.limit_in_bytes", -1)
+out["created"] = len(cpus)
+out["fds_leaked"] = len(os.listdir("/proc/self/fd")) - fds - len(cpus)
+out["retry"] = vm.create_vcpu(len(cpus)).id          # the same id: the failure took nothing
+print(json.dumps(out))
+"""
+
+
+def _memory_cgroup() -> str | None:
+    """This process's cgroup-v1 memory directory, if it can have children here."""
+    try:
+        for line in open("/proc/self/cgroup"):
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            if "memory" in controllers.split(","):
+                d = "/sys/fs/cgroup/memory" + path
+                return d if os.access(d, os.W_OK) and os.path.exists(d + "/memory.oom_control") else None
+    except OSError:
+        pass
+    return None
+
+
+def test_enomem_from_the_kernel() -> None:
+    """KVM_CREATE_VCPU at a memory-cgroup limit: the kernel's ENOMEM, named with
+    its meaning; no fd is left behind and the same vCPU id can be created once
+    memory is available (the kernel rolled the failed creation back)."""
+    import json
+    import subprocess
+    import sys
+    try:                  # the real kernel's ENOMEM: the mock does not model kernel memory
+        kvmdev.open("real").close()
+    except kvmdev.KvmError as e:
+        pytest.skip(f"real /dev/kvm unusable here: {e}")
+    parent = _memory_cgroup()
+    if os.geteuid() != 0 or parent is None:
+        pytest.skip("needs root and a writable cgroup-v1 memory controller (memory.oom_control): "
+                    "under cgroup v2 the kernel OOM-kills instead of failing the ioctl")
+    cg = os.path.join(parent, f"kvmdev-enomem-{os.getpid()}")
+    os.mkdir(cg)
+    try:
+        p = subprocess.run([sys.executable, "-c", _MEMCG_CHILD, cg], capture_output=True, text=True, timeout=120)
+    finally:
+        with open(os.path.join(cg, "memory.limit_in_bytes"), "w") as f:   # if the child hung
+            f.write("-1")
+        os.rmdir(cg)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["errno"] == E.ENOMEM and out["ioctl"] == "KVM_CREATE_VCPU" and out["target"] == "VM"
+    assert "the kernel could not allocate memory" in out["error"] and "memory cgroup" in out["error"]
+    assert 0 < out["created"] < 512
+    assert out["fds_leaked"] == 0
+    assert out["retry"] == out["created"]

@@ -255,9 +255,17 @@ class MockVm(KernelObject):
         self.dead = False  # kvm_vm_dead(): an unrecoverable error; ioctls answer EIO
         self.attrs = backend.arch_model.vm_attrs(self)
         self.part = backend.arch_model.vm_part(self)
+        # kvm->lock: the kernel takes it for vCPU/device creation and device
+        # attribute access, so threads racing these see one at a time (and a
+        # register access trylocks the vCPUs only under it: no EBUSY between two).
+        self.lock = threading.RLock()
 
     def owner_vm(self) -> "MockVm":
         return self
+
+    def ioctl(self, name: str, arg: int) -> int:
+        with self.lock:
+            return super().ioctl(name, arg)
 
     def memslot_uaddr(self, gpa: int, n: int, write: bool) -> int | None:
         """The user address of guest RAM [gpa, gpa+n), or None outside the memslots
@@ -442,6 +450,10 @@ class MockDevice(KernelObject):
 
     def owner_vm(self) -> MockVm:
         return self.model.vm
+
+    def ioctl(self, name: str, arg: int) -> int:
+        with self.model.vm.lock:
+            return super().ioctl(name, arg)
 
     def _accessor(self, which: str, arg: int) -> int:
         fn = getattr(self.model, which)
