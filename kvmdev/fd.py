@@ -344,11 +344,19 @@ class _AttrTarget(_Fd):
                 p.text(f"    {a.name}  [{a.ctype or 'no payload'}, {a.access}]  {a.doc}")
 
     def attributes(self) -> Iterator[tuple[str, str]]:
-        """(group, attr) names from this target's table that HAS_DEVICE_ATTR answers yes to."""
+        """(group, attr) names from this target's table that HAS_DEVICE_ATTR answers yes to.
+        None where the fd has no device-attr ioctls at all (HAS answers EINVAL or
+        ENOTTY, as an arm64 VM does on 6.1)."""
         t = self.attr_table
         for g, names in t.attr_values.items():
             for an, a in names.items():
-                if t.attrs[g][a].name == an and self.has_attr(g, a):
+                try:
+                    yes = t.attrs[g][a].name == an and self.has_attr(g, a)
+                except KvmError as e:
+                    if e.errno in (E.EINVAL, E.ENOTTY):
+                        return
+                    raise
+                if yes:
                     yield t.group_name(g), an
 
 

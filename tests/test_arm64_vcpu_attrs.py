@@ -219,3 +219,40 @@ def test_pvtime(arm64_kvm, arm64_gic) -> None:
     e = raises(E.EEXIST, c0.set_attr, PVTIME, "KVM_ARM_VCPU_PVTIME_IPA", RAM + 0x100)
     assert "already set" in str(e)
     vm.close()
+
+
+SMCCC, FILTER = "KVM_ARM_VM_SMCCC_CTRL", "KVM_ARM_VM_SMCCC_FILTER"
+PSCI_BASE = 0x84000000
+
+
+def test_vm_smccc_filter(arm64_kvm, arm64_gic, arm64_kernel) -> None:
+    """The VM's SMCCC filter (v6.4): on 6.1 every VM attribute is EINVAL.  On 6.12:
+    HAS yes, GET EINVAL; ranges may overlap neither each other nor KVM's SMCCC
+    architecture ranges (EEXIST), so nr_functions 0 from base 0, which the u32
+    arithmetic makes every id, is EEXIST, while from base 5 it wraps (EINVAL); a
+    bad action or padding is EINVAL; HANDLE keeps KVM's PSCI working; after a
+    run the filter is fixed (EBUSY)."""
+    vm, (c, _), _ = machine(arm64_kvm, arm64_gic, n=2, features=("PSCI_0_2",), irqchip=False)
+    if arm64_kernel == "6.1":
+        raises(E.EINVAL, vm.has_attr, SMCCC, FILTER)
+        raises(E.EINVAL, vm.smccc_filter, 0x86000000, 1, "DENY")
+        return
+    assert vm.has_attr(SMCCC, FILTER) and not vm.has_attr(SMCCC, 1) and not vm.has_attr(1, 0)
+    raises(E.EINVAL, vm.get_attr, SMCCC, FILTER)
+    vm.smccc_filter(PSCI_BASE, 0x20, "HANDLE")
+    vm.smccc_filter(0x86000000, 0x100, "DENY")
+    e = raises(E.EEXIST, vm.smccc_filter, 0x860000FF, 2, "FWD_TO_USER")     # overlaps the DENY range
+    assert "overlaps" in str(e) and e.group == SMCCC and e.attr == FILTER
+    raises(E.EEXIST, vm.smccc_filter, 0x8000FFFF, 1, "DENY")                # KVM's own SMC32 arch range
+    raises(E.EEXIST, vm.smccc_filter, 0xC0000000, 1, "DENY")                # and SMC64's
+    raises(E.EEXIST, vm.smccc_filter, 0, 0, "HANDLE")                       # 0..0xffffffff
+    raises(E.EINVAL, vm.smccc_filter, 5, 0, "HANDLE")                       # 5..4: wraps
+    raises(E.EINVAL, vm.set_attr, SMCCC, FILTER, {"base": 0x87000000, "nr_functions": 1, "action": 3})
+    raises(E.EINVAL, vm.set_attr, SMCCC, FILTER,
+           {"base": 0x87000000, "nr_functions": 1, "action": 1, "pad": [0] * 14 + [1]})
+    with pytest.raises(ValueError, match="HANDLE, DENY, FWD_TO_USER"):
+        vm.smccc_filter(0x87000000, 1, "allow")
+    vm.smccc_filter(0x87000000, 1, "FWD_TO_USER")                           # adjacent ranges are fine
+    assert run_to_off(vm, c) == "KVM_EXIT_SYSTEM_EVENT"                     # PSCI still KVM's (HANDLE)
+    raises(E.EBUSY, vm.smccc_filter, 0x88000000, 1, "DENY")
+    vm.close()

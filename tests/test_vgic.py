@@ -267,3 +267,38 @@ def test_tables_and_region_encoding() -> None:
     r = RedistRegion(index=1, base=0x080A0000, count=4)
     assert RedistRegion.decode(r.encode()) == r and r.placement(3) == 0x080A0000 + 3 * 0x20000
     assert r.encode() == 4 << 52 | 0x080A0000 | 1
+
+
+def test_v2_sgi_sources(gic, arm64_gic: int) -> None:
+    """GICv2 SGIs carry their source vCPUs (found by the differential fuzzer).
+    GICD_SPENDSGIR/CPENDSGIR set and clear a byte of sources per SGI; the SGI is
+    pending while any source is left.  From userspace, GICD_ISPENDR0 makes the
+    vCPU itself the source, GICD_ICPENDR0 clears only that source (vgic-mmio.c:
+    "GICv2 SGIs are terribly broken"), and a GICD_SGIR write sends the SGI with
+    the accessing vCPU as the source.  GICv3 has none of these registers."""
+    g, cpus = gic
+    if arm64_gic != 2:
+        assert not g.has_attr("KVM_DEV_ARM_VGIC_GRP_DIST_REGS", 0xF20)
+        return
+    d0, d1 = g.dist_as(0), g.dist_as(1)
+    d0["GICD_SPENDSGIR2"] = 0x300                        # SGI 9 from vCPUs 0 and 1
+    assert (d0["GICD_SPENDSGIR2"], d0["GICD_ISPENDR0"], d1["GICD_ISPENDR0"]) == (0x300, 1 << 9, 0)
+    d0["GICD_CPENDSGIR2"] = 0x100                        # vCPU 1 is still a source
+    assert (d0["GICD_SPENDSGIR2"], d0["GICD_ISPENDR0"]) == (0x200, 1 << 9)
+    d0["GICD_CPENDSGIR2"] = 0x200
+    assert (d0["GICD_SPENDSGIR2"], d0["GICD_ISPENDR0"]) == (0, 0)
+    d1["GICD_ISPENDR0"] = 1 << 3                         # source: vCPU 1 itself
+    assert d1["GICD_SPENDSGIR0"] == 0x02 << 24
+    d1["GICD_SPENDSGIR0"] = 0x01 << 24                   # and vCPU 0
+    d1["GICD_ICPENDR0"] = 1 << 3                         # clears vCPU 1's source only
+    assert (d1["GICD_SPENDSGIR0"], d1["GICD_ISPENDR0"]) == (0x01 << 24, 1 << 3)
+    d0["GICD_SGIR"] = 0x2 << 16 | 5                      # SGI 5 to the list {vCPU 1}, from vCPU 0
+    assert (d1["GICD_SPENDSGIR1"], d0["GICD_SPENDSGIR1"]) == (0x01 << 8, 0)
+    d1["GICD_SGIR"] = 1 << 24 | 6                        # all but self
+    assert (d0["GICD_SPENDSGIR1"], d1["GICD_SPENDSGIR1"] >> 16 & 0xFF) == (0x02 << 16, 0)
+    d1["GICD_SGIR"] = 2 << 24 | 0xFF << 16 | 7           # self only, whatever the list
+    assert (d1["GICD_SPENDSGIR1"] >> 24, d0["GICD_SPENDSGIR1"] >> 24) == (0x02, 0)
+    d0["GICD_SGIR"] = 3 << 24 | 0xFF << 16 | 4           # the reserved filter: nothing
+    assert d0["GICD_SPENDSGIR1"] & 0xFF == 0 and d1["GICD_SPENDSGIR1"] & 0xFF == 0
+    assert d0["GICD_ISPENDR0"] == 1 << 6 and d1["GICD_ISPENDR0"] == (1 << 3 | 1 << 5 | 1 << 7)
+    assert not g.has_attr("KVM_DEV_ARM_VGIC_GRP_DIST_REGS", 0xF04)   # past GICD_SGIR: no register

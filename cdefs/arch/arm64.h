@@ -110,6 +110,19 @@ struct kvm_pmu_event_filter {
 #define KVM_PMU_EVENT_ALLOW 0
 #define KVM_PMU_EVENT_DENY 1
 
+/* VM attributes (v6.4): the SMCCC filter, set on the VM fd */
+#define KVM_ARM_VM_SMCCC_CTRL 0
+#define KVM_ARM_VM_SMCCC_FILTER 0
+struct kvm_smccc_filter {
+	__u32 base;
+	__u32 nr_functions;
+	__u8 action;
+	__u8 pad[15];
+};
+#define KVM_SMCCC_FILTER_HANDLE 0
+#define KVM_SMCCC_FILTER_DENY 1
+#define KVM_SMCCC_FILTER_FWD_TO_USER 2
+
 /* KVM_IRQ_LINE irq field layout */
 #define KVM_ARM_IRQ_VCPU2_SHIFT 28
 #define KVM_ARM_IRQ_VCPU2_MASK 0xf

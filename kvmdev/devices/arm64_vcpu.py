@@ -1,12 +1,14 @@
 """arm64 vCPU attributes (Documentation/virt/kvm/devices/vcpu.rst; arch/arm64/kvm/
 guest.c, pmu-emul.c, arch_timer.c, pvtime.c): the PMUv3, the timers' PPIs and
-the stolen-time (PV time) structure, on the vCPU fd.
+the stolen-time (PV time) structure, on the vCPU fd; and the one arm64 VM
+attribute, the SMCCC filter (v6.4, hypercalls.c), on the VM fd.
 
     cpu.pmu_irq = 23; cpu.pmu_init()            # after gic.init()
     cpu.pmu_filter(0x11, 1, "deny")            # KVM_ARM_VCPU_PMU_V3_FILTER
     cpu.timer_irq("VTIMER")                    # 27 unless set
     cpu.set_timer_irq("PTIMER", 29)
     cpu.pvtime_ipa = 0x40001000                # 64-byte aligned, in a memslot
+    vm.smccc_filter(0x84000000, 0x20, "DENY")  # KVM_ARM_VM_SMCCC_FILTER (6.4+)
 
 The typed setters check the doc's rules before the ioctl (a timer PPI is 16..31
 and differs from the other timers'; a PMU interrupt is a PPI or an SPI, the same
@@ -20,13 +22,17 @@ from typing import Any
 from ..attrs import RW, WO, Attr, Group, register
 from ..errnos import register as _register_errnos
 from ..errors import KvmError
-from ..fd import Vcpu
+from ..fd import Vcpu, Vm
 
 ARM64 = ("arm64",)
 PMU, TIMER, PVTIME = "KVM_ARM_VCPU_PMU_V3_CTRL", "KVM_ARM_VCPU_TIMER_CTRL", "KVM_ARM_VCPU_PVTIME_CTRL"
 # the timers, their attributes and default PPIs (arch_timer.c default_ppi)
 TIMERS = {"VTIMER": 27, "PTIMER": 30, "HVTIMER": 28, "HPTIMER": 26}
 PMU_EVENT_ACTIONS = {"allow": 0, "deny": 1}     # KVM_PMU_EVENT_ALLOW / _DENY
+SMCCC = "KVM_ARM_VM_SMCCC_CTRL"
+SMCCC_FILTER_ACTIONS = ("HANDLE", "DENY", "FWD_TO_USER")   # KVM_SMCCC_FILTER_<action>
+# the SMCCC architecture calls KVM keeps for itself (SMC32/SMC64 arch ranges)
+SMCCC_RESERVED = ((0x80000000, 0x8000FFFF), (0xC0000000, 0xC000FFFF))
 
 register("vcpu", [
     Group(PMU, arches=ARM64, doc="PMUv3 emulation (vCPUs created with the PMU_V3 feature)", attrs=(
@@ -49,7 +55,20 @@ register("vcpu", [
     )),
 ])
 
+register("vm", [
+    Group(SMCCC, arches=ARM64, doc="the SMCCC filter (v6.4; absent on 6.1, where every VM attribute is EINVAL)",
+          attrs=(Attr("KVM_ARM_VM_SMCCC_FILTER", "struct kvm_smccc_filter", WO,
+                      "handle, deny or forward to userspace the SMCCC calls base..base+nr_functions-1"),)),
+])
+
 _register_errnos({
+    ("KVM_SET_DEVICE_ATTR", "vm", SMCCC, "EEXIST"):
+        "the range overlaps one already in the filter, or the SMCCC architecture ranges KVM keeps "
+        "for itself (0x80000000-0x8000ffff, 0xc0000000-0xc000ffff)",
+    ("KVM_SET_DEVICE_ATTR", "vm", SMCCC, "EINVAL"):
+        "non-zero padding, a range past 0xffffffff (nr_functions 0 counts as 2^32), or an action "
+        "other than HANDLE, DENY, FWD_TO_USER",
+    ("KVM_SET_DEVICE_ATTR", "vm", SMCCC, "EBUSY"): "a vCPU of the VM has run: the filter is fixed",
     ("KVM_SET_DEVICE_ATTR", "vcpu", PMU, "ENODEV"):
         "the vCPU has no PMUv3 (feature PMU_V3), no host PMU, or (INIT) the VGIC is not initialized",
     ("KVM_SET_DEVICE_ATTR", "vcpu", PMU, "EBUSY"):
@@ -161,6 +180,18 @@ def _pvtime_set(self: Vcpu, ipa: int) -> None:
         raise ValueError(f"stolen-time IPA {ipa:#x} is not 64-byte aligned (vcpu.rst)")
     self.set_attr(PVTIME, "KVM_ARM_VCPU_PVTIME_IPA", ipa)
 
+
+def smccc_filter(self: Vm, base: int, nr_functions: int, action: str = "HANDLE") -> None:
+    """KVM_ARM_VM_SMCCC_FILTER: apply ``action`` (HANDLE, DENY, FWD_TO_USER) to
+    the SMCCC function ids base..base+nr_functions-1, before any vCPU runs.
+    Ranges may not overlap each other or KVM's own SMCCC architecture ranges."""
+    if action not in SMCCC_FILTER_ACTIONS:
+        raise ValueError(f"action is one of {', '.join(SMCCC_FILTER_ACTIONS)}, not {action!r}")
+    self.set_attr(SMCCC, "KVM_ARM_VM_SMCCC_FILTER", {"base": base, "nr_functions": nr_functions,
+                                                      "action": SMCCC_FILTER_ACTIONS.index(action)})
+
+
+Vm.smccc_filter = smccc_filter   # type: ignore[attr-defined]
 
 _METHODS: dict[str, Any] = {
     "pmu_irq": property(_pmu_irq_get, _pmu_irq_set, doc=_pmu_irq_get.__doc__),

@@ -20,6 +20,7 @@ from typing import Any
 
 from ...arm64 import (CORE_OFFSETS, SYSREGS, NR_PRIVATE_IRQS, NR_SGIS, PSCI_0_2_FN_PSCI_VERSION, PSCI_0_2_FN_SYSTEM_OFF,
                       PSCI_RET_NOT_SUPPORTED, default_mpidr, irq_fields)
+from ...devices.arm64_vcpu import SMCCC_FILTER_ACTIONS, SMCCC_RESERVED
 from . import vfio  # noqa: F401  (registers the VFIO model)
 from . import arm64_vcpu, its, vgic
 from .kernel import ArchModel as _Base
@@ -273,6 +274,9 @@ class Arm64Vcpu:
     def _psci(self, run: Any) -> bool:
         """kvm_psci_call; True when the call exits to userspace."""
         fn = self.x[0] & 0xFFFFFFFF
+        attrs = self.vcpu.vm.attrs
+        if isinstance(attrs, VmAttrs) and attrs.filtered(fn):
+            raise Errno(E.ENOSYS)   # the SMCCC filter's DENY / FWD_TO_USER: not emulated
         if not self.has("PSCI_0_2"):
             ret = PSCI_RET_NOT_SUPPORTED  # PSCI 0.1 has only KVM's own function ids
         elif fn == PSCI_0_2_FN_PSCI_VERSION:
@@ -291,8 +295,13 @@ class Arm64Vcpu:
 class VmAttrs:
     """kvm_vm_{has,set}_attr (6.12): the SMCCC filter (KVM_ARM_VM_SMCCC_CTRL 0 /
     KVM_ARM_VM_SMCCC_FILTER 0, set-only) and ENXIO for everything else; a GET is
-    EINVAL (no such VM ioctl).  The filter itself is not modelled (ENOSYS).
-    Seen by the differential fuzzer on 6.12.117."""
+    EINVAL (no such VM ioctl).  Seen by the differential fuzzer on 6.12.117.
+    The filter is kvm_smccc_set_filter's ranges; a guest call it filters stops
+    the mock guest with ENOSYS (DENY and FWD_TO_USER are not emulated)."""
+
+    def __init__(self, vm: MockVm) -> None:
+        self.vm = vm
+        self.ranges: list[tuple[int, int, int]] = []   # (start, end, action)
 
     def has(self, group: int, attr: int, addr: int) -> None:
         if (group, attr) != (0, 0):
@@ -304,7 +313,23 @@ class VmAttrs:
     def set(self, group: int, attr: int, addr: int) -> None:
         if (group, attr) != (0, 0):
             raise Errno(E.ENXIO)
-        raise Errno(E.ENOSYS)   # the SMCCC filter: not modelled
+        f = self.vm.user.read_struct("struct kvm_smccc_filter", addr)
+        if any(f.pad):
+            raise Errno(E.EINVAL)
+        start = f.base
+        end = (start + f.nr_functions - 1) & 0xFFFFFFFF   # u32: nr_functions 0 from base 0 is everything
+        if end < start or f.action >= len(SMCCC_FILTER_ACTIONS):
+            raise Errno(E.EINVAL)
+        if self.vm.part.any_vcpu_ran():
+            raise Errno(E.EBUSY)
+        for s, e in [*SMCCC_RESERVED, *((s, e) for s, e, _ in self.ranges)]:
+            if start <= e and s <= end:
+                raise Errno(E.EEXIST)   # mtree_insert_range: no overlap
+        self.ranges.append((start, end, f.action))
+
+    def filtered(self, fn: int) -> bool:
+        """A guest call a non-HANDLE range covers."""
+        return any(s <= fn <= e and a for s, e, a in self.ranges)
 
 
 class ArchModel(_Base):
@@ -351,7 +376,7 @@ class ArchModel(_Base):
 
     def vm_attrs(self, vm: MockVm) -> Any:
         """6.12 has VM attributes (the SMCCC filter group, 0); 6.1 none (EINVAL)."""
-        return None if self.host.kernel == "6.1" else VmAttrs()
+        return None if self.host.kernel == "6.1" else VmAttrs(vm)
 
     def vcpu_attrs(self, vcpu: MockVcpu) -> arm64_vcpu.VcpuAttrs:
         return arm64_vcpu.VcpuAttrs(vcpu)

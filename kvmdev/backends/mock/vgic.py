@@ -16,7 +16,7 @@ import errno as E
 from typing import TYPE_CHECKING
 
 from ...arch import get_arch
-from ...arm64 import Affinity
+from ...arm64 import NR_SGIS, Affinity
 from ...devices.vgic import ICC
 from .kernel import DeviceModel, Errno, device_model
 
@@ -473,7 +473,8 @@ def _sanitise_baser(reg: int, res0: int = 0, inner: int = 7, outer: int = 56) ->
 
 
 class IrqState:
-    __slots__ = ("enabled", "pending", "active", "priority", "edge", "group", "targets", "mpidr", "line_level")
+    __slots__ = ("enabled", "pending", "active", "priority", "edge", "group", "targets", "mpidr", "line_level",
+                 "source")
 
     def __init__(self, intid: int, v3: bool) -> None:
         self.enabled = intid < 16                 # SGIs start enabled (userspace may disable them)
@@ -484,6 +485,7 @@ class IrqState:
         self.group = v3                           # v3: group 1 by default; v2: group 0
         self.targets = 0
         self.mpidr = 0
+        self.source = 0                           # a GICv2 SGI's source vCPUs (a bit per vcpu_id)
 
 
 class GicRegs:
@@ -526,6 +528,13 @@ class GicRegs:
             if value is not None and (write is None or value >> bit & 1):
                 if which == "group" and not self.groups_writable:
                     continue
+                if which == "pending" and not self.v3 and base + bit < NR_SGIS:   # v2 SGIs (vgic_uaccess_write_[sc]pending):
+                    if write:                                    # the source is the vCPU itself
+                        irq.source |= 1 << vcpu
+                    else:                                        # cleared only when no source is left
+                        irq.source &= ~(1 << vcpu)
+                        if irq.source:
+                            continue
                 setattr(irq, which, bool(value >> bit & 1) if write is None else write)
             bit_value = getattr(irq, which)
             if which == "pending" and not self.v3:
@@ -646,8 +655,23 @@ class GicRegs:
             return out
         if self.v3 and 0xD00 <= off < 0xD80:
             return 0  # GICD_IGRPMODR: RAZ/WI without security
-        if not self.v3 and 0xF00 <= off < 0xF30:
-            return 0  # SGIR, CPENDSGIR, SPENDSGIR: no SGI pending here
+        if not self.v3 and off == 0xF00:   # GICD_SGIR: RAZ; a write sends the SGI from this vCPU
+            if value is not None:
+                self._sgir(vcpu, value)
+            return 0
+        if not self.v3 and 0xF10 <= off < 0xF30:   # GICD_CPENDSGIR / GICD_SPENDSGIR: a source byte per SGI
+            out = 0
+            for i in range(4):
+                irq = self.private[vcpu][(off & 0xF) + i]
+                byte = (value or 0) >> 8 * i & 0xFF
+                if value is not None and off >= 0xF20:
+                    irq.source |= byte
+                    irq.pending = irq.pending or bool(irq.source)
+                elif value is not None:
+                    irq.source &= ~byte
+                    irq.pending = irq.pending and bool(irq.source)
+                out |= irq.source << 8 * i
+            return out
         if self.v3 and 0x6000 <= off < 0x6000 + 8 * 1020:
             irq = self.irq(0, (off - 0x6000) // 8) if off >= 0x6100 else None
             if irq is None or off & 4:
@@ -658,6 +682,23 @@ class GicRegs:
         if self.v3 and 0xFFD0 <= off < 0x10000:   # GICD_IDREGS: PIDR2 says GICv3, the rest RAZ
             return PIDR2_V3 if off == 0xFFE8 else 0
         return None
+
+    def _sgir(self, source: int, value: int) -> None:
+        """vgic_mmio_write_sgir: TargetListFilter 0 the list (a bit per vCPU
+        index), 1 all but the source, 2 the source (its vcpu_id as the bit), 3 none."""
+        ids = list(self.d.part.vm.vcpus)     # creation order: kvm_for_each_vcpu's index
+        targets, mode = value >> 16 & 0xFF, value >> 24 & 3
+        if mode == 1:
+            targets = ((1 << len(ids)) - 1) & ~(1 << source)
+        elif mode == 2:
+            targets = 1 << source
+        elif mode == 3:
+            return
+        for c, vid in enumerate(ids):
+            if targets >> c & 1:
+                irq = self.private[vid][value & 0xF]
+                irq.pending = True
+                irq.source |= 1 << source
 
     def redist(self, vcpu: int, off: int, value: int | None) -> int | None:
         """A GICR access of vCPU ``vcpu`` (RD frame, then SGI frame at +64K)."""
