@@ -228,10 +228,11 @@ PSCI_BASE = 0x84000000
 def test_vm_smccc_filter(arm64_kvm, arm64_gic, arm64_kernel) -> None:
     """The VM's SMCCC filter (v6.4): on 6.1 every VM attribute is EINVAL.  On 6.12:
     HAS yes, GET EINVAL; ranges may overlap neither each other nor KVM's SMCCC
-    architecture ranges (EEXIST), so nr_functions 0 from base 0, which the u32
-    arithmetic makes every id, is EEXIST, while from base 5 it wraps (EINVAL); a
-    bad action or padding is EINVAL; HANDLE keeps KVM's PSCI working; after a
-    run the filter is fixed (EBUSY)."""
+    architecture ranges (EEXIST); an empty range or one past 0xffffffff, a bad
+    action or padding is EINVAL; HANDLE keeps KVM's PSCI working; after a run
+    the filter is fixed (EBUSY).  Source vs kernel: hypercalls.c's u32
+    arithmetic makes nr_functions 0 from base 0 every id (then EEXIST), but
+    6.12.117 answers EINVAL, as for any empty range."""
     vm, (c, _), _ = machine(arm64_kvm, arm64_gic, n=2, features=("PSCI_0_2",), irqchip=False)
     if arm64_kernel == "6.1":
         raises(E.EINVAL, vm.has_attr, SMCCC, FILTER)
@@ -245,8 +246,11 @@ def test_vm_smccc_filter(arm64_kvm, arm64_gic, arm64_kernel) -> None:
     assert "overlaps" in str(e) and e.group == SMCCC and e.attr == FILTER
     raises(E.EEXIST, vm.smccc_filter, 0x8000FFFF, 1, "DENY")                # KVM's own SMC32 arch range
     raises(E.EEXIST, vm.smccc_filter, 0xC0000000, 1, "DENY")                # and SMC64's
-    raises(E.EEXIST, vm.smccc_filter, 0, 0, "HANDLE")                       # 0..0xffffffff
-    raises(E.EINVAL, vm.smccc_filter, 5, 0, "HANDLE")                       # 5..4: wraps
+    raises(E.EEXIST, vm.smccc_filter, 0, (1 << 32) - 1, "HANDLE")           # 0..0xfffffffe
+    raises(E.EINVAL, vm.smccc_filter, 0, 0, "HANDLE")                       # empty (see above)
+    raises(E.EINVAL, vm.smccc_filter, 5, 0, "HANDLE")
+    raises(E.EINVAL, vm.smccc_filter, 0xFFFFFFFF, 2, "HANDLE")               # past 0xffffffff
+    vm.smccc_filter(0xFFFFFF00, 0x100, "DENY")                              # up to 0xffffffff
     raises(E.EINVAL, vm.set_attr, SMCCC, FILTER, {"base": 0x87000000, "nr_functions": 1, "action": 3})
     raises(E.EINVAL, vm.set_attr, SMCCC, FILTER,
            {"base": 0x87000000, "nr_functions": 1, "action": 1, "pad": [0] * 14 + [1]})

@@ -109,6 +109,9 @@ def busy_state(m: Machine) -> None:
             b["GICD_ISACTIVER0"] = 1 << (20 + n)
             cpu = m.gic.cpu(c)
             cpu["GICC_PMR"], cpu["GICC_CTLR"], cpu["GICC_BPR"] = 0x1E - n, 1, 3
+        # SGIs pending from other vCPUs: SGI 5 on vCPU 0 from vCPU 1, SGI 2 from both
+        m.gic.dist_as(m.vcpus[0])["GICD_SPENDSGIR1"] = 0x02 << 8
+        m.gic.dist_as(m.vcpus[0])["GICD_SPENDSGIR0"] = 0x03 << 16
 
 
 def _copy_ram(src: Machine, dst: Machine) -> None:
@@ -135,6 +138,9 @@ def test_round_trip(arm64_kvm, arm64_gic) -> None:
         assert {m["what"] for m in doc["memory"]} >= {"LPI property table", "ITS 0 device table"}
     else:
         assert [doc["vcpus"][k]["gicc"]["GICC_PMR"] for k in keys] == [0x1E, 0x1D]
+        d0 = doc["vcpus"][keys[0]]["dist"]
+        assert (d0["GICD_SPENDSGIR0"], d0["GICD_SPENDSGIR1"], d0["GICD_ISPENDR0"] & 0xFFFF) == \
+            (0x03 << 16, 0x02 << 8, 1 << 2 | 1 << 5)
     b = machine(arm64_kvm, arm64_gic)
     _copy_ram(a, b)
     b.restore(doc)

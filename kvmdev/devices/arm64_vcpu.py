@@ -66,7 +66,7 @@ _register_errnos({
         "the range overlaps one already in the filter, or the SMCCC architecture ranges KVM keeps "
         "for itself (0x80000000-0x8000ffff, 0xc0000000-0xc000ffff)",
     ("KVM_SET_DEVICE_ATTR", "vm", SMCCC, "EINVAL"):
-        "non-zero padding, a range past 0xffffffff (nr_functions 0 counts as 2^32), or an action "
+        "non-zero padding, an empty range (nr_functions 0) or one past 0xffffffff, or an action "
         "other than HANDLE, DENY, FWD_TO_USER",
     ("KVM_SET_DEVICE_ATTR", "vm", SMCCC, "EBUSY"): "a vCPU of the VM has run: the filter is fixed",
     ("KVM_SET_DEVICE_ATTR", "vcpu", PMU, "ENODEV"):

@@ -27,7 +27,8 @@ from ..errors import KvmError, SequenceError
 from .its import RESTORE_ORDER, Its, ItsState
 from .vgic import Registers, Vgic, VgicV2, VgicV3
 
-FORMAT, VERSION = "kvmdev.gic", 1
+# version 2: GICv2 documents keep each SGI's source vCPUs (GICD_SPENDSGIRn)
+FORMAT, VERSION = "kvmdev.gic", 2
 
 
 class GicDocument(dict):   # type: ignore[type-arg]
@@ -89,10 +90,13 @@ V2_DIST_PLAN = [
     Step("GICD_ISPENDR", "spi-bits", clear="GICD_ICPENDR"),
     Step("GICD_ISACTIVER", "spi-bits", clear="GICD_ICACTIVER"),
 ]
-# v2: each vCPU's banked view of the distributor (its SGIs and PPIs), then its GICC
+# v2: each vCPU's banked view of the distributor (its SGIs and PPIs), then its GICC.
+# A userspace GICD_ISPENDR0 write makes a pending SGI's source the vCPU itself;
+# GICD_SPENDSGIRn, after it, puts back the real sources (as QEMU's arm_gic_kvm).
 V2_BANKED_PLAN = [
     Step("GICD_IGROUPR0"), Step("GICD_ICFGR1"), *(Step(f"GICD_IPRIORITYR{n}") for n in range(8)),
     Step("GICD_ISENABLER0", clear="GICD_ICENABLER0"), Step("GICD_ISPENDR0", clear="GICD_ICPENDR0"),
+    *(Step(f"GICD_SPENDSGIR{n}", clear=f"GICD_CPENDSGIR{n}") for n in range(4)),
     Step("GICD_ISACTIVER0", clear="GICD_ICACTIVER0"),
 ]
 GICC_PLAN = ["GICC_CTLR", "GICC_PMR", "GICC_BPR", "GICC_ABPR", "GICC_APR0", "GICC_APR1", "GICC_APR2", "GICC_APR3"]

@@ -316,9 +316,10 @@ class VmAttrs:
         f = self.vm.user.read_struct("struct kvm_smccc_filter", addr)
         if any(f.pad):
             raise Errno(E.EINVAL)
-        start = f.base
-        end = (start + f.nr_functions - 1) & 0xFFFFFFFF   # u32: nr_functions 0 from base 0 is everything
-        if end < start or f.action >= len(SMCCC_FILTER_ACTIONS):
+        # an empty range, or one past 0xffffffff, is EINVAL: nr_functions 0 from base 0 too
+        # (u32 arithmetic in the source would make that every id; 6.12.117 refuses it)
+        start, end = f.base, f.base + f.nr_functions - 1
+        if not f.nr_functions or end > 0xFFFFFFFF or f.action >= len(SMCCC_FILTER_ACTIONS):
             raise Errno(E.EINVAL)
         if self.vm.part.any_vcpu_ran():
             raise Errno(E.EBUSY)

@@ -528,13 +528,10 @@ class GicRegs:
             if value is not None and (write is None or value >> bit & 1):
                 if which == "group" and not self.groups_writable:
                     continue
-                if which == "pending" and not self.v3 and base + bit < NR_SGIS:   # v2 SGIs (vgic_uaccess_write_[sc]pending):
-                    if write:                                    # the source is the vCPU itself
-                        irq.source |= 1 << vcpu
-                    else:                                        # cleared only when no source is left
-                        irq.source &= ~(1 << vcpu)
-                        if irq.source:
-                            continue
+                if which == "pending" and not self.v3 and base + bit < NR_SGIS:
+                    # v2 SGIs (vgic_uaccess_write_[sc]pending): set makes the vCPU
+                    # itself the source; clear "blows the whole set"
+                    irq.source = irq.source | 1 << vcpu if write else 0
                 setattr(irq, which, bool(value >> bit & 1) if write is None else write)
             bit_value = getattr(irq, which)
             if which == "pending" and not self.v3:
