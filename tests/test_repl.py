@@ -43,7 +43,7 @@ def test_register_values_and_frames() -> None:
         text = pretty(g)
         assert "KVM_DEV_ARM_VGIC_GRP_ADDR (0)" in text and "KVM_VGIC_V3_ADDR_TYPE_DIST  [__u64, rw]" in text
         doc = gicstate.save(g, [c])
-        assert repr(doc) == "<GicDocument kvmdev.gic v1: GICv3, NR_IRQS 256, 1 vCPUs, 0 ITS, 0 memory ranges>"
+        assert repr(doc) == "<GicDocument kvmdev.gic v2: GICv3, NR_IRQS 256, 1 vCPUs, 0 ITS, 0 memory ranges>"
         assert "vCPU 0x80000000: redist 17, icc 9" in pretty(doc)
 
 
