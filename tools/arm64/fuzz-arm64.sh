@@ -37,7 +37,8 @@ for c in "${COMBOS[@]}"; do
   if [ -n "$SAVE" ]; then
     mkdir -p "$SAVE"
     n=$(ls "$SAVE" | wc -l)
-    grep '^CORPUS ' "$STAGE/out.txt" | cut -c8- | while IFS= read -r line; do
+    # no divergence is no CORPUS line: grep's status 1 must not end the run (set -e, pipefail)
+    { grep '^CORPUS ' "$STAGE/out.txt" || true; } | cut -c8- | while IFS= read -r line; do
       n=$((n + 1)); printf '%s\n' "$line" > "$SAVE/$k-gic$g-$n.json"
     done
   fi
