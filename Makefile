@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := .install.stamp
 
-.PHONY: install test example bench bench-arm64 test-arm64 docs fuzz clean
+.PHONY: install test test-guarded example bench bench-arm64 test-arm64 docs fuzz clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard cdefs/*.h cdefs/*.c cdefs/*.ioctls cdefs/arch/* cdefs/build.py)
 	$(PIP) install -q --root-user-action=ignore -e '.[test]'
@@ -13,6 +13,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PYTHON) -m pytest -q -rs tests
+
+# the whole suite in the buffer guard mode (kvmdev.backends.guard)
+test-guarded: $(STAMP)
+	KVMDEV_GUARD_BUFFERS=1 $(PYTHON) -m pytest -q -rs tests
 
 example: $(STAMP)
 	$(PYTHON) examples/hello.py

@@ -32,8 +32,9 @@ def open(backend: str = "auto", arch: str | None = None, *, guard_buffers: bool 
     variable KVMDEV_BACKEND overrides it.  ``arch`` picks the mock's architecture
     (x86_64, arm64, powerpc, s390); ``mock_host`` overrides fields of the mock's
     HostProfile.  ``guard_buffers`` (or KVMDEV_GUARD_BUFFERS=1): debug mode in
-    which every attribute buffer sits between guard bytes checked after each
-    call (kvmdev.backends.guard.BufferOverrun if the kernel wrote past it).
+    which every GET buffer sits between guard bytes and every SET buffer ends
+    at a guard page (kvmdev.backends.guard.BufferOverrun if the kernel wrote or
+    read past it).
     """
     backend = os.environ.get("KVMDEV_BACKEND", backend)
     if backend not in BACKENDS:

@@ -1,15 +1,23 @@
 """Buffer safety: kvmdev never hands the kernel a buffer narrower than what it
 copies.  (1) The guard mode (open(..., guard_buffers=True)) catches a kernel
-writing past a buffer.  (2) Every attribute of every table this KVM answers for
-is read in guard mode, and (3) the bytes the kernel really writes are measured
-(a buffer pre-filled with two patterns) and must equal the table's width.  On
-the real x86 kernel and, for arm64, inside the real 6.12 and 6.1 guests."""
+writing past a GET buffer (guard bytes) or reading past a SET buffer (a guard
+page).  (2) Every attribute of every table this KVM answers for is read in
+guard mode, and (3) the bytes the kernel really writes are measured (a buffer
+pre-filled with two patterns) and must equal the table's width.  (4) Every
+settable attribute is written from a buffer that ends at a guard page: one
+byte short of the table's width faults (the kernel reads all of it), the full
+width does not (it reads no more).  On the real x86 kernel and, for arm64,
+inside the real 6.12 and 6.1 guests."""
 from __future__ import annotations
+
+import errno as E
 
 import pytest
 
 import kvmdev
-from kvmdev.backends.guard import BufferOverrun
+from kvmdev.backends.guard import BufferOverrun, GuardPage
+
+SET = "KVM_SET_DEVICE_ATTR"
 
 GET = "KVM_GET_DEVICE_ATTR"
 
@@ -47,6 +55,55 @@ def _readable(target) -> list[tuple[int, int, str]]:
     return out
 
 
+def _settable(target) -> list[tuple[int, int, str]]:
+    """(group, attr, ctype) of table attributes with a payload that can be set and
+    that HAS says yes to ([] where the fd has no attribute ioctls at all)."""
+    t = target.attr_table
+    out = []
+    for g, attrs in t.attrs.items():
+        for a, spec in attrs.items():
+            if spec.ctype and "w" in spec.access:
+                try:
+                    if target.has_attr(g, a):
+                        out.append((g, a, spec.ctype))
+                except kvmdev.KvmError:
+                    return []
+    return out
+
+
+def read_extent(target, group: int, attr: int, width: int, page: GuardPage) -> tuple[int, int]:
+    """SET from ``width - 1`` bytes, then ``width`` bytes, each ending at the guard
+    page (the value: what GET reads where it can, else zeros); the two errnos
+    (0 for success).  EFAULT, then anything else: the kernel reads exactly ``width``."""
+    ffi = target._arch.ffi
+    try:
+        value = bytes(target.get_attr(group, attr, ctype=f"unsigned char[{width}]"))
+    except kvmdev.KvmError:
+        value = bytes(width)
+    out = []
+    for n in (width - 1, width):
+        at = page.at_end(n)
+        ffi.memmove(ffi.cast("void *", at), value[:n], n)
+        try:
+            target.attr_ioctl(SET, group, attr, at)
+            out.append(0)
+        except kvmdev.KvmError as e:
+            out.append(e.errno)
+    return out[0], out[1]
+
+
+def _check_set_widths(targets, registers=()) -> list[str]:
+    """read_extent over every settable table attribute of ``targets`` and over
+    ``registers``: (target, group, attr, width, label) of register accesses."""
+    page, checked = GuardPage(), []
+    items = [(t, g, a, _width(t, c), t.attr_table.attr_name(g, a)) for t in targets for g, a, c in _settable(t)]
+    for target, group, attr, width, name in [*items, *registers]:
+        short, full = read_extent(target, group, attr, width, page)
+        assert (short, full != E.EFAULT) == (E.EFAULT, True), (target, name, short, full)
+        checked.append(name)
+    return checked
+
+
 def _width(target, ctype: str) -> int:
     ffi = target._arch.ffi
     return int(ffi.sizeof(ctype))
@@ -63,6 +120,31 @@ def test_guard_mode_catches_a_narrow_buffer(kvm) -> None:
             assert cpu.tsc_offset == 0                           # the table's u64: fine
             with pytest.raises(BufferOverrun, match=r"wrote 4 byte\(s\) past the 4-byte buffer"):
                 cpu.get_attr("KVM_VCPU_TSC_CTRL", "KVM_VCPU_TSC_OFFSET", ctype="__u32")
+
+
+def test_guard_page_catches_a_narrow_set_buffer(kvm) -> None:
+    """A SET buffer narrower than what the kernel reads (a u32 for the kernel's
+    u64): guard mode raises BufferOverrun, and nothing was set."""
+    with kvmdev.open(kvm.backend, arch=kvm.arch, guard_buffers=True) as g:
+        if g.arch != "x86_64":
+            pytest.skip("the x86 vCPU TSC attribute is the u64 used here")
+        with g.create_vm() as vm:
+            cpu = vm.create_vcpu(0)
+            cpu.tsc_offset = 0
+            with pytest.raises(BufferOverrun, match=r"read past the 4-byte buffer"):
+                cpu.set_attr("KVM_VCPU_TSC_CTRL", "KVM_VCPU_TSC_OFFSET", 7, ctype="__u32")
+            assert cpu.tsc_offset == 0
+
+
+def test_x86_set_widths_match_the_kernel(kvm) -> None:
+    """Every settable attribute of the vCPU and VFIO tables: the kernel reads
+    exactly the table's width (guard page one byte short: EFAULT)."""
+    with kvm.create_vm() as vm:
+        cpu = vm.create_vcpu(0)
+        targets = [kvm, vm, cpu] + [vm.create_device(t) for t in ("VFIO",) if vm.supports_device(t)]
+        checked = _check_set_widths(targets)
+    if kvm.arch == "x86_64":
+        assert {"KVM_VCPU_TSC_OFFSET", "KVM_DEV_VFIO_FILE_ADD", "KVM_DEV_VFIO_FILE_DEL"} <= set(checked)
 
 
 def test_x86_tables_match_the_kernel(kvm) -> None:
@@ -125,3 +207,45 @@ def test_arm64_tables_match_the_kernel(arm64_kvm, arm64_gic) -> None:
             assert icc["ICC_PMR_EL1"] is not None
             assert written(gic, icc.group, icc.attrs_of("ICC_PMR_EL1")[0]) == 8
         assert "KVM_ARM_VCPU_TIMER_IRQ_VTIMER" in checked and "KVM_ARM_VCPU_PMU_V3_IRQ" in checked
+
+
+@pytest.mark.arm64
+def test_arm64_set_widths_match_the_kernel(arm64_kvm, arm64_gic, arm64_kernel) -> None:
+    """Every settable attribute of the vCPU, VM, VGIC and ITS tables, NR_IRQS, and a
+    register of every register group (after CTRL_INIT, before the PMU is
+    initialized, so each reaches its copy): the kernel reads exactly the
+    table's width.  6.1 has no VM attributes at all."""
+    from kvmdev.devices.vgic import VgicV3
+    with arm64_kvm.create_vm() as vm:
+        cpu = vm.create_vcpu(0)
+        cpu.vcpu_init(["PSCI_0_2", "PMU_V3"])
+        gic = vm.create_device("ARM_VGIC_V3" if arm64_gic == 3 else "ARM_VGIC_V2")
+        devs = [gic] + ([vm.create_device("ARM_VGIC_ITS")] if arm64_gic == 3 else [])
+        if isinstance(gic, VgicV3):
+            devs[1].base = 0x08080000
+            gic.dist_base, gic.redist_base = 0x08000000, 0x080A0000
+            frames = [gic.dist, gic.redist(cpu), devs[1].regs]
+        else:
+            gic.dist_base, gic.cpu_base = 0x08000000, 0x08010000
+            frames = [gic.dist, gic.cpu(cpu)]
+        gic.init()
+        registers = [(gic, "KVM_DEV_ARM_VGIC_GRP_NR_IRQS", 0, 4, "NR_IRQS")]
+        for regs in frames:
+            name = next(iter(regs.frame.regs))
+            w = 8 if regs.group == "KVM_DEV_ARM_VGIC_GRP_ITS_REGS" else 4
+            registers.append((regs.dev, regs.group, regs.prefix | regs.frame.lookup(name)[1], w, name))
+        if isinstance(gic, VgicV3):
+            icc = gic.cpu_sysreg(cpu)
+            registers.append((gic, icc.group, icc.attrs_of("ICC_PMR_EL1")[0], 8, "ICC_PMR_EL1"))
+        checked = set(_check_set_widths([cpu, vm, *devs], registers))
+    want = {"KVM_ARM_VCPU_PMU_V3_IRQ", "KVM_ARM_VCPU_PMU_V3_FILTER", "KVM_ARM_VCPU_PMU_V3_SET_PMU",
+            "KVM_ARM_VCPU_TIMER_IRQ_VTIMER", "KVM_ARM_VCPU_TIMER_IRQ_PTIMER", "KVM_ARM_VCPU_PVTIME_IPA",
+            "NR_IRQS", "GICD_CTLR"}
+    if arm64_kernel != "6.1":
+        want |= {"KVM_ARM_VM_SMCCC_FILTER", "KVM_ARM_VCPU_TIMER_IRQ_HVTIMER", "KVM_ARM_VCPU_TIMER_IRQ_HPTIMER"}
+    if arm64_gic == 3:
+        want |= {"KVM_VGIC_ITS_ADDR_TYPE", "KVM_VGIC_V3_ADDR_TYPE_DIST", "KVM_VGIC_V3_ADDR_TYPE_REDIST_REGION",
+                 "GICR_CTLR", "GITS_CTLR", "ICC_PMR_EL1"}
+    else:
+        want |= {"KVM_VGIC_V2_ADDR_TYPE_DIST", "KVM_VGIC_V2_ADDR_TYPE_CPU", "GICC_CTLR"}
+    assert want <= checked, want - checked
