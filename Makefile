@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := .install.stamp
 
-.PHONY: install test test-guarded example bench bench-arm64 test-arm64 docs fuzz clean
+.PHONY: install test test-guarded example bench bench-arm64 test-arm64 test-arm64-guarded docs fuzz clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard cdefs/*.h cdefs/*.c cdefs/*.ioctls cdefs/arch/* cdefs/build.py)
 	$(PIP) install -q --root-user-action=ignore -e '.[test]'
@@ -40,6 +40,9 @@ docs: $(STAMP)
 
 test-arm64: $(STAMP)
 	bash tools/arm64/test-arm64.sh
+
+test-arm64-guarded: $(STAMP)
+	KVMDEV_GUARD_BUFFERS=1 bash tools/arm64/test-arm64.sh
 
 clean:
 	rm -rf build *.egg-info kvmdev/_kvm_*.so kvmdev/_kvm_*.c $(STAMP) .pytest_cache

@@ -165,6 +165,8 @@ if [ -n "$PIP_REQS" ] && [ "$PIP_REQS" != none ]; then
   [ -d "$STAGE/_pydeps/_lib" ] && GUEST_ENV+=(LD_LIBRARY_PATH=/work/_pydeps/_lib)
 fi
 
+# the buffer guard mode reaches the guests too (make test-arm64-guarded)
+[ -n "${KVMDEV_GUARD_BUFFERS:-}" ] && GUEST_ENV+=(KVMDEV_GUARD_BUFFERS="$KVMDEV_GUARD_BUFFERS")
 ENV_OPTS=()
 for e in "${GUEST_ENV[@]}"; do ENV_OPTS+=(--env "$e"); done
 
