@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := .install.stamp
 
-.PHONY: install test test-guarded example bench bench-arm64 test-arm64 test-arm64-guarded docs fuzz clean
+.PHONY: install test test-guarded example bench bench-arm64 test-arm64 test-arm64-guarded test-ppc64 docs fuzz clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard cdefs/*.h cdefs/*.c cdefs/*.ioctls cdefs/arch/* cdefs/build.py)
 	$(PIP) install -q --root-user-action=ignore -e '.[test]'
@@ -43,6 +43,10 @@ test-arm64: $(STAMP)
 
 test-arm64-guarded: $(STAMP)
 	KVMDEV_GUARD_BUFFERS=1 bash tools/arm64/test-arm64.sh
+
+# the powerpc-marked tests in Debian's ppc64el kernel (KVM-HV on an emulated PowerNV POWER8)
+test-ppc64: $(STAMP)
+	bash tools/arm64/test-arm64.sh --arch ppc64el
 
 clean:
 	rm -rf build *.egg-info kvmdev/_kvm_*.so kvmdev/_kvm_*.c $(STAMP) .pytest_cache

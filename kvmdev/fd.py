@@ -40,6 +40,14 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _enable_cap(target: "_Fd", cap: int | str, args: Sequence[int], flags: int) -> int:
+    if len(args) > 4:
+        raise ValueError(f"KVM_ENABLE_CAP takes at most 4 args, not {len(args)}")
+    number = _cap(target._arch, cap)
+    ec = target._arch.ffi.new("struct kvm_enable_cap *", {"cap": number, "flags": flags, "args": list(args)})
+    return target._ioctl("KVM_ENABLE_CAP", ec, attr=cap if isinstance(cap, str) else None)
+
+
 class _Fd:
     """A kernel fd owned by this object; closes deterministically, children first.
 
@@ -695,6 +703,10 @@ class Vm(_AttrTarget):
         """KVM_CHECK_EXTENSION on the VM fd (some answers depend on the VM)."""
         return self._ioctl_val("KVM_CHECK_EXTENSION", _cap(self._arch, cap))
 
+    def enable_cap(self, cap: int | str, *args: int, flags: int = 0) -> int:
+        """KVM_ENABLE_CAP on the VM fd: ``cap`` by number or name, up to four args."""
+        return _enable_cap(self, cap, args, flags)
+
     def create_vcpu(self, vcpu_id: int) -> "Vcpu":
         """KVM_CREATE_VCPU."""
         fd = self._ioctl_val("KVM_CREATE_VCPU", vcpu_id)
@@ -811,6 +823,11 @@ class Vcpu(_AttrTarget):
         if self._arch.name == "arm64":
             return _arm64.reg_id(reg)
         raise ValueError(f"kvmdev names no {self._arch.name} registers: pass a numeric ONE_REG id")
+
+    def enable_cap(self, cap: int | str, *args: int, flags: int = 0) -> int:
+        """KVM_ENABLE_CAP on the vCPU fd (e.g. KVM_CAP_IRQ_XICS: connect the vCPU to
+        an interrupt controller device, see Xics.connect)."""
+        return _enable_cap(self, cap, args, flags)
 
     def get_one_reg(self, reg: int | str) -> int:
         """KVM_GET_ONE_REG of a 32- or 64-bit register, by id or (arm64) name

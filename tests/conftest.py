@@ -5,6 +5,8 @@
 - ``arm64_kvm`` (tests marked ``arm64``): the arm64 mock, as each of the four
   kernel/GIC combinations of the guests, where the mock runs; the real kernel
   where the host is arm64 (inside the guests of tools/arm64/test-arm64.sh).
+- ``ppc_kvm`` (tests marked ``powerpc``): the book3s powerpc mock, and the real
+  kernel where the host is powerpc (the ppc64el guest, test-arm64.sh --arch ppc64el).
 
 KVMDEV_BACKEND=real|mock limits the run to one backend (the guests use it).
 """
@@ -62,15 +64,17 @@ ARM64_MOCKS = {f"mock-{k}-gic{g}": {"kernel": k, "gic": g} for k in ("6.12", "6.
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """arm64_kvm runs on the real kernel where the host is arm64 (the guests) and
-    on the four arm64 mock profiles where the mock may run."""
-    if "arm64_kvm" not in metafunc.fixturenames:
-        return
-    params = []
-    if HOST == "arm64" and ONLY != "mock":
-        params.append("real")
-    if ONLY != "real":
-        params += list(ARM64_MOCKS)
-    metafunc.parametrize("arm64_kvm", params, indirect=True)
+    on the four arm64 mock profiles where the mock may run; ppc_kvm likewise on
+    the real powerpc kernel (its guest) and the book3s mock."""
+    for name, host, mocks in (("arm64_kvm", "arm64", list(ARM64_MOCKS)), ("ppc_kvm", "powerpc", ["mock-book3s"])):
+        if name not in metafunc.fixturenames:
+            continue
+        params = []
+        if HOST == host and ONLY != "mock":
+            params.append("real")
+        if ONLY != "real":
+            params += mocks
+        metafunc.parametrize(name, params, indirect=True)
 
 
 @pytest.fixture
@@ -79,6 +83,16 @@ def arm64_kvm(request: pytest.FixtureRequest) -> Iterator[kvmdev.Kvm]:
         k = _open("real", "arm64")
     else:
         k = kvmdev.open("mock", arch="arm64", **ARM64_MOCKS[request.param])
+    with k:
+        yield k
+
+
+@pytest.fixture
+def ppc_kvm(request: pytest.FixtureRequest) -> Iterator[kvmdev.Kvm]:
+    """A book3s powerpc KVM (XICS): the real one in the ppc64el guest (KVM-HV on
+    an emulated PowerNV POWER8), the mock's book3s profile elsewhere."""
+    k = _open("real", "powerpc") if request.param == "real" else \
+        kvmdev.open("mock", arch="powerpc", ppc_platform="book3s")
     with k:
         yield k
 

@@ -249,3 +249,30 @@ def test_arm64_set_widths_match_the_kernel(arm64_kvm, arm64_gic, arm64_kernel) -
     else:
         want |= {"KVM_VGIC_V2_ADDR_TYPE_DIST", "KVM_VGIC_V2_ADDR_TYPE_CPU", "GICC_CTLR"}
     assert want <= checked, want - checked
+
+
+@pytest.mark.powerpc
+def test_powerpc_tables_match_the_kernel(ppc_kvm) -> None:
+    """XICS sources and VFIO on a book3s KVM: a source word is written as 8 bytes
+    and read as exactly 8 (guard page), VFIO's SET_SPAPR_TCE struct and FILE_ADD
+    int read at their widths; the same again in guard mode."""
+    from kvmdev.devices.xics import XicsSource
+    with ppc_kvm.create_vm() as vm:
+        cpu = vm.create_vcpu(0)
+        x = vm.create_device("XICS")
+        cpu.enable_cap("KVM_CAP_PPC_PAPR")
+        x.connect(cpu)
+        x.set_source(20, XicsSource(server=0, priority=5))
+        assert written(x, x.attr_table.group_value("KVM_DEV_XICS_GRP_SOURCES"), 20) == 8
+        vfio = vm.create_device("VFIO")
+        checked = _check_set_widths([vfio], [(x, "KVM_DEV_XICS_GRP_SOURCES", 20, 8, "source 20")])
+        assert {"source 20", "KVM_DEV_VFIO_FILE_ADD", "KVM_DEV_VFIO_GROUP_SET_SPAPR_TCE"} <= set(checked)
+    backend, host = ppc_kvm.backend, ({"ppc_platform": "book3s"} if ppc_kvm.backend == "mock" else {})
+    with kvmdev.open(backend, arch="powerpc", guard_buffers=True, **host) as g, g.create_vm() as vm:
+        cpu = vm.create_vcpu(0)
+        x = vm.create_device("XICS")
+        cpu.enable_cap("KVM_CAP_PPC_PAPR")
+        x.connect(cpu)
+        x.set_source(21, XicsSource(server=0, priority=6, level_sensitive=True))
+        assert x.source(21) == XicsSource(server=0, priority=6, level_sensitive=True)
+        assert x.icp(cpu).mfrr == 0xFF

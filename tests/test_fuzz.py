@@ -1,8 +1,8 @@
 """Fuzzing (kvmdev.fuzz): random attribute traffic keeps the invariants (only
 KvmError, or ValueError/TypeError before any ioctl; no leaked KVM fd), and the
 corpus of cases that once made the mock diverge from a real kernel is replayed:
-in the arm64 guests on the real kernel and on the mock of the same kernel and
-GIC, which must answer alike.  The long runs are ``make fuzz``."""
+in the arm64 guests (and the ppc64el one) on the real kernel and on the mock of
+the same kernel and GIC (the book3s mock), which must answer alike.  The long runs are ``make fuzz``."""
 from __future__ import annotations
 
 import json
@@ -16,8 +16,13 @@ from hypothesis import strategies as st
 import kvmdev
 from kvmdev import fuzz
 
-CORPUS = [fuzz.Case(d["device"], [tuple(o) for o in d["ops"]]) for d in map(
-    json.loads, (Path(__file__).parent / "fuzz_corpus" / "diverged.jsonl").read_text().splitlines())]
+def _corpus(name: str) -> list[fuzz.Case]:
+    return [fuzz.Case(d["device"], [tuple(o) for o in d["ops"]]) for d in map(
+        json.loads, (Path(__file__).parent / "fuzz_corpus" / name).read_text().splitlines())]
+
+
+CORPUS = _corpus("diverged.jsonl")                   # the arm64 guests'
+PPC_CORPUS = _corpus("diverged_powerpc.jsonl")       # the ppc64el guest's
 SHORT = settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 
@@ -90,3 +95,29 @@ def test_shrink() -> None:
                               ("attr", "vm", "KVM_GET_DEVICE_ATTR", 5, 1, 0)])
     small = fuzz.shrink(case, lambda c: any(o[0] == "attr" and o[1] == "vm" for o in c.ops))
     assert small.ops == [("attr", "vm", "KVM_GET_DEVICE_ATTR", 5, 1, 0)]
+
+
+@pytest.mark.powerpc
+def test_powerpc_invariants_and_differential(ppc_kvm) -> None:
+    """On this book3s KVM: 6 random cases of 25 operations per device keep the
+    invariants; on the real kernel each also answers as the book3s mock does;
+    and the past divergences of the ppc64el guest answer alike."""
+    mock = kvmdev.open("mock", arch="powerpc", ppc_platform="book3s")
+    rng = random.Random(64)
+    try:
+        for device in fuzz.devices(ppc_kvm):
+            for _ in range(6):
+                case = fuzz.generate(ppc_kvm, device, 25, rng)
+                if ppc_kvm.backend == "real":
+                    i = fuzz.differ(ppc_kvm, mock, case)
+                    assert i is None, f"{device} diverges at {case.ops[i]!r}: {case.dumps()}"
+                else:
+                    fuzz.run(ppc_kvm, case)
+        assert PPC_CORPUS
+        for case in PPC_CORPUS:
+            if ppc_kvm.backend == "real":
+                assert fuzz.run(ppc_kvm, case) == fuzz.run(mock, case), case.dumps()
+            else:
+                fuzz.run(ppc_kvm, case)
+    finally:
+        mock.close()

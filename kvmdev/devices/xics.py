@@ -3,9 +3,10 @@ the interrupt sources' state as 64-bit words, and the ICP state word each vCPU
 has as the ONE_REG KVM_REG_PPC_ICP_STATE.
 
     xics = vm.create_device("XICS")
+    xics.connect(cpu)                          # KVM_ENABLE_CAP(KVM_CAP_IRQ_XICS): server = vcpu id
     xics.set_source(0x1000, XicsSource(server=0, priority=5, level_sensitive=True))
     xics.source(0x1000)                        # XicsSource(...)
-    IcpState.decode(cpu.get_one_reg(KVM_REG_PPC_ICP_STATE))
+    xics.icp(cpu)                              # IcpState from ONE_REG KVM_REG_PPC_ICP_STATE
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from .. import attrs as _attrs
 from ..errnos import register as _register_errnos
-from ..fd import DEVICE_CLASSES, Device
+from ..fd import DEVICE_CLASSES, Device, Vcpu
 
 _SOURCES = "KVM_DEV_XICS_GRP_SOURCES"
 FIRST_SOURCE, NR_SOURCES = 16, 1 << 20     # source numbers 16 .. 2^20-1 (KVMPPC_XICS_NR_IRQS)
@@ -26,7 +27,14 @@ _attrs.register("XICS", [
 _register_errnos({
     ("KVM_CREATE_DEVICE", "XICS", None, "EEXIST"): "an XICS already exists in this VM",
     (None, "XICS", _SOURCES, "ENOENT"): "no such source: out of range (16..2^20-1) or never set",
-    ("KVM_SET_DEVICE_ATTR", "XICS", _SOURCES, "EINVAL"): "a priority other than 0xff for a server no vCPU has",
+    ("KVM_SET_DEVICE_ATTR", "XICS", _SOURCES, "EINVAL"):
+        "a priority other than 0xff for a server no connected vCPU has (Xics.connect)",
+    # KVM_ENABLE_CAP(KVM_CAP_IRQ_XICS) on a vCPU (powerpc.c, kvmppc_xics_connect_vcpu)
+    ("KVM_ENABLE_CAP", "vcpu", None, "EBUSY"): "the vCPU is already connected to an interrupt controller",
+    ("KVM_ENABLE_CAP", "vcpu", None, "EEXIST"): "another vCPU already has this server number",
+    ("KVM_ENABLE_CAP", "vcpu", None, "EPERM"): "the fd is not an interrupt controller device (of this VM)",
+    ("KVM_ENABLE_CAP", "vcpu", None, "EBADF"): "args[0] is not an open file descriptor",
+    ("KVM_ENABLE_CAP", "vcpu", None, "EINVAL"): "flags are not 0, or this vCPU cannot enable the capability",
 })
 
 # the state word's fields (arch/powerpc/include/uapi/asm/kvm.h): bit positions
@@ -82,6 +90,18 @@ class Xics(Device):
 
     def set_source(self, number: int, state: XicsSource) -> None:
         self.set_attr(_SOURCES, number, state.encode())
+
+    def connect(self, vcpu: Vcpu, server: int | None = None) -> None:
+        """KVM_ENABLE_CAP(KVM_CAP_IRQ_XICS) on ``vcpu``: give it an ICP with this
+        server number (default: its vcpu id), once per vCPU."""
+        vcpu.enable_cap("KVM_CAP_IRQ_XICS", self.fileno(), vcpu.id if server is None else server)
+
+    def icp(self, vcpu: Vcpu) -> IcpState:
+        """The vCPU's ICP (KVM_GET_ONE_REG KVM_REG_PPC_ICP_STATE; ENXIO unconnected)."""
+        return IcpState.decode(vcpu.get_one_reg(KVM_REG_PPC_ICP_STATE))
+
+    def set_icp(self, vcpu: Vcpu, state: IcpState) -> None:
+        vcpu.set_one_reg(KVM_REG_PPC_ICP_STATE, state.encode())
 
 
 DEVICE_CLASSES["XICS"] = Xics

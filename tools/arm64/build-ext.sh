@@ -1,21 +1,24 @@
 #!/bin/bash
-# build-ext.sh - cross-build kvmdev's cffi extension modules for aarch64 / CPython 3.11
-# (the Python of the arm64 test guests), on an x86_64 Debian host.
+# build-ext.sh - cross-build kvmdev's cffi extension modules for aarch64 (or, with
+# --arch ppc64el, powerpc64le) / CPython 3.11, the Python of the test guests, on an
+# x86_64 Debian host.
 #
-# usage: build-ext.sh [--out DIR] [--force] [--verbose]
+# usage: build-ext.sh [--arch arm64|ppc64el] [--out DIR] [--force] [--verbose]
 #   Builds the same modules `pip install` builds (cdefs/build.py: make_ffi(arch)
 #   for arch in ARCHES -> kvmdev._kvm_<arch>) from the C that cffi emits, with
-#   aarch64-linux-gnu-gcc against Debian's arm64 libpython3.11-dev headers, and
-#   names them _kvm_<arch>.cpython-311-aarch64-linux-gnu.so.
+#   <triple>-gcc against Debian's libpython3.11-dev headers of that architecture,
+#   and names them _kvm_<arch>.cpython-311-<triple>.so.
 #   The last line of stdout is the directory holding the .so files.
 #
 # options:
+#   --arch A     arm64 (default; env GUEST_ARCH) or ppc64el
 #   --out DIR    also copy the .so files into DIR
 #   --force      rebuild even if a cached build with the same inputs exists
 #   --verbose    show the compiler command lines
 #
 # environment:
-#   ARM64KVM_CACHE  cache dir (default ~/.cache/arm64kvm, shared with run-guest.sh).
+#   ARM64KVM_CACHE  cache dir (default ~/.cache/arm64kvm, shared with run-guest.sh;
+#                   ppc64el: PPC64KVM_CACHE, ~/.cache/ppc64kvm).
 #                   Headers: $ARM64KVM_CACHE/pyheaders/libpython3.11-dev_<version>/
 #                   Modules: $ARM64KVM_CACHE/kvmdev-ext/<hash of all inputs>/
 #   ARM64KVM_SOURCES deb822 sources file with the Debian archive URIs (as run-guest.sh)
@@ -30,20 +33,18 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-CACHE=${ARM64KVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/arm64kvm}
 SOURCES=${ARM64KVM_SOURCES:-/etc/apt/sources.list.d/debian.sources}
 PYTHON=${PYTHON:-python3}
-CC=aarch64-linux-gnu-gcc
-READELF=aarch64-linux-gnu-readelf
 PYVER=3.11
-SOABI=cpython-311-aarch64-linux-gnu
 HDRPKG=libpython$PYVER-dev
+DEBARCH=${GUEST_ARCH:-arm64}
 
 OUT= FORCE=0 VERBOSE=0
 die() { echo "build-ext.sh: $*" >&2; exit "${2:-3}"; }
 log() { echo "[build-ext] $*" >&2; }
 while [ $# -gt 0 ]; do
   case $1 in
+    --arch) DEBARCH=${2:?}; shift 2;;
     --out) OUT=${2:?}; shift 2;;
     --force) FORCE=1; shift;;
     --verbose|-v) VERBOSE=1; shift;;
@@ -51,12 +52,23 @@ while [ $# -gt 0 ]; do
     *) die "unknown argument $1" 2;;
   esac
 done
+case $DEBARCH in   # Debian architecture -> GNU triple, ELF machine, cache
+  arm64) TRIPLE=aarch64-linux-gnu ELFMACHINE=AArch64
+         CACHE=${ARM64KVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/arm64kvm};;
+  ppc64el) TRIPLE=powerpc64le-linux-gnu ELFMACHINE=PowerPC64
+           CACHE=${PPC64KVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ppc64kvm};;
+  *) die "--arch must be arm64 or ppc64el" 2;;
+esac
+CC=$TRIPLE-gcc
+READELF=$TRIPLE-readelf
+SOABI=cpython-311-$TRIPLE
 
 # ------------------------------------------------------------------ host tools
 ensure_host_tools() {
   local missing=()
-  command -v $CC >/dev/null || missing+=(gcc-aarch64-linux-gnu)
-  command -v $READELF >/dev/null || missing+=(binutils-aarch64-linux-gnu)
+  command -v $CC >/dev/null || missing+=(gcc-$TRIPLE)
+  command -v $READELF >/dev/null || missing+=(binutils-$TRIPLE)
+  [ -e /usr/$TRIPLE/include/stdlib.h ] || missing+=(libc6-dev-$DEBARCH-cross)
   command -v flock >/dev/null || missing+=(util-linux)
   command -v dpkg-deb >/dev/null || missing+=(dpkg)
   [ -r /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)
@@ -77,13 +89,14 @@ APT_OPTS=()
 setup_apt() {
   mkdir -p "$APTD"/{lists/partial,archives/partial,etc/sources.list.d,etc/preferences.d}
   [ -r "$SOURCES" ] || die "no apt sources at $SOURCES (set ARM64KVM_SOURCES)"
-  awk 'BEGIN{RS="";ORS="\n\n"} /Types:[ \t]*deb/ && /Suites:.*bookworm/ {sub(/\n*$/,""); print $0 "\nArchitectures: arm64"}' \
+  local skip=NONE; [ "$DEBARCH" = ppc64el ] && skip=debian-security   # as run-guest.sh
+  awk -v skip="$skip" 'BEGIN{RS="";ORS="\n\n"} /Types:[ \t]*deb/ && /Suites:.*bookworm/ && index($0, skip) == 0 {sub(/\n*$/,""); print $0 "\nArchitectures: '"$DEBARCH"'"}' \
     "$SOURCES" > "$APTD/etc/sources.list.d/debian.sources.new"
   grep -q '^URIs:' "$APTD/etc/sources.list.d/debian.sources.new" || die "no bookworm entries in $SOURCES"
   mv "$APTD/etc/sources.list.d/debian.sources.new" "$APTD/etc/sources.list.d/debian.sources"
   [ -e "$APTD/etc/sources.list" ] || : > "$APTD/etc/sources.list"
   touch "$APTD/status"
-  APT_OPTS=(-o APT::Architecture=arm64 -o APT::Architectures::=arm64
+  APT_OPTS=(-o APT::Architecture="$DEBARCH" -o APT::Architectures::="$DEBARCH"
     -o Dir::State="$APTD" -o Dir::State::status="$APTD/status" -o Dir::State::Lists="$APTD/lists"
     -o Dir::Cache="$APTD" -o Dir::Cache::Archives="$APTD/archives"
     -o Dir::Etc::SourceList="$APTD/etc/sources.list" -o Dir::Etc::SourceParts="$APTD/etc/sources.list.d"
@@ -104,14 +117,14 @@ fetch_headers() {
   local ver
   ver=$(pkg_version)
   if [ -z "$ver" ]; then
-    log "apt-get update (private arm64 apt root $APTD)"
+    log "apt-get update (private $DEBARCH apt root $APTD)"
     aptq -q update >&2 || die "apt-get update failed"; APT_UPDATED=1
     ver=$(pkg_version)
-    [ -n "$ver" ] || die "$HDRPKG (arm64) not found in the Debian archive"
+    [ -n "$ver" ] || die "$HDRPKG ($DEBARCH) not found in the Debian archive"
   fi
   HDR=$CACHE/pyheaders/${HDRPKG}_${ver//:/%3a}
   [ -f "$HDR/.complete" ] && return 0
-  log "downloading $HDRPKG $ver (arm64)"
+  log "downloading $HDRPKG $ver ($DEBARCH)"
   local tmp=$HDR.tmp
   rm -rf "$tmp"; mkdir -p "$tmp/deb"
   if ! (cd "$tmp/deb" && aptq -q download "$HDRPKG=$ver" >&2); then
@@ -121,8 +134,8 @@ fetch_headers() {
     rm -rf "$tmp"; fetch_headers; return
   fi
   dpkg-deb -x "$tmp"/deb/*.deb "$tmp/root" || die "dpkg-deb -x failed"
-  [ -f "$tmp/root/usr/include/aarch64-linux-gnu/python$PYVER/pyconfig.h" ] \
-    || die "$HDRPKG $ver has no usr/include/aarch64-linux-gnu/python$PYVER/pyconfig.h"
+  [ -f "$tmp/root/usr/include/$TRIPLE/python$PYVER/pyconfig.h" ] \
+    || die "$HDRPKG $ver has no usr/include/$TRIPLE/python$PYVER/pyconfig.h"
   basename "$tmp"/deb/*.deb > "$tmp/root/.package"
   rm -rf "$tmp/deb"
   touch "$tmp/root/.complete"
@@ -130,22 +143,22 @@ fetch_headers() {
 }
 
 # Guard against building with the host's (x86_64) Python headers: every Python
-# header the compiler resolves must come from $HDR, including the aarch64 pyconfig.h.
+# header the compiler resolves must come from $HDR, including the target's pyconfig.h.
 check_headers() {
   local deps
   deps=$(printf '#include <Python.h>\n' | $CC "${INC[@]}" -x c -M - 2>&1) || die "preprocessing Python.h failed: $deps"
   deps=$(tr ' \\' '\n\n' <<<"$deps" | grep -E '\.h$' || true)
-  grep -qx "$HDR/usr/include/aarch64-linux-gnu/python$PYVER/pyconfig.h" <<<"$deps" \
-    || die "Python.h did not resolve to the arm64 pyconfig.h under $HDR"
+  grep -qx "$HDR/usr/include/$TRIPLE/python$PYVER/pyconfig.h" <<<"$deps" \
+    || die "Python.h did not resolve to the $DEBARCH pyconfig.h under $HDR"
   local bad
   bad=$(grep -iE 'python3' <<<"$deps" | grep -v "^$HDR/" || true)
   [ -z "$bad" ] || die "Python headers resolved outside $HDR: $bad"
 }
 
-# The modules must be AArch64 ELF shared objects exporting PyInit__kvm_<arch>.
+# The modules must be ELF64 shared objects of the target exporting PyInit__kvm_<arch>.
 check_so() {
   local so=$1 mod=$2
-  $READELF -h "$so" | grep -qE 'Machine:[[:space:]]+AArch64' || die "$so is not AArch64"
+  $READELF -h "$so" | grep -qE "Machine:[[:space:]]+$ELFMACHINE" || die "$so is not $ELFMACHINE"
   $READELF -h "$so" | grep -qE 'Class:[[:space:]]+ELF64' || die "$so is not ELF64"
   $READELF -h "$so" | grep -qE 'Type:[[:space:]]+DYN' || die "$so is not a shared object"
   $READELF --dyn-syms -W "$so" | grep -qE "[[:space:]]PyInit_$mod\$" || die "$so does not export PyInit_$mod"
@@ -173,7 +186,7 @@ KEY=$( {
 EXT=$CACHE/kvmdev-ext/$KEY
 
 if [ "$FORCE" = 1 ] || [ ! -f "$EXT/.complete" ]; then
-  log "building aarch64 modules ($(cat "$HDR/.package"))"
+  log "building $TRIPLE modules ($(cat "$HDR/.package"))"
   W=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-ext.XXXXXX")
   trap 'rm -rf "$W"' EXIT
   # emit the C of every module exactly as setup.py's cffi_modules would build it;

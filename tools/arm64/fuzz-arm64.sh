@@ -3,35 +3,42 @@
 # gic 3 and 2) under QEMU, differential against the mock of the same kernel and
 # GIC.  Prints each guest's summary and every divergence (shrunk, as JSON).
 #
-# usage: tools/arm64/fuzz-arm64.sh [--combo K/G]... [--save-corpus DIR] [kvmdev.fuzz args]
+# usage: tools/arm64/fuzz-arm64.sh [--arch arm64|ppc64el] [--combo K/G]... [--save-corpus DIR] [kvmdev.fuzz args]
 #   default: every combination; --ops 10000 --differential
+#   --arch ppc64el: the one powerpc guest (6.1, KVM-HV, XICS) against the book3s mock
 #   --save-corpus DIR: each diverging case, with the real kernel's outcomes, as DIR/<n>.json
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-COMBOS=() ARGS=() SAVE=
+COMBOS=() ARGS=() SAVE= DEBARCH=${GUEST_ARCH:-arm64}
 while [ $# -gt 0 ]; do
   case $1 in
+    --arch) DEBARCH=${2:?}; shift 2;;
     --combo) COMBOS+=("${2:?}"); shift 2;;
     --save-corpus) SAVE=${2:?}; shift 2;;
     *) ARGS+=("$1"); shift;;
   esac
 done
-[ ${#COMBOS[@]} -eq 0 ] && COMBOS=(6.12/3 6.12/2 6.1/3 6.1/2)
+case $DEBARCH in
+  arm64) TRIPLE=aarch64-linux-gnu; [ ${#COMBOS[@]} -eq 0 ] && COMBOS=(6.12/3 6.12/2 6.1/3 6.1/2);;
+  ppc64el) TRIPLE=powerpc64le-linux-gnu; COMBOS=(6.1/0);;
+  *) echo "fuzz-arm64.sh: --arch must be arm64 or ppc64el" >&2; exit 2;;
+esac
 [ ${#ARGS[@]} -eq 0 ] && ARGS=(--ops 10000 --differential)
 STAGE=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-fuzz.XXXXXX")
 trap 'rm -rf "$STAGE"' EXIT
-EXT=$("$HERE/build-ext.sh" | tail -1)
+EXT=$("$HERE/build-ext.sh" --arch "$DEBARCH" | tail -1)
 tar -C "$ROOT" --exclude=__pycache__ -cf - kvmdev | tar -C "$STAGE" -xf -
 find "$STAGE/kvmdev" -name '*.so' -delete
-cp "$EXT"/_kvm_*.cpython-311-aarch64-linux-gnu.so "$STAGE/kvmdev/"
+cp "$EXT"/_kvm_*.cpython-311-$TRIPLE.so "$STAGE/kvmdev/"
 rc=0
 for c in "${COMBOS[@]}"; do
   k=${c%/*} g=${c#*/}
-  "$HERE/run-guest.sh" --prepare --kernel "$k" >/dev/null 2>&1
-  "$HERE/run-guest.sh" --kernel "$k" --gic "$g" --smp 1 --timeout 3000 --env PYTHONPATH=/work \
+  gicopt=(--gic "$g"); [ "$DEBARCH" = arm64 ] || gicopt=()
+  "$HERE/run-guest.sh" --prepare --arch "$DEBARCH" --kernel "$k" >/dev/null 2>&1
+  "$HERE/run-guest.sh" --arch "$DEBARCH" --kernel "$k" "${gicopt[@]}" --smp 1 --timeout 3000 --env PYTHONPATH=/work \
     --env PYTHONDONTWRITEBYTECODE=1 "$STAGE" -- \
-    python3 -m kvmdev.fuzz --backend real --kernel "$k" --gic "$g" --corpus - "${ARGS[@]}" 2>&1 \
+    python3 -m kvmdev.fuzz --backend real --kernel "$k" "${gicopt[@]}" --corpus - "${ARGS[@]}" 2>&1 \
     | grep -E '^(real|INVARIANT|DIVERGENCE|  case|invariant|CORPUS)' > "$STAGE/out.txt" || rc=1
   grep -v '^CORPUS ' "$STAGE/out.txt" || true
   if [ -n "$SAVE" ]; then

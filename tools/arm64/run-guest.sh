@@ -17,6 +17,10 @@
 #   --mem MB           guest RAM (default 2048)
 #   --timeout SEC      wall-clock limit for the qemu run (default 600)
 #   --kernel 6.12|6.1  Debian bookworm kernel series (default 6.12; both from bookworm-security)
+#   --arch arm64|ppc64el  the guest (default arm64; env GUEST_ARCH).  ppc64el boots
+#                      Debian's powerpc64le 6.1 kernel on an emulated PowerNV POWER8
+#                      (qemu-system-ppc64 -M powernv8, hypervisor mode), loads its
+#                      kvm and kvm-hv modules: /dev/kvm is KVM-HV, XICS (--gic is ignored)
 #   --env K=V          export K=V to the command (repeatable)
 #   --exclude PATTERN  tar --exclude pattern for the copy of <host-dir> (repeatable);
 #                      defaults: .git __pycache__ .pytest_cache .mypy_cache
@@ -37,11 +41,10 @@
 # qemu-system-arm cpio (and python3.11-minimal for .pyc precompilation).
 set -euo pipefail
 
-RECIPE_VERSION=4   # bump to force a rebuild of the cached base initramfs
-CACHE=${ARM64KVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/arm64kvm}
+RECIPE_VERSION=5   # bump to force a rebuild of the cached base initramfs
 SOURCES=${ARM64KVM_SOURCES:-/etc/apt/sources.list.d/debian.sources}
 
-GIC=3 SMP=2 MEM=2048 TIMEOUT=600 KSERIES=6.12 VERBOSE=0 PREPARE=0
+GIC=3 SMP=2 MEM=2048 TIMEOUT=600 KSERIES=6.12 VERBOSE=0 PREPARE=0 DEBARCH=${GUEST_ARCH:-arm64}
 ENVS=() EXCLUDES=() DEFAULT_EXCLUDES=1
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -55,6 +58,7 @@ while [ $# -gt 0 ]; do
     --mem) MEM=${2:?}; shift 2;;
     --timeout) TIMEOUT=${2:?}; shift 2;;
     --kernel) KSERIES=${2:?}; shift 2;;
+    --arch) DEBARCH=${2:?}; shift 2;;
     --env) ENVS+=("${2:?}"); shift 2;;
     --exclude) EXCLUDES+=("${2:?}"); shift 2;;
     --no-default-excludes) DEFAULT_EXCLUDES=0; shift;;
@@ -68,6 +72,12 @@ while [ $# -gt 0 ]; do
 done
 case $GIC in 2|3) ;; *) die "--gic must be 2 or 3" 2;; esac
 case $KSERIES in 6.1|6.12) ;; *) die "--kernel must be 6.1 or 6.12" 2;; esac
+case $DEBARCH in
+  arm64) CACHE=${ARM64KVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/arm64kvm} QEMU_BIN=qemu-system-aarch64 QEMU_PKG=qemu-system-arm;;
+  ppc64el) CACHE=${PPC64KVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ppc64kvm} QEMU_BIN=qemu-system-ppc64 QEMU_PKG=qemu-system-ppc
+           [ "$KSERIES" = 6.1 ] || die "ppc64el: only the 6.1 kernel (bookworm main) is wired up" 2;;
+  *) die "--arch must be arm64 or ppc64el" 2;;
+esac
 [[ $SMP =~ ^[0-9]+$ && $SMP -ge 1 ]] || die "--smp must be a positive integer" 2
 [ "$GIC" = 2 ] && [ "$SMP" -gt 8 ] && die "GICv2 supports at most 8 vCPUs" 2
 
@@ -86,7 +96,7 @@ fi
 # ------------------------------------------------------------------ host tools
 ensure_host_tools() {
   local missing=()
-  command -v qemu-system-aarch64 >/dev/null || missing+=(qemu-system-arm)
+  command -v $QEMU_BIN >/dev/null || missing+=($QEMU_PKG)
   command -v cpio >/dev/null || missing+=(cpio)
   command -v flock >/dev/null || missing+=(util-linux)
   [ -r /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)
@@ -100,19 +110,22 @@ ensure_host_tools() {
   fi
 }
 
-# ------------------------------------------------------- private arm64 apt root
+# ----------------------------------------------- private guest-architecture apt root
 APTD=$CACHE/apt
 APT_OPTS=()
 setup_apt() {
   mkdir -p "$APTD"/{lists/partial,archives/partial,etc/sources.list.d,etc/preferences.d}
-  # the host's own Debian archive entries, restricted to arm64 (same mirror the host uses)
+  # the host's own Debian archive entries, restricted to the guest's (same mirror the host uses)
   [ -r "$SOURCES" ] || die "no apt sources at $SOURCES (set ARM64KVM_SOURCES)"
-  awk 'BEGIN{RS="";ORS="\n\n"} /Types:[ \t]*deb/ && /Suites:.*bookworm/ {sub(/\n*$/,""); print $0 "\nArchitectures: arm64"}' \
+  # ppc64el needs nothing from bookworm-security (the 6.1 kernel is bookworm's own),
+  # whose ppc64el index has been seen mid-sync (a size mismatch fails apt-get update)
+  local skip=NONE; [ "$DEBARCH" = ppc64el ] && skip=debian-security
+  awk -v skip="$skip" 'BEGIN{RS="";ORS="\n\n"} /Types:[ \t]*deb/ && /Suites:.*bookworm/ && index($0, skip) == 0 {sub(/\n*$/,""); print $0 "\nArchitectures: '"$DEBARCH"'"}' \
     "$SOURCES" > "$APTD/etc/sources.list.d/debian.sources"
   grep -q '^URIs:' "$APTD/etc/sources.list.d/debian.sources" || die "no bookworm entries in $SOURCES"
   : > "$APTD/etc/sources.list"
   touch "$APTD/status"
-  APT_OPTS=(-o APT::Architecture=arm64 -o APT::Architectures::=arm64
+  APT_OPTS=(-o APT::Architecture="$DEBARCH" -o APT::Architectures::="$DEBARCH"
     -o Dir::State="$APTD" -o Dir::State::status="$APTD/status" -o Dir::State::Lists="$APTD/lists"
     -o Dir::Cache="$APTD" -o Dir::Cache::Archives="$APTD/archives"
     -o Dir::Etc::SourceList="$APTD/etc/sources.list" -o Dir::Etc::SourceParts="$APTD/etc/sources.list.d"
@@ -139,7 +152,31 @@ KDIR=$CACHE/kernel-$KSERIES
 BASE=$CACHE/base.cpio
 BASE_STAMP=$CACHE/base.stamp
 
+# ppc64el: the 6.1 kernel (vmlinux) and its KVM modules, loaded by /init in this order
+PPC_MODULES=(kvm.ko kvm-hv.ko)
+fetch_kernel_ppc64el() {
+  [ -s "$KDIR/vmlinuz" ] && [ -s "$KDIR/pkg" ] && return 0
+  local abi deb m
+  abi=$(acq depends linux-image-powerpc64le | sed -n 's/^  Depends: \(linux-image-[0-9][^ ]*-powerpc64le\)$/\1/p' | head -1)
+  [ -n "$abi" ] || die "could not resolve the kernel package from linux-image-powerpc64le"
+  log "downloading kernel $abi"
+  rm -rf "$KDIR.tmp"; mkdir -p "$KDIR.tmp/modules"
+  (cd "$KDIR.tmp" && aptq download "$abi" >&2) || die "apt-get download $abi failed"
+  deb=$(ls "$KDIR.tmp"/*.deb)
+  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$KDIR.tmp" ./boot ./lib/modules
+  cp "$KDIR.tmp"/boot/vmlinux-* "$KDIR.tmp/vmlinuz"
+  cp "$KDIR.tmp"/boot/config-* "$KDIR.tmp/config"
+  grep -q '^CONFIG_KVM_BOOK3S_64_HV=m' "$KDIR.tmp/config" || die "$abi: no KVM-HV module"
+  for m in "${PPC_MODULES[@]}"; do
+    cp "$KDIR.tmp"/lib/modules/*/kernel/arch/powerpc/kvm/"$m" "$KDIR.tmp/modules/" || die "$abi: no $m"
+  done
+  basename "$deb" > "$KDIR.tmp/pkg"
+  rm -rf "$KDIR.tmp/boot" "$KDIR.tmp/lib" "$deb"
+  rm -rf "$KDIR"; mv "$KDIR.tmp" "$KDIR"
+}
+
 fetch_kernel() {
+  [ "$DEBARCH" = ppc64el ] && { fetch_kernel_ppc64el; return; }
   [ -s "$KDIR/vmlinuz" ] && [ -s "$KDIR/pkg" ] && return 0
   local meta abi pkg deb
   # 6.12: linux-6.12 from bookworm-security; 6.1: bookworm's default linux-image-arm64
@@ -178,6 +215,7 @@ mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 NONCE=$(cat /arm64kvm/nonce 2>/dev/null || echo none)
 echo "@@INIT uptime=$(cut -d' ' -f1 /proc/uptime) $(uname -r) $(uname -m)@@"
+for m in $(cat /arm64kvm/modules 2>/dev/null); do insmod "/arm64kvm/$m" || echo "@@INSMOD $m failed@@"; done
 if [ -c /dev/kvm ]; then echo "@@KVM /dev/kvm present@@"; else echo "@@KVM /dev/kvm MISSING@@"; fi
 if grep -qw arm64kvm.verbose /proc/cmdline; then
   uname -a
@@ -215,7 +253,7 @@ build_base() {
   (cd "$W/debs" && ls *.deb) > "$W/root/.arm64kvm-packages"
   cd "$W/root"
   rm -rf usr/share/doc usr/share/man usr/share/lintian usr/share/initramfs-tools usr/share/binfmts \
-         usr/lib/binfmt.d usr/lib/aarch64-linux-gnu/gconv
+         usr/lib/binfmt.d usr/lib/*-linux-gnu/gconv
   ln -sf python3.11 usr/bin/python3
   ln -sf python3 usr/bin/python
   mkdir -p proc sys dev tmp run root work arm64kvm sbin usr/sbin usr/local/bin etc
@@ -250,7 +288,7 @@ prepare_cache() {
   ensure_host_tools
   setup_apt
   if [ ! -s "$KDIR/vmlinuz" ] || [ ! -s "$BASE" ] || [ "$(cat "$BASE_STAMP" 2>/dev/null)" != "recipe=$RECIPE_VERSION $(printf '%s ' "${USER_PKGS[@]}")" ]; then
-    log "apt-get update (private arm64 apt root $APTD)"
+    log "apt-get update (private $DEBARCH apt root $APTD)"
     aptq -q update >&2 || die "apt-get update failed"
     fetch_kernel
     build_base
@@ -273,6 +311,10 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 mkdir -p "$RUNDIR/root/work" "$RUNDIR/root/arm64kvm"
+if [ "$DEBARCH" = ppc64el ]; then
+  cp "$KDIR"/modules/*.ko "$RUNDIR/root/arm64kvm/"
+  printf '%s\n' "${PPC_MODULES[@]}" > "$RUNDIR/root/arm64kvm/modules"
+fi
 TAR_EX=()
 [ "$DEFAULT_EXCLUDES" = 1 ] && EXCLUDES+=(.git __pycache__ .pytest_cache .mypy_cache)
 for e in "${EXCLUDES[@]}"; do TAR_EX+=("--exclude=$e"); done
@@ -305,6 +347,14 @@ if [ "$VERBOSE" = 1 ]; then APPEND+=" arm64kvm.verbose"; else APPEND+=" quiet lo
 QEMU=(qemu-system-aarch64 -M "$MACHINE" -cpu max,pauth-impdef=on -accel tcg,thread=multi
   -smp "$SMP" -m "$MEM" -display none -monitor none -serial stdio -nic none -no-reboot
   -kernel "$KDIR/vmlinuz" -initrd "$RUNDIR/initrd.cpio" -append "$APPEND")
+if [ "$DEBARCH" = ppc64el ]; then
+  # PowerNV runs the kernel in hypervisor mode (skiboot firmware), so kvm-hv loads;
+  # POWER8: the host interrupt controller is XICS (POWER9's XIVE would give XICS-on-XIVE)
+  APPEND=${APPEND/console=ttyAMA0/console=hvc0}
+  QEMU=(qemu-system-ppc64 -M powernv8 -cpu POWER8 -accel tcg,thread=multi -smp "$SMP" -m "$MEM"
+    -display none -monitor none -serial stdio -nic none -no-reboot
+    -kernel "$KDIR/vmlinuz" -initrd "$RUNDIR/initrd.cpio" -append "$APPEND")
+fi
 # shellcheck disable=SC2206
 [ -n "${ARM64KVM_QEMU_EXTRA:-}" ] && QEMU+=($ARM64KVM_QEMU_EXTRA)
 

@@ -14,7 +14,12 @@
 #   collects no test, exit 5, fails).  Arguments that are not options below go to
 #   pytest (also everything after --); a path argument replaces the default `tests`.
 #
+#   With --arch ppc64el (env GUEST_ARCH): the powerpc-marked tests in one guest,
+#   Debian's ppc64el 6.1 kernel on an emulated PowerNV POWER8 (KVM-HV, XICS), e.g.
+#     ppc64el 6.1: 9 passed in 20.1s  [kernel 6.1.0-50-powerpc64le, wall 45.0s]
+#
 # options:
+#   --arch arm64|ppc64el  the guests (default arm64)
 #   --kernel 6.12|6.1     only this kernel (repeatable)            env ARM64_KERNELS="6.12 6.1"
 #   --gic 3|2             only this GIC (repeatable)               env ARM64_GICS="3 2"
 #   --combo K/G           only this combination, e.g. 6.1/2 or 6.12-gic3 (repeatable)
@@ -45,8 +50,8 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-CACHE=${ARM64KVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/arm64kvm}
 PYTHON=${PYTHON:-python3}
+DEBARCH=${GUEST_ARCH:-arm64}
 
 die() { echo "test-arm64.sh: $*" >&2; exit "${2:-3}"; }
 say() { echo "[test-arm64] $*" >&2; }
@@ -57,6 +62,7 @@ JOBS=${ARM64_JOBS:-$(nproc 2>/dev/null || echo 1)} SMP=${ARM64_SMP:-1} CONSOLE=0
 while [ $# -gt 0 ]; do
   case $1 in
     --kernel) KERNELS+=("${2:?}"); shift 2;;
+    --arch) DEBARCH=${2:?}; shift 2;;
     --gic) GICS+=("${2:?}"); shift 2;;
     --combo) COMBOS+=("${2:?}"); shift 2;;
     --jobs) JOBS=${2:?}; shift 2;;
@@ -79,7 +85,16 @@ done
 # shellcheck disable=SC2206
 [ ${#COMBOS[@]} -eq 0 ] && [ -n "${ARM64_COMBOS:-}" ] && COMBOS=($ARM64_COMBOS)
 [[ $JOBS =~ ^[1-9][0-9]*$ ]] || die "--jobs must be a positive integer" 2
-GUEST_OPTS+=(--smp "$SMP")
+GUEST_OPTS+=(--smp "$SMP" --arch "$DEBARCH")
+# per guest architecture: cache, GNU triple, ELF machine, pytest marker, wheel platform
+case $DEBARCH in
+  arm64) CACHE=${ARM64KVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/arm64kvm}
+         TRIPLE=aarch64-linux-gnu ELFMACHINE=AArch64 MARK=arm64 WHEELPLAT=manylinux2014_aarch64;;
+  ppc64el) CACHE=${PPC64KVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ppc64kvm}
+           TRIPLE=powerpc64le-linux-gnu ELFMACHINE=PowerPC64 MARK=powerpc WHEELPLAT=manylinux2014_ppc64le
+           KERNELS=(6.1) GICS=(0) COMBOS=();;   # one guest: Debian's 6.1 on PowerNV POWER8
+  *) die "--arch must be arm64 or ppc64el" 2;;
+esac
 
 # the list of "kernel gic" pairs to run
 RUNS=()
@@ -92,7 +107,7 @@ else
   for k in "${KERNELS[@]}"; do
     case $k in 6.12|6.1) ;; *) die "--kernel must be 6.12 or 6.1" 2;; esac
     for g in "${GICS[@]}"; do
-      case $g in 2|3|gic2|gic3) ;; *) die "--gic must be 3 or 2" 2;; esac
+      case $DEBARCH/$g in arm64/2|arm64/3|arm64/gic2|arm64/gic3|ppc64el/0) ;; *) die "--gic must be 3 or 2" 2;; esac
       RUNS+=("$k ${g#gic}")
     done
   done
@@ -106,7 +121,7 @@ T0=$(now)
 
 # ------------------------------------------------------------- logs, staging
 if [ -z "$LOGS" ]; then
-  LOGS=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-arm64.XXXXXX")
+  LOGS=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-$MARK.XXXXXX")
 else
   mkdir -p "$LOGS"; LOGS=$(cd "$LOGS" && pwd)
 fi
@@ -114,8 +129,8 @@ STAGE=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-arm64-stage.XXXXXX")
 trap 'rm -rf "$STAGE"' EXIT
 trap 'exit 130' INT TERM
 
-# 1. aarch64 / CPython 3.11 builds of the cffi modules
-EXT=$("$HERE/build-ext.sh" 2> >(tee "$LOGS/build-ext.log" >&2) | tail -1) || die "build-ext.sh failed (log: $LOGS/build-ext.log)"
+# 1. the guest's (aarch64 or powerpc64le) CPython 3.11 builds of the cffi modules
+EXT=$("$HERE/build-ext.sh" --arch "$DEBARCH" 2> >(tee "$LOGS/build-ext.log" >&2) | tail -1) || die "build-ext.sh failed (log: $LOGS/build-ext.log)"
 [ -d "$EXT" ] || die "build-ext.sh did not name its output dir"
 
 # 2. the staged project tree the guests get as /work
@@ -125,10 +140,10 @@ for p in kvmdev tests examples cdefs pyproject.toml conftest.py README.md; do
 done
 [ -d "$STAGE/kvmdev" ] || die "no kvmdev/ in $ROOT"
 find "$STAGE/kvmdev" -name '*.so' -delete          # the host's x86_64 builds
-cp "$EXT"/_kvm_*.cpython-311-aarch64-linux-gnu.so "$STAGE/kvmdev/"
-while IFS= read -r -d '' so; do                     # nothing but AArch64 objects may go in
-  aarch64-linux-gnu-readelf -h "$so" 2>/dev/null | grep -qE 'Machine:[[:space:]]+AArch64' \
-    || die "staged ${so#"$STAGE"/} is not an AArch64 object"
+cp "$EXT"/_kvm_*.cpython-311-$TRIPLE.so "$STAGE/kvmdev/"
+while IFS= read -r -d '' so; do                     # nothing but the guest's objects may go in
+  $TRIPLE-readelf -h "$so" 2>/dev/null | grep -qE "Machine:[[:space:]]+$ELFMACHINE" \
+    || die "staged ${so#"$STAGE"/} is not an $ELFMACHINE object"
 done < <(find "$STAGE" -name '*.so' -print0)
 
 # 3. optional wheels from PyPI (e.g. hypothesis) put on the guest's PYTHONPATH
@@ -141,21 +156,21 @@ if [ -z "$PIP_REQS" ] && [ -d "$ROOT/tests" ] \
   PIP_REQS=hypothesis${hv:+==$hv}
 fi
 if [ -n "$PIP_REQS" ] && [ "$PIP_REQS" != none ]; then
-  key=$(echo "recipe=2 $PIP_REQS" | sha256sum | cut -c1-12)
+  key=$(echo "recipe=2 $PIP_REQS $WHEELPLAT" | sha256sum | cut -c1-12)
   WHL=$CACHE/wheels/$key
   if [ ! -f "$WHL/.complete" ]; then
-    say "downloading aarch64/cp311 wheels for the guest: $PIP_REQS"
+    say "downloading $WHEELPLAT/cp311 wheels for the guest: $PIP_REQS"
     W=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-wheels.XXXXXX")
     mkdir -p "$W/dl" "$W/site"
     # shellcheck disable=SC2086
     "$PYTHON" -m pip download -q --disable-pip-version-check --only-binary=:all: \
-      --platform manylinux2014_aarch64 --python-version 3.11 --implementation cp --abi cp311 \
+      --platform $WHEELPLAT --python-version 3.11 --implementation cp --abi cp311 \
       -d "$W/dl" $PIP_REQS >&2 || { rm -rf "$W"; die "pip download $PIP_REQS failed"; }
     for w in "$W"/dl/*.whl; do "$PYTHON" -m zipfile -e "$w" "$W/site"; done
     # compiled wheels may need libgcc_s.so.1, which the guest's minimal userland
     # lacks: add the cross toolchain's (same gcc 12 build as bookworm's libgcc-s1)
-    if find "$W/site" -name '*.so' -exec aarch64-linux-gnu-readelf -d {} + 2>/dev/null | grep -q 'libgcc_s\.so\.1'; then
-      mkdir -p "$W/site/_lib"; cp /usr/aarch64-linux-gnu/lib/libgcc_s.so.1 "$W/site/_lib/"
+    if find "$W/site" -name '*.so' -exec $TRIPLE-readelf -d {} + 2>/dev/null | grep -q 'libgcc_s\.so\.1'; then
+      mkdir -p "$W/site/_lib"; cp /usr/$TRIPLE/lib/libgcc_s.so.1 "$W/site/_lib/"
     fi
     touch "$W/site/.complete"
     mkdir -p "$(dirname "$WHL")"; rm -rf "$WHL"; mv -T "$W/site" "$WHL" 2>/dev/null || true; rm -rf "$W"
@@ -175,7 +190,7 @@ HAS_PATH=0
 for a in ${PYARGS[@]+"${PYARGS[@]}"}; do
   [[ $a != -* ]] && [ -e "$ROOT/${a%%::*}" ] && HAS_PATH=1
 done
-PYTEST=(python3 -m pytest -q -rs -p no:cacheprovider -m arm64)
+PYTEST=(python3 -m pytest -q -rs -p no:cacheprovider -m "$MARK")
 [ "$HAS_PATH" = 0 ] && PYTEST+=(tests)
 PYTEST+=(${PYARGS[@]+"${PYARGS[@]}"})
 say "stage $STAGE ($(du -sh "$STAGE" | cut -f1)), modules from $EXT"
@@ -185,18 +200,20 @@ say "logs: $LOGS; ${#RUNS[@]} run(s), $JOBS at a time, --smp $SMP"
 # ------------------------------------------------------------------ the runs
 # fetch/build the guest caches once, before guests start in parallel
 for k in $(for r in "${RUNS[@]}"; do echo "${r% *}"; done | sort -u); do
-  "$HERE/run-guest.sh" --prepare --kernel "$k" 2>>"$LOGS/prepare.log" \
+  "$HERE/run-guest.sh" --prepare --arch "$DEBARCH" --kernel "$k" 2>>"$LOGS/prepare.log" \
     || die "run-guest.sh --prepare --kernel $k failed (log: $LOGS/prepare.log)"
 done
-name_of() { set -- $1; echo "$1-gic$2"; }
+name_of() { set -- $1; if [ "$DEBARCH" = arm64 ]; then echo "$1-gic$2"; else echo "$DEBARCH-$1"; fi; }
 run_one() {  # "<kernel> <gic>"
   local k g n t0 rc=0
   read -r k g <<<"$1"
   n=$(name_of "$1")
   t0=$(now)
   say "starting $n"
-  local cmd=("$HERE/run-guest.sh" --kernel "$k" --gic "$g" --timeout "$TIMEOUT" ${GUEST_OPTS[@]+"${GUEST_OPTS[@]}"}
-    "${ENV_OPTS[@]}" --env KVMDEV_BACKEND=real --env KVMDEV_ARM64_GIC="$g" --env PYTHONDONTWRITEBYTECODE=1
+  local gicopt=(--gic "$g" --env KVMDEV_ARM64_GIC="$g")
+  [ "$DEBARCH" = arm64 ] || gicopt=()
+  local cmd=("$HERE/run-guest.sh" --kernel "$k" "${gicopt[@]}" --timeout "$TIMEOUT" ${GUEST_OPTS[@]+"${GUEST_OPTS[@]}"}
+    "${ENV_OPTS[@]}" --env KVMDEV_BACKEND=real --env PYTHONDONTWRITEBYTECODE=1
     "$STAGE" -- "${PYTEST[@]}")
   if [ "$CONSOLE" = 1 ]; then
     set +e
@@ -212,9 +229,10 @@ run_one() {  # "<kernel> <gic>"
 }
 
 report_one() {  # prints the line of one run; returns 1 if it failed
-  local k g n rc wall summary krel kvm status=0
+  local k g n rc wall summary krel kvm status=0 label
   read -r k g <<<"$1"
   n=$(name_of "$1")
+  label="arm64 $k gic$g"; [ "$DEBARCH" = arm64 ] || label="$DEBARCH $k"
   read -r rc wall < "$LOGS/$n.rc"
   summary=$(grep -aE '^=*[[:space:]]*(no tests ran|[0-9]+ (passed|failed|skipped|deselected|xfailed|xpassed|errors?|warnings?))[^@]* in [0-9.]+s' \
             "$LOGS/$n.log" | tail -1 | sed -E 's/^=+ //; s/ =+$//' || true)
@@ -226,13 +244,13 @@ report_one() {  # prints the line of one run; returns 1 if it failed
     3) [ -z "$summary" ] && rc="3: run-guest.sh setup failed";;
   esac
   if [ -z "$summary" ]; then
-    echo "arm64 $k gic$g: FAILED: no pytest summary line (exit $rc) $tail"; status=1
+    echo "$label: FAILED: no pytest summary line (exit $rc) $tail"; status=1
   elif [ "$rc" = 5 ]; then
-    echo "arm64 $k gic$g: FAILED: no tests collected: $summary $tail"; status=1
+    echo "$label: FAILED: no tests collected: $summary $tail"; status=1
   elif [ "$rc" != 0 ]; then
-    echo "arm64 $k gic$g: FAILED (exit $rc): $summary $tail"; status=1
+    echo "$label: FAILED (exit $rc): $summary $tail"; status=1
   else
-    echo "arm64 $k gic$g: $summary $tail"
+    echo "$label: $summary $tail"
   fi
   return $status
 }
@@ -270,7 +288,7 @@ for r in "${RUNS[@]}"; do
     echo "$line"
   fi
 done
-echo "arm64: ${#RUNS[@]} run(s) in $(secs "$T0" "$(now)")s, logs in $LOGS"
+echo "$DEBARCH: ${#RUNS[@]} run(s) in $(secs "$T0" "$(now)")s, logs in $LOGS"
 if [ "$FAIL" = 1 ]; then
   # the end of each failed run, for CI logs
   for r in "${RUNS[@]}"; do

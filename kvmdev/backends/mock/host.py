@@ -45,7 +45,7 @@ _ARM64_BY_GIC: dict[int, dict[str, int]] = {
     5: {"KVM_CAP_MAX_VCPUS": 512, "KVM_CAP_MAX_VCPU_ID": 512},   # a GICv5 host: mock only
     2: {"KVM_CAP_MAX_VCPUS": 8, "KVM_CAP_MAX_VCPU_ID": 8},
 }
-_DEFAULT_KERNEL = {"x86_64": "6.18", "arm64": "6.12", "powerpc": "6.12", "s390": "6.12"}
+_DEFAULT_KERNEL = {"x86_64": "6.18", "arm64": "6.12", "powerpc": "6.1", "s390": "6.12"}
 
 
 @dataclass
@@ -72,6 +72,9 @@ class HostProfile:
     pmu_type: int = 8
     # arm64 GICv5 host (gic=5, no real counterpart here): the userspace-drivable PPIs
     v5_userspace_ppis: int = 0
+    # powerpc host: "book3s" (KVM-HV: XICS, as Debian's ppc64el kernel on PowerNV POWER8)
+    # or "e500" (the Freescale MPIC; no real one here)
+    ppc_platform: str = "book3s"
     # s390 host (no real one here): facilities (72 AIS, 76 MSA3, 139 multiple epoch),
     # CMMA, AP instructions, the VM memory limit, the CPU model it offers
     s390_facilities: frozenset[int] = frozenset({72, 76})
@@ -93,7 +96,12 @@ class HostProfile:
                                  f"ID bits, not {self.pri_bits!r} and {self.id_bits!r}")
             if self.gicv2_compat and self.gic != 3:
                 raise ValueError("gicv2_compat describes a GICv3 host")
+        if self.ppc_platform not in ("book3s", "e500"):
+            raise ValueError(f"ppc_platform is 'book3s' or 'e500', not {self.ppc_platform!r}")
         caps = dict(_CAPS.get(self.arch, {}))
+        if self.arch == "powerpc":
+            book3s = self.ppc_platform == "book3s"
+            caps.update(KVM_CAP_IRQ_XICS=int(book3s), KVM_CAP_PPC_PAPR=int(book3s), KVM_CAP_IRQ_MPIC=int(not book3s))
         if self.arch == "arm64":
             caps.update(_ARM64_BY_KERNEL[self.kernel])
             caps.update(_ARM64_BY_GIC[self.gic])

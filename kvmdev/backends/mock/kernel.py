@@ -148,6 +148,7 @@ class ArchModel:
     # errno of the device-attr ioctls on fds whose arch code has none
     system_attr_errno: ClassVar[int] = E.EINVAL
     vm_attr_errno: ClassVar[int] = E.ENOTTY
+    vcpu_attr_errno: ClassVar[int] = E.ENOTTY
 
     def __init__(self, backend: "MockBackend") -> None:
         self.backend = backend
@@ -431,13 +432,13 @@ class MockVcpu(KernelObject):
         return self.backend.arch_model.vcpu_run(self, immediate)
 
     def ioctl_KVM_HAS_DEVICE_ATTR(self, arg: int) -> int:
-        return _attr_ioctl(self, self.attrs, "has", arg, E.ENOTTY)
+        return _attr_ioctl(self, self.attrs, "has", arg, self.backend.arch_model.vcpu_attr_errno)
 
     def ioctl_KVM_GET_DEVICE_ATTR(self, arg: int) -> int:
-        return _attr_ioctl(self, self.attrs, "get", arg, E.ENOTTY)
+        return _attr_ioctl(self, self.attrs, "get", arg, self.backend.arch_model.vcpu_attr_errno)
 
     def ioctl_KVM_SET_DEVICE_ATTR(self, arg: int) -> int:
-        return _attr_ioctl(self, self.attrs, "set", arg, E.ENOTTY)
+        return _attr_ioctl(self, self.attrs, "set", arg, self.backend.arch_model.vcpu_attr_errno)
 
 
 class MockDevice(KernelObject):

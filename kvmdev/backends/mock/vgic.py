@@ -728,7 +728,7 @@ class GicRegs:
             return reg >> 32 if off & 4 else reg & 0xFFFFFFFF
         if 0xFFD0 <= off < 0x10000:   # GICR_IDREGS
             return PIDR2_V3 if off == 0xFFE8 else 0
-        if 0xA0 <= off < 0xB8 or off == 0xC0:
+        if 0xA0 <= off < 0xA8 or 0xB0 <= off < 0xB8 or off == 0xC0:
             return 0   # GICR_INVLPIR, GICR_INVALLR (RAZ; a write invalidates), GICR_SYNCR (never busy)
         sgi = off - 0x10000
         for base, (which, write) in self.BITMAPS.items():
