@@ -26,14 +26,17 @@ bench: $(STAMP)
 	$(PYTHON) bench/bench_gicstate.py --backend mock --vcpus 64 --irqs 992
 	bash tools/arm64/bench-arm64.sh
 
-# 100,000 operations per device type on each mock (arm64: each kernel and host GIC), 10,000
-# on the real x86 kernel and per device on each real arm64 guest, differential against the mock there
+# 100,000 operations per device type on each mock (arm64: each kernel and host GIC; powerpc:
+# book3s and e500), 10,000 on the real x86 kernel and per device in each real arm64 guest and
+# the ppc64el guest, differential against the mock there
 fuzz: $(STAMP)
-	for a in x86_64 powerpc s390; do $(PYTHON) -m kvmdev.fuzz --backend mock --arch $$a --ops 100000 || exit 1; done
+	for a in x86_64 s390; do $(PYTHON) -m kvmdev.fuzz --backend mock --arch $$a --ops 100000 || exit 1; done
+	for p in book3s e500; do $(PYTHON) -m kvmdev.fuzz --backend mock --arch powerpc --ppc-platform $$p --ops 100000 || exit 1; done
 	for k in 6.12 6.1; do for g in 3 2 5; do \
 	  $(PYTHON) -m kvmdev.fuzz --backend mock --arch arm64 --kernel $$k --gic $$g --ops 100000 || exit 1; done; done
 	$(PYTHON) -m kvmdev.fuzz --backend real --ops 10000
 	bash tools/arm64/fuzz-arm64.sh --ops 10000 --differential
+	bash tools/arm64/fuzz-arm64.sh --arch ppc64el --ops 10000 --differential
 
 docs: $(STAMP)
 	$(PYTHON) tools/api_doc.py

@@ -44,14 +44,34 @@ class Case:
 
 
 def _machine(kvm: Kvm, device: str) -> tuple[Any, dict[str, Any]]:
-    """A VM (vCPU 0, and on arm64 vCPU 1, initialized) with the device created."""
+    """A VM (vCPU 0, and on arm64 and powerpc vCPU 1, initialized) with the device
+    created; an XICS gets both vCPUs connected (PAPR mode, servers 0 and 1), so
+    sources can reach ICPs."""
     vm = kvm.create_vm()
-    cpus = [vm.create_vcpu(i) for i in range(2 if kvm.arch == "arm64" else 1)]
+    cpus = [vm.create_vcpu(i) for i in range(2 if kvm.arch in ("arm64", "powerpc") else 1)]
     if kvm.arch == "arm64":
         for c in cpus:
             c.vcpu_init(["PSCI_0_2", "PMU_V3"])
     dev = vm.create_device(device)
+    if device == "XICS":
+        for c in cpus:
+            c.enable_cap("KVM_CAP_PPC_PAPR")
+            dev.connect(c)
     return vm, {"dev": dev, "vm": vm, "vcpu": cpus[0]}
+
+
+# XICS "reg" operations: source words and vCPU 0's ICP state, from values that
+# meet (source numbers of two ICS blocks, the connected servers, priorities
+# around each other) so that deliveries, rejections and resends happen
+XICS_SOURCES = [str(n) for n in (*range(16, 28), 1040, 3000)]
+
+
+def _xics_value(label: str, rng: random.Random) -> int:
+    if label == "icp":
+        return (rng.choice([0, 3, 5, 0xFF]) << 56 | rng.choice([0, 0, 2, 16, 20, 1040, 5000]) << 32
+                | rng.choice([3, 5, 0xFF, 0xFF]) << 24 | rng.choice([3, 4, 5, 0xFF, 0xFF]) << 16)
+    flags = sum(1 << b for b in range(40, 45) if rng.random() < 0.3)
+    return rng.choice([0, 1, 1, 7]) | rng.choice([0, 2, 4, 5, 6, 0xFF]) << 32 | flags
 
 
 def generate(kvm: Kvm, device: str, n: int, rng: random.Random) -> Case:
@@ -70,7 +90,10 @@ def generate(kvm: Kvm, device: str, n: int, rng: random.Random) -> Case:
             label = rng.choice(sorted(frames))
             names = frames[label]
             name = rng.choice(names)
-            value = rng.choice([0, 1, 0xFFFFFFFF, rng.getrandbits(32), rng.getrandbits(64)])
+            if device == "XICS":
+                value = _xics_value(label, rng)
+            else:
+                value = rng.choice([0, 1, 0xFFFFFFFF, rng.getrandbits(32), rng.getrandbits(64)])
             case.ops.append(("reg", label, name, value if rng.random() < 0.6 else None))
             continue
         target = rng.choices(["dev", "vm", "vcpu"], [6, 1, 2])[0]
@@ -95,8 +118,11 @@ def _frames(dev: Any, vcpu: Any) -> dict[str, list[str]]:
     """Typed register frames of the device (names per frame), for "reg" operations."""
     from .devices.its import Its
     from .devices.vgic import VgicV2, VgicV3
+    from .devices.xics import Xics
     out: dict[str, list[str]] = {}
-    if isinstance(dev, VgicV3):
+    if isinstance(dev, Xics):
+        out = {"source": XICS_SOURCES, "icp": ["ICP_STATE"]}
+    elif isinstance(dev, VgicV3):
         out = {"dist": list(dev.dist.frame.names()), "redist": list(dev.redist(vcpu).frame.names())}
     elif isinstance(dev, VgicV2):
         out = {"dist": list(dev.dist.frame.names()), "cpu": list(dev.cpu(vcpu).frame.names())}
@@ -108,6 +134,21 @@ def _frames(dev: Any, vcpu: Any) -> dict[str, list[str]]:
 def _regs(dev: Any, vcpu: Any, label: str) -> Any:
     return {"dist": lambda: dev.dist, "redist": lambda: dev.redist(vcpu), "cpu": lambda: dev.cpu(vcpu),
             "its": lambda: dev.regs}[label]()
+
+
+def _xics_op(dev: Any, vcpu: Any, label: str, name: str, value: int | None) -> str:
+    """A typed XICS access: a source word (Xics.source/set_source) or vCPU 0's
+    ICP state (Xics.icp/set_icp); the outcome as run() reports it."""
+    from .devices.xics import IcpState, XicsSource
+    if label == "icp":
+        if value is None:
+            return f"ok {dev.icp(vcpu).encode():#x}"
+        dev.set_icp(vcpu, IcpState.decode(value))
+        return "ok"
+    if value is None:
+        return f"ok {dev.source(int(name)).encode():#x}"
+    dev.set_source(int(name), XicsSource.decode(value))
+    return "ok"
 
 
 def _fds() -> set[str]:
@@ -142,6 +183,9 @@ def run(kvm: Kvm, case: Case) -> list[str]:
                 if op[0] == "create":
                     vm.create_device(case.device).close()
                     out.append("ok")
+                elif op[0] == "reg" and case.device == "XICS":
+                    _, label, name, value = op
+                    out.append(_xics_op(targets["dev"], targets["vcpu"], label, name, value))
                 elif op[0] == "reg":
                     _, label, name, value = op
                     regs = _regs(targets["dev"], targets["vcpu"], label)
@@ -220,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", default=None)
     ap.add_argument("--kernel", default=None, help="mock (and --differential's mock): kernel series")
     ap.add_argument("--gic", type=int, default=None, help="mock (and --differential's mock): host GIC")
+    ap.add_argument("--ppc-platform", default=None, help="powerpc mock: book3s (XICS) or e500 (MPIC)")
     ap.add_argument("--ops", type=int, default=100_000)
     ap.add_argument("--case-len", type=int, default=50)
     ap.add_argument("--seed", type=int, default=1)
@@ -227,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", default=None,
                     help="write each diverging case, with the real kernel's outcomes, to this directory (- : stdout)")
     args = ap.parse_args(argv)
-    host = {k: v for k, v in (("kernel", args.kernel), ("gic", args.gic)) if v is not None}
+    host = {k: v for k, v in (("kernel", args.kernel), ("gic", args.gic), ("ppc_platform", args.ppc_platform))
+            if v is not None}
     kvm = kvm_open(args.backend, arch=args.arch, **(host if args.backend == "mock" else {}))
     mock = kvm_open("mock", arch=kvm.arch, **host) if args.differential else None
     rng = random.Random(args.seed)
