@@ -4,9 +4,9 @@
   reason, only where /dev/kvm cannot be opened) and on the mock.
 - ``arm64_kvm`` (tests marked ``arm64``): the arm64 mock, as each of the four
   kernel/GIC combinations of the guests, where the mock runs; the real kernel
-  where the host is arm64 (inside the guests of tools/arm64/test-arm64.sh).
+  where the host is arm64 (inside the guests of tools/guests/test-guests.sh).
 - ``ppc_kvm`` (tests marked ``powerpc``): the book3s powerpc mock, and the real
-  kernel where the host is powerpc (the ppc64el guest, test-arm64.sh --arch ppc64el).
+  kernel where the host is powerpc (the ppc64el guest, test-guests.sh --arch ppc64el).
 
 KVMDEV_BACKEND=real|mock limits the run to one backend (the guests use it).
 """

@@ -31,7 +31,7 @@ GRP_CTRL = "KVM_DEV_ARM_VGIC_GRP_CTRL"
 
 
 def known_host(kvm: kvmdev.Kvm) -> bool:
-    """The QEMU -cpu max guests of tools/arm64 (or their mock): exact values hold."""
+    """The QEMU -cpu max guests of tools/guests (or their mock): exact values hold."""
     return kvm.backend == "mock" or "KVMDEV_ARM64_GIC" in os.environ
 
 

@@ -1,7 +1,7 @@
 """arm64 arch hooks of the mock (arch/arm64/kvm/arm.c, guest.c, mmio.c, psci.c).
 
 What is modelled, each from the kernel source and checked by tests that also
-run on Debian's 6.12 and 6.1 arm64 kernels (tools/arm64/test-arm64.sh):
+run on Debian's 6.12 and 6.1 arm64 kernels (tools/guests/test-guests.sh):
 - KVM_CREATE_VM's IPA size, the memslot IPA limit (EFAULT);
 - KVM_ARM_PREFERRED_TARGET, KVM_ARM_VCPU_INIT (target, feature bits, re-init);
 - KVM_{GET,SET}_ONE_REG of the core registers and MIDR/MPIDR/SCTLR_EL1;

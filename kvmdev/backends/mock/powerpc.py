@@ -3,7 +3,7 @@
 (HostProfile.ppc_platform; a KVM registers one or the other).
 
 XICS, checked against Debian's ppc64el 6.1 kernel (KVM-HV on an emulated PowerNV
-POWER8, tools/arm64/run-guest.sh --arch ppc64el): creation (EEXIST; the last close
+POWER8, tools/guests/run-guest.sh --arch ppc64el): creation (EEXIST; the last close
 of its fd releases it and every vCPU's ICP), sources in ICS blocks of 1024 created
 by the first set in the block, the state word (server check against connected
 ICPs, masked/saved priority, P and Q bits, masked-pending and resend), delivery

@@ -1,9 +1,9 @@
 #!/bin/bash
-# fuzz-arm64.sh - python -m kvmdev.fuzz on the real arm64 kernels (6.12 and 6.1,
+# fuzz-guests.sh - python -m kvmdev.fuzz on the real arm64 kernels (6.12 and 6.1,
 # gic 3 and 2) under QEMU, differential against the mock of the same kernel and
 # GIC.  Prints each guest's summary and every divergence (shrunk, as JSON).
 #
-# usage: tools/arm64/fuzz-arm64.sh [--arch arm64|ppc64el] [--combo K/G]... [--save-corpus DIR] [kvmdev.fuzz args]
+# usage: tools/guests/fuzz-guests.sh [--arch arm64|ppc64el] [--combo K/G]... [--save-corpus DIR] [kvmdev.fuzz args]
 #   default: every combination; --ops 10000 --differential
 #   --arch ppc64el: the one powerpc guest (6.1, KVM-HV, XICS) against the book3s mock
 #   --save-corpus DIR: each diverging case, with the real kernel's outcomes, as DIR/<n>.json
@@ -22,7 +22,7 @@ done
 case $DEBARCH in
   arm64) TRIPLE=aarch64-linux-gnu; [ ${#COMBOS[@]} -eq 0 ] && COMBOS=(6.12/3 6.12/2 6.1/3 6.1/2);;
   ppc64el) TRIPLE=powerpc64le-linux-gnu; COMBOS=(6.1/0);;
-  *) echo "fuzz-arm64.sh: --arch must be arm64 or ppc64el" >&2; exit 2;;
+  *) echo "fuzz-guests.sh: --arch must be arm64 or ppc64el" >&2; exit 2;;
 esac
 [ ${#ARGS[@]} -eq 0 ] && ARGS=(--ops 10000 --differential)
 STAGE=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-fuzz.XXXXXX")

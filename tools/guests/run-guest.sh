@@ -3,7 +3,7 @@
 # KVM built in) under qemu-system-aarch64 TCG with emulated EL2, so that the
 # guest has a working /dev/kvm (VHE) with the in-kernel vGIC (v2 or v3 + ITS).
 # kvmdev's own copy of the shared arm64-kvm boot harness (run-arm64.sh); used by
-# tools/arm64/test-arm64.sh.  Its cache (~/.cache/arm64kvm) is the same one.
+# tools/guests/test-guests.sh.  Its cache (~/.cache/arm64kvm) is the same one.
 #
 # usage: run-guest.sh [options] <host-dir> -- <command...>
 #   <host-dir> is copied into the guest at /work (cwd of the command).

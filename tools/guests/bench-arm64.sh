@@ -3,7 +3,7 @@
 # 6.12 and 6.1 under qemu-system-aarch64 TCG, --gic 3: VGIC v3 + ITS), with its
 # C baseline bench/gic_replay.c cross-built here for aarch64.
 #
-# usage: tools/arm64/bench-arm64.sh [--kernel 6.12|6.1]... [bench_gicstate.py args]
+# usage: tools/guests/bench-arm64.sh [--kernel 6.12|6.1]... [bench_gicstate.py args]
 #   default kernels: 6.12 and 6.1, one after the other (benchmarks share no CPU);
 #   default bench args: --vcpus 512 --irqs 992 --repeats 3 (the largest VGIC v3)
 # Prints the benchmark's table for each kernel.  Exit status 0 when every run

@@ -1,10 +1,11 @@
 #!/bin/bash
-# test-arm64.sh - run kvmdev's arm64-marked tests against REAL arm64 KVM: Debian
+# test-guests.sh - run kvmdev's arm64-marked tests against REAL arm64 KVM: Debian
 # bookworm arm64 kernels booted under qemu-system-aarch64 TCG with emulated EL2
-# (tools/arm64/run-guest.sh), with the cffi modules cross-built for aarch64
-# (tools/arm64/build-ext.sh).  On x86 the same tests run on the arm64 mock.
+# (tools/guests/run-guest.sh), with the cffi modules cross-built for aarch64
+# (tools/guests/build-ext.sh); with --arch ppc64el the powerpc-marked tests against
+# REAL powerpc KVM (see below).  On x86 the same tests run on the mocks.
 #
-# usage: tools/arm64/test-arm64.sh [options] [pytest args...]
+# usage: tools/guests/test-guests.sh [options] [pytest args...]
 #   Runs `python3 -m pytest -q -rs -p no:cacheprovider -m arm64 tests <pytest args>`
 #   with PYTHONPATH=/work KVMDEV_BACKEND=real KVMDEV_ARM64_GIC=<3|2> in each guest, for every combination
 #   of kernel (6.12, 6.1) and GIC (--gic 3: VGIC v3 + ITS; --gic 2: VGIC v2), and
@@ -53,8 +54,8 @@ ROOT=$(cd "$HERE/../.." && pwd)
 PYTHON=${PYTHON:-python3}
 DEBARCH=${GUEST_ARCH:-arm64}
 
-die() { echo "test-arm64.sh: $*" >&2; exit "${2:-3}"; }
-say() { echo "[test-arm64] $*" >&2; }
+die() { echo "test-guests.sh: $*" >&2; exit "${2:-3}"; }
+say() { echo "[test-guests] $*" >&2; }
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 KERNELS=() GICS=() COMBOS=() PYARGS=() GUEST_OPTS=()
