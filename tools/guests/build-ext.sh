@@ -82,29 +82,12 @@ ensure_host_tools() {
   "$PYTHON" -c 'import cffi' 2>/dev/null || die "$PYTHON cannot import cffi (run 'make install' first)"
 }
 
-# ------------------------------------------------------- private arm64 apt root
-# Same layout as run-guest.sh's setup_apt (shares its package lists).
+# ------------------------------------------- private guest-architecture apt root
+# The apt root run-guest.sh uses (apt.sh), so the package lists are shared.
 APTD=$CACHE/apt
 APT_OPTS=()
-setup_apt() {
-  mkdir -p "$APTD"/{lists/partial,archives/partial,etc/sources.list.d,etc/preferences.d}
-  [ -r "$SOURCES" ] || die "no apt sources at $SOURCES (set ARM64KVM_SOURCES)"
-  local skip=NONE; [ "$DEBARCH" = ppc64el ] && skip=debian-security   # as run-guest.sh
-  awk -v skip="$skip" 'BEGIN{RS="";ORS="\n\n"} /Types:[ \t]*deb/ && /Suites:.*bookworm/ && index($0, skip) == 0 {sub(/\n*$/,""); print $0 "\nArchitectures: '"$DEBARCH"'"}' \
-    "$SOURCES" > "$APTD/etc/sources.list.d/debian.sources.new"
-  grep -q '^URIs:' "$APTD/etc/sources.list.d/debian.sources.new" || die "no bookworm entries in $SOURCES"
-  mv "$APTD/etc/sources.list.d/debian.sources.new" "$APTD/etc/sources.list.d/debian.sources"
-  [ -e "$APTD/etc/sources.list" ] || : > "$APTD/etc/sources.list"
-  touch "$APTD/status"
-  APT_OPTS=(-o APT::Architecture="$DEBARCH" -o APT::Architectures::="$DEBARCH"
-    -o Dir::State="$APTD" -o Dir::State::status="$APTD/status" -o Dir::State::Lists="$APTD/lists"
-    -o Dir::Cache="$APTD" -o Dir::Cache::Archives="$APTD/archives"
-    -o Dir::Etc::SourceList="$APTD/etc/sources.list" -o Dir::Etc::SourceParts="$APTD/etc/sources.list.d"
-    -o Dir::Etc::Preferences="$APTD/etc/preferences" -o Dir::Etc::PreferencesParts="$APTD/etc/preferences.d"
-    -o APT::Sandbox::User=root)
-}
-aptq() { apt-get "${APT_OPTS[@]}" "$@"; }
-acq() { apt-cache "${APT_OPTS[@]}" "$@"; }
+# shellcheck source=apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/apt.sh"   # setup_apt, aptq, acq
 
 pkg_version() {  # candidate version of $HDRPKG in the private lists (empty if unknown)
   acq policy "$HDRPKG" 2>/dev/null | sed -n 's/^  Candidate: \(.*\)$/\1/p' | grep -v '(none)' || true

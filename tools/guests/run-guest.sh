@@ -113,27 +113,8 @@ ensure_host_tools() {
 # ----------------------------------------------- private guest-architecture apt root
 APTD=$CACHE/apt
 APT_OPTS=()
-setup_apt() {
-  mkdir -p "$APTD"/{lists/partial,archives/partial,etc/sources.list.d,etc/preferences.d}
-  # the host's own Debian archive entries, restricted to the guest's (same mirror the host uses)
-  [ -r "$SOURCES" ] || die "no apt sources at $SOURCES (set ARM64KVM_SOURCES)"
-  # ppc64el needs nothing from bookworm-security (the 6.1 kernel is bookworm's own),
-  # whose ppc64el index has been seen mid-sync (a size mismatch fails apt-get update)
-  local skip=NONE; [ "$DEBARCH" = ppc64el ] && skip=debian-security
-  awk -v skip="$skip" 'BEGIN{RS="";ORS="\n\n"} /Types:[ \t]*deb/ && /Suites:.*bookworm/ && index($0, skip) == 0 {sub(/\n*$/,""); print $0 "\nArchitectures: '"$DEBARCH"'"}' \
-    "$SOURCES" > "$APTD/etc/sources.list.d/debian.sources"
-  grep -q '^URIs:' "$APTD/etc/sources.list.d/debian.sources" || die "no bookworm entries in $SOURCES"
-  : > "$APTD/etc/sources.list"
-  touch "$APTD/status"
-  APT_OPTS=(-o APT::Architecture="$DEBARCH" -o APT::Architectures::="$DEBARCH"
-    -o Dir::State="$APTD" -o Dir::State::status="$APTD/status" -o Dir::State::Lists="$APTD/lists"
-    -o Dir::Cache="$APTD" -o Dir::Cache::Archives="$APTD/archives"
-    -o Dir::Etc::SourceList="$APTD/etc/sources.list" -o Dir::Etc::SourceParts="$APTD/etc/sources.list.d"
-    -o Dir::Etc::Preferences="$APTD/etc/preferences" -o Dir::Etc::PreferencesParts="$APTD/etc/preferences.d"
-    -o APT::Sandbox::User=root)
-}
-aptq() { apt-get "${APT_OPTS[@]}" "$@"; }
-acq() { apt-cache "${APT_OPTS[@]}" "$@"; }
+# shellcheck source=apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/apt.sh"   # setup_apt, aptq, acq
 
 # Guest userland (resolved by hand from `apt-cache depends`; optional stdlib
 # modules whose libs are left out: _dbm(libdb5.3) _curses(libncursesw6)
