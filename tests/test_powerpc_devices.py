@@ -92,6 +92,7 @@ def test_book3s_devices_and_caps(ppc_kvm) -> None:
     """A book3s KVM: XICS (one per VM, EEXIST), no MPIC (ENODEV); KVM_CAP_IRQ_XICS
     and KVM_CAP_PPC_PAPR yes, KVM_CAP_IRQ_MPIC no; HAS for source numbers
     16..2^20-1 only."""
+    assert [ppc_kvm.check_extension(c) for c in ("MAX_VCPUS", "MAX_VCPU_ID")] == [2048, 16384]   # POWER8
     with ppc_kvm.create_vm() as vm:
         assert [vm.check_extension(c) for c in ("IRQ_XICS", "PPC_PAPR", "IRQ_MPIC")] == [1, 1, 0]
         raises(E.ENODEV, vm.create_device, "FSL_MPIC_20")

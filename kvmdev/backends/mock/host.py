@@ -27,7 +27,9 @@ _CAPS: dict[str, dict[str, int]] = {
         # KVM_CAP_MSI_DEVID: per VM (1 once an ITS exists); EINVAL on the system fd
     },
     "powerpc": {"KVM_CAP_DEVICE_CTRL": 1, "KVM_CAP_USER_MEMORY": 1, "KVM_CAP_IRQ_MPIC": 1,
-                "KVM_CAP_IRQ_XICS": 1, "KVM_CAP_ONE_REG": 1, "KVM_CAP_MAX_VCPU_ID": 2048},
+                "KVM_CAP_IRQ_XICS": 1, "KVM_CAP_ONE_REG": 1,
+                # as the ppc64el 6.1 kernel on PowerNV POWER8 reports them
+                "KVM_CAP_MAX_VCPUS": 2048, "KVM_CAP_MAX_VCPU_ID": 16384},
     "s390": {"KVM_CAP_DEVICE_CTRL": 1, "KVM_CAP_USER_MEMORY": 1, "KVM_CAP_S390_IRQCHIP": 1,
              "KVM_CAP_VM_ATTRIBUTES": 1, "KVM_CAP_ONE_REG": 1, "KVM_CAP_MAX_VCPU_ID": 248},
 }
