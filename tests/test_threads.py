@@ -1,5 +1,6 @@
 """kvmdev objects shared between threads (the guarantees in the README's
-"Threads and processes"), on the real kernel and the mock: creation races
+"Threads and processes"), on the real kernel and the mock (x86 here; arm64 and
+powerpc in their guests): creation races
 resolve as the kernel's kvm->lock makes them, each thread sees its own writes,
 and a VGIC register access never fails because another thread is making one."""
 from __future__ import annotations
@@ -43,21 +44,27 @@ def race(fn: Callable[[int], Any]) -> list[Any]:
     return out
 
 
+@pytest.mark.powerpc
+@pytest.mark.arm64
 def test_vcpu_creation_races(kvm: kvmdev.Kvm) -> None:
     """Distinct ids created at once all succeed with distinct fds; eight threads
-    creating one id: exactly one gets it, the others EEXIST, no fd left behind."""
+    creating one id (in a new VM: a GICv2 arm64 host allows 8 vCPUs): exactly
+    one gets it, the others EEXIST, no fd left behind."""
     with kvm.create_vm() as vm:
         got = race(vm.create_vcpu)
         assert all(isinstance(c, kvmdev.Vcpu) for c in got), got
         assert sorted(c.id for c in got) == list(range(N))
         assert len({c.fileno() for c in got}) == N
-        same = race(lambda i: vm.create_vcpu(N + 1))
+    with kvm.create_vm() as vm:
+        same = race(lambda i: vm.create_vcpu(1))
         won = [c for c in same if isinstance(c, kvmdev.Vcpu)]
         lost = [e for e in same if isinstance(e, kvmdev.KvmError)]
         assert len(won) == 1 and len(lost) == N - 1, same
         assert {e.errno for e in lost} == {E.EEXIST} and all(e.ioctl == "KVM_CREATE_VCPU" for e in lost)
 
 
+@pytest.mark.powerpc
+@pytest.mark.arm64
 def test_vfio_creation_race(kvm: kvmdev.Kvm) -> None:
     """One VFIO device per VM: of eight threads creating it, one wins, the rest
     get EBUSY (kvm_vfio_create under kvm->lock)."""
@@ -71,26 +78,56 @@ def test_vfio_creation_race(kvm: kvmdev.Kvm) -> None:
         assert {e.errno for e in lost} == {E.EBUSY}
 
 
+@pytest.mark.powerpc
+@pytest.mark.arm64
 def test_each_thread_its_own_vcpu(kvm: kvmdev.Kvm) -> None:
-    """A vCPU per thread, its attribute written and read back 200 times: every
-    thread reads only its own value (the x86 TSC offset; the "-fc-" hosts here
-    pin it at 0, see test_x86_attrs, so there every call must still succeed)."""
-    if kvm.arch != "x86_64":
-        pytest.skip("the attribute used is the x86 TSC offset")
+    """A vCPU per thread, a per-vCPU value written and read back 200 times: every
+    thread reads only its own.  x86: the TSC offset (the "-fc-" hosts here pin it
+    at 0, see test_x86_attrs, so there every call must still succeed); powerpc:
+    the CPPR of the vCPU's XICS presentation controller; arm64: register x0."""
+    if kvm.arch not in ("x86_64", "powerpc", "arm64"):
+        pytest.skip("the per-vCPU values used are x86's TSC offset, powerpc's ICP and arm64's x0")
     pinned = "-fc-" in os.uname().release and kvm.backend == "real"
     with kvm.create_vm() as vm:
         cpus = [vm.create_vcpu(i) for i in range(N)]
+        if kvm.arch == "arm64":
+            for c in cpus:
+                c.vcpu_init(["PSCI_0_2"])
 
-        def work(i: int) -> int:
-            bad = 0
-            for r in range(200):
-                v = (i << 40) | r
-                cpus[i].tsc_offset = v
-                bad += cpus[i].tsc_offset != (0 if pinned else v)
-            return bad
+            def work(i: int) -> int:
+                bad = 0
+                for r in range(200):
+                    v = (i << 32) | r
+                    cpus[i].set_one_reg("x0", v)
+                    bad += cpus[i].get_one_reg("x0") != v
+                return bad
+        elif kvm.arch == "powerpc":
+            from kvmdev.devices.xics import IcpState
+            xics = vm.create_device("XICS")
+            for c in cpus:
+                c.enable_cap("KVM_CAP_PPC_PAPR")
+                xics.connect(c)
+
+            def work(i: int) -> int:
+                bad = 0
+                for r in range(200):
+                    v = (i * 31 + r) & 0xFF
+                    xics.set_icp(cpus[i], IcpState(cppr=v))
+                    bad += xics.icp(cpus[i]).cppr != v
+                return bad
+        else:
+            def work(i: int) -> int:
+                bad = 0
+                for r in range(200):
+                    v = (i << 40) | r
+                    cpus[i].tsc_offset = v
+                    bad += cpus[i].tsc_offset != (0 if pinned else v)
+                return bad
         assert race(work) == [0] * N
 
 
+@pytest.mark.powerpc
+@pytest.mark.arm64
 def test_kvm_run_is_mapped_once(kvm: kvmdev.Kvm) -> None:
     """The lazily mapped struct kvm_run: eight threads' first use get one map."""
     with kvm.create_vm() as vm:

@@ -41,7 +41,7 @@
 # qemu-system-arm cpio (and python3.11-minimal for .pyc precompilation).
 set -euo pipefail
 
-RECIPE_VERSION=5   # bump to force a rebuild of the cached base initramfs
+RECIPE_VERSION=6   # bump to force a rebuild of the cached base initramfs
 SOURCES=${ARM64KVM_SOURCES:-/etc/apt/sources.list.d/debian.sources}
 
 GIC=3 SMP=2 MEM=2048 TIMEOUT=600 KSERIES=6.12 VERBOSE=0 PREPARE=0 DEBARCH=${GUEST_ARCH:-arm64}
@@ -194,6 +194,9 @@ mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
+# a cgroup-v1 memory controller, for the tests that need a memory limit (ENOMEM)
+mount -t tmpfs cgroup /sys/fs/cgroup 2>/dev/null && mkdir -p /sys/fs/cgroup/memory \
+  && mount -t cgroup -o memory memory /sys/fs/cgroup/memory 2>/dev/null
 NONCE=$(cat /arm64kvm/nonce 2>/dev/null || echo none)
 echo "@@INIT uptime=$(cut -d' ' -f1 /proc/uptime) $(uname -r) $(uname -m)@@"
 for m in $(cat /arm64kvm/modules 2>/dev/null); do insmod "/arm64kvm/$m" || echo "@@INSMOD $m failed@@"; done

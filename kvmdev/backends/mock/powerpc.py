@@ -366,6 +366,9 @@ class ArchModel(_Base):
     def vcpu_part(self, vcpu: MockVcpu) -> PpcVcpu:
         return PpcVcpu(vcpu)
 
+    def signal_msi(self, vm: MockVm, msi: object) -> int:
+        raise Errno(E.ENOTTY)        # no KVM_SIGNAL_MSI on powerpc (no CONFIG_HAVE_KVM_MSI)
+
     def irq_line(self, vm: MockVm, irq: int, level: int) -> int:
         """kvm_vm_ioctl_irq_line: ENXIO without an in-kernel irqchip."""
         xics = next((d for d in vm.devices if isinstance(d, XicsModel)), None)
