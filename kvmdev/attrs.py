@@ -9,10 +9,11 @@ kvmdev.devices register their tables on import.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .arch import Arch
+    from .fd import _AttrTarget
 
 RW, RO, WO = "rw", "r", "w"
 
@@ -128,3 +129,57 @@ def _resolve(arch: "Arch", target: str) -> AttrTable:
             t.attrs.setdefault(gv, {}).setdefault(av, a)
             t.attr_values.setdefault(gv, {})[a.name] = av
     return t
+
+
+class AttrOps(Protocol):
+    """What an fd class gives the per-family attribute mixins (Arm64VcpuAttrs,
+    X86VcpuAttrs...): they are methods of Kvm, Vm and Vcpu, typed against this."""
+
+    def get_attr(self, group: int | str, attr: int | str, *, ctype: str | None = None,
+                 value_in: Any = None) -> Any: ...
+
+    def set_attr(self, group: int | str, attr: int | str, value: Any = None, *,
+                 ctype: str | None = None) -> None: ...
+
+
+class VcpuOps(AttrOps, Protocol):
+    id: int
+
+    @property
+    def vm(self) -> Any: ...
+
+
+class attr_property:
+    """A typed attribute as a Python property: KVM_GET_DEVICE_ATTR on read,
+    KVM_SET_DEVICE_ATTR on assignment (read-only/write-only per ``access``).
+    The fast path is one dict lookup, one buffer and one C call."""
+
+    def __init__(self, group: str, attr: str, access: str = "rw", doc: str = "") -> None:
+        self.key = (group, attr)
+        self.access = access
+        self.__doc__ = f"KVM_{{GET,SET}}_DEVICE_ATTR {group}/{attr}" + (f": {doc}" if doc else "")
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: _AttrTarget | None, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        if "r" not in self.access:
+            raise AttributeError(f"{self.key[1]} is write-only")
+        spec = obj._specs.get(self.key) or obj._spec(*self.key, None)
+        buf = spec.new()
+        fd = obj._acquire()
+        try:
+            r = obj._attr_fn(fd, obj._get_req, spec.group, spec.attr, buf)
+        finally:
+            obj._release()
+        if r < 0:
+            raise obj._attr_error(-r, 1, spec.group, spec.attr, spec.given)
+        return spec.decode(buf)
+
+    def __set__(self, obj: _AttrTarget, value: Any) -> None:
+        if "w" not in self.access:
+            raise AttributeError(f"{self.key[1]} is read-only")
+        obj.set_attr(*self.key, value)
+

@@ -14,16 +14,28 @@ import re
 import struct
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, NamedTuple, Sequence, overload
 
 from . import arm64 as _arm64
 from . import attrs as _attrs
 from .arch import Arch, DeviceType, device_type_name
 from .errnos import meaning
+from .attrs import attr_property  # noqa: F401  (its home was here)
+# per-family typed attributes of the system, VM and vCPU fds, mixed in below
+# (these modules import nothing of fd at run time)
+from .devices.arm64_vcpu import Arm64VcpuAttrs, Arm64VmAttrs
+from .devices.x86 import X86SystemAttrs, X86VcpuAttrs
 from .errors import ClosedError, KvmError
 
 if TYPE_CHECKING:
     from .backends import Backend
+    from .devices.flic import Flic
+    from .devices.its import Its
+    from .devices.mpic import Mpic
+    from .devices.vfio import Vfio
+    from .devices.vgic import VgicV2, VgicV3
+    from .devices.vgic_v5 import VgicV5
+    from .devices.xics import Xics
 
 _INT_CTYPES = {"__u8", "__u16", "__u32", "__u64", "__s8", "__s16", "__s32", "__s64", "int"}
 
@@ -464,41 +476,6 @@ def _first(b: Any) -> Any:
     return b[0]
 
 
-class attr_property:
-    """A typed attribute as a Python property: KVM_GET_DEVICE_ATTR on read,
-    KVM_SET_DEVICE_ATTR on assignment (read-only/write-only per ``access``).
-    The fast path is one dict lookup, one buffer and one C call."""
-
-    def __init__(self, group: str, attr: str, access: str = "rw", doc: str = "") -> None:
-        self.key = (group, attr)
-        self.access = access
-        self.__doc__ = f"KVM_{{GET,SET}}_DEVICE_ATTR {group}/{attr}" + (f": {doc}" if doc else "")
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj: "_AttrTarget | None", owner: type | None = None) -> Any:
-        if obj is None:
-            return self
-        if "r" not in self.access:
-            raise AttributeError(f"{self.key[1]} is write-only")
-        spec = obj._specs.get(self.key) or obj._spec(*self.key, None)
-        buf = spec.new()
-        fd = obj._acquire()
-        try:
-            r = obj._attr_fn(fd, obj._get_req, spec.group, spec.attr, buf)
-        finally:
-            obj._release()
-        if r < 0:
-            raise obj._attr_error(-r, 1, spec.group, spec.attr, spec.given)
-        return spec.decode(buf)
-
-    def __set__(self, obj: "_AttrTarget", value: Any) -> None:
-        if "w" not in self.access:
-            raise AttributeError(f"{self.key[1]} is read-only")
-        obj.set_attr(*self.key, value)
-
-
 def _pack(ffi: Any, ct: str, value: Any, names: tuple[str, str]) -> Any:
     if ct.endswith("]"):
         buf = ffi.new(ct)
@@ -526,7 +503,7 @@ def _pack(ffi: Any, ct: str, value: Any, names: tuple[str, str]) -> Any:
         raise TypeError(f"{names[0]}/{names[1]} takes {ct}: {e}") from None
 
 
-class Kvm(_AttrTarget):
+class Kvm(_AttrTarget, X86SystemAttrs):
     """The system fd (/dev/kvm)."""
 
     _kind = "system"
@@ -624,7 +601,7 @@ class GuestMemory:
             self.buf.close()
 
 
-class Vm(_AttrTarget):
+class Vm(_AttrTarget, Arm64VmAttrs):
     """A VM fd."""
 
     _kind = "vm"
@@ -745,7 +722,27 @@ class Vm(_AttrTarget):
             raise
         return True
 
-    def create_device(self, dtype: int | str) -> "Device":
+    # the typed class each device type gives (DEVICE_CLASSES at run time), for type checkers
+    @overload
+    def create_device(self, dtype: Literal["ARM_VGIC_V3", DeviceType.ARM_VGIC_V3]) -> VgicV3: ...
+    @overload
+    def create_device(self, dtype: Literal["ARM_VGIC_V2", DeviceType.ARM_VGIC_V2]) -> VgicV2: ...
+    @overload
+    def create_device(self, dtype: Literal["ARM_VGIC_ITS", DeviceType.ARM_VGIC_ITS]) -> Its: ...
+    @overload
+    def create_device(self, dtype: Literal["ARM_VGIC_V5", DeviceType.ARM_VGIC_V5]) -> VgicV5: ...
+    @overload
+    def create_device(self, dtype: Literal["VFIO", DeviceType.VFIO]) -> Vfio: ...
+    @overload
+    def create_device(self, dtype: Literal["FSL_MPIC_20", "FSL_MPIC_42", DeviceType.FSL_MPIC_20, DeviceType.FSL_MPIC_42]) -> Mpic: ...
+    @overload
+    def create_device(self, dtype: Literal["XICS", DeviceType.XICS]) -> Xics: ...
+    @overload
+    def create_device(self, dtype: Literal["FLIC", DeviceType.FLIC]) -> Flic: ...
+    @overload
+    def create_device(self, dtype: int | str) -> Device: ...
+
+    def create_device(self, dtype: int | str) -> Device:
         """KVM_CREATE_DEVICE; returns the typed class of the device family
         (e.g. kvmdev.devices.vfio.Vfio) or a plain Device."""
         t = _devtype(dtype)
@@ -794,7 +791,7 @@ def _need_arch(obj: _Fd, arch: str, ioctl: str) -> None:
         raise ValueError(f"{ioctl} is an {arch} ioctl; this {obj._target_label()} is {obj._arch.name}")
 
 
-class Vcpu(_AttrTarget):
+class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
     """A vCPU fd."""
 
     _kind = "vcpu"

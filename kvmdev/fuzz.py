@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from .errors import ClosedError, KvmError
 from .fd import Kvm
+from .devices.xics import Xics
 
 Op = tuple   # ("attr", target, ioctl, group, attr, value) | ("reg", frame, name, value) | ("create",)
 IOCTLS = ("KVM_HAS_DEVICE_ATTR", "KVM_GET_DEVICE_ATTR", "KVM_SET_DEVICE_ATTR")
@@ -53,7 +54,7 @@ def _machine(kvm: Kvm, device: str) -> tuple[Any, dict[str, Any]]:
         for c in cpus:
             c.vcpu_init(["PSCI_0_2", "PMU_V3"])
     dev = vm.create_device(device)
-    if device == "XICS":
+    if isinstance(dev, Xics):
         for c in cpus:
             c.enable_cap("KVM_CAP_PPC_PAPR")
             dev.connect(c)

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs in the dependency set
 import pytest
 
 import kvmdev

@@ -334,3 +334,12 @@ def test_ioctl_numbers_match_kernel(probe: ArchProbe) -> None:
             problems.append(f"{a}: {name}: ours {ioctl.number:#010x} (dir {ioctl.direction}, size {ioctl.size}), "
                             f"kernel {kernel:#010x}")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "arm64", "powerpc", "s390"])
+def test_device_type_enum_is_kvm_h(arch: str) -> None:
+    """kvmdev.DeviceType, spelt out for type checkers, is enum kvm_device_type as
+    compiled from cdefs for every architecture: the same names and values."""
+    from kvmdev.arch import DeviceType
+    consts = get_arch(arch).constants("KVM_DEV_TYPE_")
+    assert {f"KVM_DEV_TYPE_{m.name}": int(m) for m in DeviceType} == consts

@@ -239,7 +239,7 @@ def test_no_permission_message() -> None:
         pytest.skip("/dev/kvm is world-accessible here")
     # Import as root, then drop to nobody: the interpreter's own files may not be
     # readable by nobody, /dev/kvm is what must refuse.
-    code = ("import os, pwd, kvmdev, kvmdev.backends.guard\n"
+    code = ("import os, pwd, kvmdev, kvmdev.backends.guard\nkvmdev.get_arch()   # loads the cffi extension\n"
             "pw = pwd.getpwnam('nobody'); os.setgroups([]); os.setgid(pw.pw_gid); os.setuid(pw.pw_uid)\n"
             "try:\n    kvmdev.open('real')\n"
             "except kvmdev.KvmUnavailable as e:\n    print(e.errno_name, e)\n")

@@ -70,3 +70,27 @@ def test_run_immediate_exit(vm: kvmdev.Vm) -> None:
     assert vcpu.kvm_run.immediate_exit == 0  # reset after the call
     vcpu.close()
     assert vcpu.closed
+
+
+def test_create_device_overloads_match_the_classes() -> None:
+    """Vm.create_device's overloads (what type checkers see) give, for every
+    device type with a typed class, that class, by name and by DeviceType
+    member: read from fd.py's source, compared with DEVICE_CLASSES (what the
+    call returns at run time)."""
+    import ast
+    import inspect
+    from kvmdev import fd
+    tree = ast.parse(inspect.getsource(fd))
+    typed: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.FunctionDef) and node.name == "create_device" and node.decorator_list):
+            continue
+        ann, ret = node.args.args[1].annotation, node.returns
+        assert isinstance(ret, ast.Name)
+        if isinstance(ann, ast.Subscript) and getattr(ann.value, "id", "") == "Literal":
+            elts = ann.slice.elts if isinstance(ann.slice, ast.Tuple) else [ann.slice]
+            names = {e.value for e in elts if isinstance(e, ast.Constant)}
+            members = {e.attr for e in elts if isinstance(e, ast.Attribute)}
+            assert names == members, (names, members)          # both spellings, the same set
+            typed.update({n: ret.id for n in names})
+    assert typed == {n: c.__name__ for n, c in fd.DEVICE_CLASSES.items()}

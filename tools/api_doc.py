@@ -6,11 +6,13 @@ from __future__ import annotations
 import inspect
 import sys
 from pathlib import Path
+from types import FunctionType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import kvmdev  # noqa: E402
 from kvmdev import cli, pytest_plugin  # noqa: E402
+from kvmdev.attrs import attr_property  # noqa: E402
 from kvmdev.devices import (arm64_vcpu, flic, gicstate, its, mpic, s390_vm, vfio, vgic, vgic_v5,  # noqa: E402
                             x86, xics)
 
@@ -33,8 +35,11 @@ def render() -> str:
                 sig = "" if inspect.isclass(obj) else str(inspect.signature(obj))
                 out += [f"### `{name}{sig}`", "", _doc(obj) or "(no docstring)", ""]
                 if inspect.isclass(obj):
+                    mixins = [b for b in obj.__bases__ if b.__module__.startswith("kvmdev.devices.")]
+                    if mixins:
+                        out += ["Also: " + ", ".join(f"`{b.__name__}` ({b.__module__})" for b in mixins), ""]
                     for mname, m in vars(obj).items():
-                        if mname.startswith("_") or not (inspect.isfunction(m) or isinstance(m, property)):
+                        if mname.startswith("_") or not isinstance(m, (FunctionType, property, attr_property)):
                             continue
                         target = m.fget if isinstance(m, property) else m
                         doc = _doc(target)

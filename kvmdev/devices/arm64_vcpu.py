@@ -17,12 +17,9 @@ rule; set_attr() is the raw path, for what the kernel itself answers.
 """
 from __future__ import annotations
 
-from typing import Any
-
-from ..attrs import RW, WO, Attr, Group, register
+from ..attrs import RW, WO, AttrOps, Attr, Group, VcpuOps, register
 from ..errnos import register as _register_errnos
 from ..errors import KvmError
-from ..fd import Vcpu, Vm
 
 ARM64 = ("arm64",)
 PMU, TIMER, PVTIME = "KVM_ARM_VCPU_PMU_V3_CTRL", "KVM_ARM_VCPU_TIMER_CTRL", "KVM_ARM_VCPU_PVTIME_CTRL"
@@ -93,7 +90,7 @@ _register_errnos({
 INVALID_GPA = (1 << 64) - 1
 
 
-def _pmu_irq_rule(vcpu: Vcpu, irq: int) -> None:
+def _pmu_irq_rule(vcpu: VcpuOps, irq: int) -> None:
     """vcpu.rst: "a PPI or SPI, but the interrupt type must be same for each vcpu.
     As a PPI, the interrupt number is the same for all vcpus, while as an SPI it
     must be a separate number per vcpu"."""
@@ -111,93 +108,83 @@ def _pmu_irq_rule(vcpu: Vcpu, irq: int) -> None:
                              "the same PPI on every vCPU, or a different SPI per vCPU (vcpu.rst)")
 
 
-def _pmu_irq_get(self: Vcpu) -> int:
-    """KVM_ARM_VCPU_PMU_V3_IRQ (ENXIO until set)."""
-    return int(self.get_attr(PMU, "KVM_ARM_VCPU_PMU_V3_IRQ"))
+class Arm64VcpuAttrs:
+    """Typed arm64 vCPU attributes (mixed into Vcpu)."""
+
+    @property
+    def pmu_irq(self: VcpuOps) -> int:
+        """KVM_ARM_VCPU_PMU_V3_IRQ (ENXIO until set)."""
+        return int(self.get_attr(PMU, "KVM_ARM_VCPU_PMU_V3_IRQ"))
+
+    @pmu_irq.setter
+    def pmu_irq(self: VcpuOps, irq: int) -> None:
+        _pmu_irq_rule(self, irq)
+        self.set_attr(PMU, "KVM_ARM_VCPU_PMU_V3_IRQ", irq)
+
+    def pmu_init(self: AttrOps) -> None:
+        """KVM_ARM_VCPU_PMU_V3_INIT (after the VGIC's CTRL_INIT, with the IRQ set)."""
+        self.set_attr(PMU, "KVM_ARM_VCPU_PMU_V3_INIT")
+
+    def pmu_filter(self: AttrOps, base_event: int, nevents: int, action: str = "allow") -> None:
+        """KVM_ARM_VCPU_PMU_V3_FILTER: allow or deny events base_event..+nevents-1
+        (VM-wide; the first filter makes the rest denied (allow) or allowed (deny))."""
+        if action not in PMU_EVENT_ACTIONS:
+            raise ValueError(f"action is one of {', '.join(PMU_EVENT_ACTIONS)}, not {action!r}")
+        self.set_attr(PMU, "KVM_ARM_VCPU_PMU_V3_FILTER",
+                      {"base_event": base_event, "nevents": nevents, "action": PMU_EVENT_ACTIONS[action]})
+
+    def set_pmu(self: AttrOps, pmu_type: int) -> None:
+        """KVM_ARM_VCPU_PMU_V3_SET_PMU: the host PMU by its perf type
+        (/sys/bus/event_source/devices/<pmu>/type)."""
+        self.set_attr(PMU, "KVM_ARM_VCPU_PMU_V3_SET_PMU", pmu_type)
+
+    def timer_irq(self: AttrOps, timer: str) -> int:
+        """KVM_ARM_VCPU_TIMER_IRQ_<timer>: VTIMER, PTIMER, HVTIMER, HPTIMER."""
+        if timer not in TIMERS:
+            raise ValueError(f"timer is one of {', '.join(TIMERS)}, not {timer!r}")
+        return int(self.get_attr(TIMER, f"KVM_ARM_VCPU_TIMER_IRQ_{timer}"))
+
+    def set_timer_irq(self: AttrOps, timer: str, ppi: int) -> None:
+        """Set a timer's PPI: on 6.12 for the whole VM, on 6.1 for every vCPU that
+        exists now.  Refused here (ValueError) if it breaks vcpu.rst: a PPI (16..31),
+        and "setting the same PPI for different timers will prevent the VCPUs from
+        running" (the kernel accepts it and fails the first KVM_RUN)."""
+        if timer not in TIMERS:
+            raise ValueError(f"timer is one of {', '.join(TIMERS)}, not {timer!r}")
+        if not 16 <= ppi < 32:
+            raise ValueError(f"timer interrupt {ppi}: it must be a PPI (16 <= intid < 32) (vcpu.rst)")
+        for other in TIMERS:
+            if other == timer:
+                continue
+            try:
+                theirs = int(self.get_attr(TIMER, f"KVM_ARM_VCPU_TIMER_IRQ_{other}"))
+            except KvmError:   # a timer this kernel lacks (ENXIO on 6.1)
+                continue
+            if theirs == ppi:
+                raise ValueError(f"PPI {ppi} is the {other}'s: setting the same PPI for different timers will "
+                                 "prevent the VCPUs from running (vcpu.rst)")
+        self.set_attr(TIMER, f"KVM_ARM_VCPU_TIMER_IRQ_{timer}", ppi)
+
+    @property
+    def pvtime_ipa(self: AttrOps) -> int:
+        """KVM_ARM_VCPU_PVTIME_IPA (INVALID_GPA, all ones, until set)."""
+        return int(self.get_attr(PVTIME, "KVM_ARM_VCPU_PVTIME_IPA"))
+
+    @pvtime_ipa.setter
+    def pvtime_ipa(self: AttrOps, ipa: int) -> None:
+        if ipa % 64:
+            raise ValueError(f"stolen-time IPA {ipa:#x} is not 64-byte aligned (vcpu.rst)")
+        self.set_attr(PVTIME, "KVM_ARM_VCPU_PVTIME_IPA", ipa)
 
 
-def _pmu_irq_set(self: Vcpu, irq: int) -> None:
-    _pmu_irq_rule(self, irq)
-    self.set_attr(PMU, "KVM_ARM_VCPU_PMU_V3_IRQ", irq)
+class Arm64VmAttrs:
+    """Typed arm64 VM attributes (mixed into Vm)."""
 
-
-def pmu_init(self: Vcpu) -> None:
-    """KVM_ARM_VCPU_PMU_V3_INIT (after the VGIC's CTRL_INIT, with the IRQ set)."""
-    self.set_attr(PMU, "KVM_ARM_VCPU_PMU_V3_INIT")
-
-
-def pmu_filter(self: Vcpu, base_event: int, nevents: int, action: str = "allow") -> None:
-    """KVM_ARM_VCPU_PMU_V3_FILTER: allow or deny events base_event..+nevents-1
-    (VM-wide; the first filter makes the rest denied (allow) or allowed (deny))."""
-    if action not in PMU_EVENT_ACTIONS:
-        raise ValueError(f"action is one of {', '.join(PMU_EVENT_ACTIONS)}, not {action!r}")
-    self.set_attr(PMU, "KVM_ARM_VCPU_PMU_V3_FILTER",
-                  {"base_event": base_event, "nevents": nevents, "action": PMU_EVENT_ACTIONS[action]})
-
-
-def set_pmu(self: Vcpu, pmu_type: int) -> None:
-    """KVM_ARM_VCPU_PMU_V3_SET_PMU: the host PMU by its perf type
-    (/sys/bus/event_source/devices/<pmu>/type)."""
-    self.set_attr(PMU, "KVM_ARM_VCPU_PMU_V3_SET_PMU", pmu_type)
-
-
-def timer_irq(self: Vcpu, timer: str) -> int:
-    """KVM_ARM_VCPU_TIMER_IRQ_<timer>: VTIMER, PTIMER, HVTIMER, HPTIMER."""
-    if timer not in TIMERS:
-        raise ValueError(f"timer is one of {', '.join(TIMERS)}, not {timer!r}")
-    return int(self.get_attr(TIMER, f"KVM_ARM_VCPU_TIMER_IRQ_{timer}"))
-
-
-def set_timer_irq(self: Vcpu, timer: str, ppi: int) -> None:
-    """Set a timer's PPI: on 6.12 for the whole VM, on 6.1 for every vCPU that
-    exists now.  Refused here (ValueError) if it breaks vcpu.rst: a PPI (16..31),
-    and "setting the same PPI for different timers will prevent the VCPUs from
-    running" (the kernel accepts it and fails the first KVM_RUN)."""
-    if timer not in TIMERS:
-        raise ValueError(f"timer is one of {', '.join(TIMERS)}, not {timer!r}")
-    if not 16 <= ppi < 32:
-        raise ValueError(f"timer interrupt {ppi}: it must be a PPI (16 <= intid < 32) (vcpu.rst)")
-    for other in TIMERS:
-        if other == timer:
-            continue
-        try:
-            theirs = timer_irq(self, other)
-        except KvmError:   # a timer this kernel lacks (ENXIO on 6.1)
-            continue
-        if theirs == ppi:
-            raise ValueError(f"PPI {ppi} is the {other}'s: setting the same PPI for different timers will "
-                             "prevent the VCPUs from running (vcpu.rst)")
-    self.set_attr(TIMER, f"KVM_ARM_VCPU_TIMER_IRQ_{timer}", ppi)
-
-
-def _pvtime_get(self: Vcpu) -> int:
-    """KVM_ARM_VCPU_PVTIME_IPA (INVALID_GPA, all ones, until set)."""
-    return int(self.get_attr(PVTIME, "KVM_ARM_VCPU_PVTIME_IPA"))
-
-
-def _pvtime_set(self: Vcpu, ipa: int) -> None:
-    if ipa % 64:
-        raise ValueError(f"stolen-time IPA {ipa:#x} is not 64-byte aligned (vcpu.rst)")
-    self.set_attr(PVTIME, "KVM_ARM_VCPU_PVTIME_IPA", ipa)
-
-
-def smccc_filter(self: Vm, base: int, nr_functions: int, action: str = "HANDLE") -> None:
-    """KVM_ARM_VM_SMCCC_FILTER: apply ``action`` (HANDLE, DENY, FWD_TO_USER) to
-    the SMCCC function ids base..base+nr_functions-1, before any vCPU runs.
-    Ranges may not overlap each other or KVM's own SMCCC architecture ranges."""
-    if action not in SMCCC_FILTER_ACTIONS:
-        raise ValueError(f"action is one of {', '.join(SMCCC_FILTER_ACTIONS)}, not {action!r}")
-    self.set_attr(SMCCC, "KVM_ARM_VM_SMCCC_FILTER", {"base": base, "nr_functions": nr_functions,
-                                                      "action": SMCCC_FILTER_ACTIONS.index(action)})
-
-
-Vm.smccc_filter = smccc_filter   # type: ignore[attr-defined]
-
-_METHODS: dict[str, Any] = {
-    "pmu_irq": property(_pmu_irq_get, _pmu_irq_set, doc=_pmu_irq_get.__doc__),
-    "pmu_init": pmu_init, "pmu_filter": pmu_filter, "set_pmu": set_pmu,
-    "timer_irq": timer_irq, "set_timer_irq": set_timer_irq,
-    "pvtime_ipa": property(_pvtime_get, _pvtime_set, doc=_pvtime_get.__doc__),
-}
-for _name, _fn in _METHODS.items():
-    setattr(Vcpu, _name, _fn)
+    def smccc_filter(self: AttrOps, base: int, nr_functions: int, action: str = "HANDLE") -> None:
+        """KVM_ARM_VM_SMCCC_FILTER: apply ``action`` (HANDLE, DENY, FWD_TO_USER) to
+        the SMCCC function ids base..base+nr_functions-1, before any vCPU runs.
+        Ranges may not overlap each other or KVM's own SMCCC architecture ranges."""
+        if action not in SMCCC_FILTER_ACTIONS:
+            raise ValueError(f"action is one of {', '.join(SMCCC_FILTER_ACTIONS)}, not {action!r}")
+        self.set_attr(SMCCC, "KVM_ARM_VM_SMCCC_FILTER", {"base": base, "nr_functions": nr_functions,
+                                                          "action": SMCCC_FILTER_ACTIONS.index(action)})

@@ -1,8 +1,7 @@
 """x86 system-fd and vCPU attributes (vcpu.rst 4.; api.rst KVM_GET_DEVICE_ATTR on /dev/kvm)."""
 from __future__ import annotations
 
-from ..attrs import RO, RW, Attr, Group, register
-from ..fd import Kvm, Vcpu, attr_property
+from ..attrs import RO, RW, Attr, Group, attr_property, register
 
 X86 = ("x86_64",)
 
@@ -26,8 +25,15 @@ register("vcpu", [
 ])
 
 
-Kvm.xcomp_guest_supp = attr_property(  # type: ignore[attr-defined]
-    "KVM_X86_GRP_SYSTEM", "KVM_X86_XCOMP_GUEST_SUPP", RO,
-    "XSAVE components (XCR0 bits) that KVM can expose to guests (x86)")
-Vcpu.tsc_offset = attr_property(  # type: ignore[attr-defined]
-    "KVM_VCPU_TSC_CTRL", "KVM_VCPU_TSC_OFFSET", RW, "the vCPU's TSC offset (x86)")
+class X86SystemAttrs:
+    """Typed x86 attributes of the system fd (mixed into Kvm)."""
+
+    xcomp_guest_supp = attr_property(
+        "KVM_X86_GRP_SYSTEM", "KVM_X86_XCOMP_GUEST_SUPP", RO,
+        "XSAVE components (XCR0 bits) that KVM can expose to guests (x86)")
+
+
+class X86VcpuAttrs:
+    """Typed x86 vCPU attributes (mixed into Vcpu)."""
+
+    tsc_offset = attr_property("KVM_VCPU_TSC_CTRL", "KVM_VCPU_TSC_OFFSET", RW, "the vCPU's TSC offset (x86)")
