@@ -34,7 +34,7 @@ fuzz: $(STAMP)
 	for p in book3s e500; do $(PYTHON) -m kvmdev.fuzz --backend mock --arch powerpc --ppc-platform $$p --ops 100000 || exit 1; done
 	for k in 6.12 6.1; do for g in 3 2 5; do \
 	  $(PYTHON) -m kvmdev.fuzz --backend mock --arch arm64 --kernel $$k --gic $$g --ops 100000 || exit 1; done; done
-	$(PYTHON) -m kvmdev.fuzz --backend real --ops 10000
+	$(PYTHON) -m kvmdev.fuzz --backend real --ops 10000 --differential
 	bash tools/guests/fuzz-guests.sh --ops 10000 --differential
 	bash tools/guests/fuzz-guests.sh --arch ppc64el --ops 10000 --differential
 

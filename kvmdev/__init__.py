@@ -8,6 +8,7 @@ KVM_{SET,GET,HAS}_DEVICE_ATTR on device, VM, vCPU and system fds), typed.
 """
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -21,6 +22,8 @@ __all__ = ["open", "BACKENDS", "Kvm", "Vm", "Vcpu", "Device", "DeviceType", "Gue
 __version__ = "0.1.0"
 
 BACKENDS = ("auto", "real", "mock")
+# open("/dev/kvm") errnos that mean "no KVM for this process here": "auto" then uses the mock
+NO_KVM_ERRNOS = frozenset({errno.ENOENT, errno.ENXIO, errno.ENODEV, errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 def open(backend: str = "auto", arch: str | None = None, *, guard_buffers: bool | None = None,  # noqa: A001
@@ -28,7 +31,10 @@ def open(backend: str = "auto", arch: str | None = None, *, guard_buffers: bool 
     """Open a system handle.
 
     ``backend``: "real" (/dev/kvm), "mock" (in-process emulator) or "auto" (real
-    when /dev/kvm opens and ``arch`` is the host's, else mock).  The environment
+    when /dev/kvm opens and ``arch`` is the host's; the mock when /dev/kvm is
+    missing, not permitted or KVM is disabled (NO_KVM_ERRNOS), or ``arch`` is
+    another; any other failure to open /dev/kvm is raised).  ``Kvm.backend_reason``
+    says why.  The environment
     variable KVMDEV_BACKEND overrides it.  ``arch`` picks the mock's architecture
     (x86_64, arm64, powerpc, s390); ``mock_host`` overrides fields of the mock's
     HostProfile.  ``guard_buffers`` (or KVMDEV_GUARD_BUFFERS=1): debug mode in
@@ -48,7 +54,9 @@ def open(backend: str = "auto", arch: str | None = None, *, guard_buffers: bool 
                 kvm.backend_reason = "requested" if backend == "real" else "/dev/kvm opened"
                 return kvm
             except KvmUnavailable as e:
-                if backend == "real":
+                # "auto" takes the mock only where this host has no usable KVM;
+                # a transient failure (EMFILE, ENFILE, ENOMEM, EINTR...) is raised
+                if backend == "real" or e.errno not in NO_KVM_ERRNOS:
                     raise
                 reason = f"/dev/kvm unusable ({e.errno_name}): {e.meaning}"
         else:

@@ -57,3 +57,11 @@ class ClosedError(ValueError):
 class SequenceError(RuntimeError):
     """A step of a documented save/restore sequence taken out of order; the
     message quotes the rule."""
+
+
+def add_note(e: BaseException, text: str) -> None:
+    """BaseException.add_note (3.11+), or its __notes__ list on 3.10."""
+    if hasattr(e, "add_note"):
+        e.add_note(text)
+    else:
+        e.__notes__ = [*getattr(e, "__notes__", []), text]   # type: ignore[attr-defined]

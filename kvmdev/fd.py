@@ -25,7 +25,7 @@ from .attrs import attr_property  # noqa: F401  (its home was here)
 # (these modules import nothing of fd at run time)
 from .devices.arm64_vcpu import Arm64VcpuAttrs, Arm64VmAttrs
 from .devices.x86 import X86SystemAttrs, X86VcpuAttrs
-from .errors import ClosedError, KvmError
+from .errors import ClosedError, KvmError, add_note
 
 if TYPE_CHECKING:
     from .backends import Backend
@@ -88,6 +88,7 @@ class _Fd:
         self._lock = threading.RLock()
         if parent is not None:
             parent._children[id(self)] = self
+            parent._child_opened(id(self))
 
     # -- lifetime --------------------------------------------------------
     @property
@@ -129,6 +130,14 @@ class _Fd:
 
     def _after_close(self) -> None:
         """What goes with the fd once it is really closed (a vCPU's kvm_run map)."""
+        if self._parent is not None:
+            self._parent._child_gone(id(self))
+
+    def _child_opened(self, key: int) -> None:
+        """A child fd exists (the VM keeps its guest memory until none is left)."""
+
+    def _child_gone(self, key: int) -> None:
+        """A child's fd is really closed: no call of it is in flight any more."""
 
     def _refuse(self, fd: int) -> None:
         if fd < 0:
@@ -165,6 +174,8 @@ class _Fd:
             if self._fd >= 0:
                 fd, self._fd = self._fd, -1
                 self._backend.close(fd)
+                if self._parent is not None:
+                    self._parent._child_gone(id(self))
         except Exception:
             pass
 
@@ -442,7 +453,7 @@ class AttrProgram:
             if done < self.n:
                 s = self.specs[done]
                 e = t._attr_error(-self.err[0], self.which, s.group, s.attr, s.given)
-                e.add_note(f"attr_batch: {done} of {self.n} done before this one")
+                add_note(e, f"attr_batch: {done} of {self.n} done before this one")
                 raise e
             if values is not None:
                 return tuple(values)
@@ -606,15 +617,32 @@ class Vm(_AttrTarget, Arm64VmAttrs):
 
     _kind = "vm"
     machine_type = 0
+    _vm_fd_gone = False
 
     def __init__(self, backend: "Backend", fd: int, parent: "_Fd") -> None:
+        self._live_children: set[int] = set()
         super().__init__(backend, fd, parent)
         self.memory: dict[int, GuestMemory] = {}
 
-    def close(self) -> None:
-        with self._lock:
-            super().close()
-            for m in self.memory.values():
+    # Guest memory is unmapped only when nothing can reach it any more: the VM fd
+    # and every vCPU/device fd really closed (a KVM_RUN in flight on another thread
+    # keeps its vCPU fd, and the guest keeps using the memory, until it returns).
+    # Unmapping earlier would let the guest write into whatever is mapped there next.
+    def _child_opened(self, key: int) -> None:
+        self._live_children.add(key)
+
+    def _child_gone(self, key: int) -> None:
+        self._live_children.discard(key)
+        self._free_memory_if_unreachable()
+
+    def _after_close(self) -> None:
+        super()._after_close()
+        self._vm_fd_gone = True
+        self._free_memory_if_unreachable()
+
+    def _free_memory_if_unreachable(self) -> None:
+        if self._vm_fd_gone and not self._live_children:
+            for m in list(self.memory.values()):
                 m.close()
             self.memory.clear()
 
@@ -876,15 +904,21 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
             with self._lock:        # two threads' first use: one map
                 if self._run is None:
                     size = self.vm._parent.vcpu_mmap_size  # type: ignore[union-attr]
+                    fd = self._acquire()
                     try:
-                        self._run_map = self._backend.mmap(self.fileno(), size)
+                        self._run_map = self._backend.mmap(fd, size)
+                        self._run = self._arch.ffi.from_buffer("struct kvm_run *", self._run_map)
                     except OSError as e:
                         raise KvmError(e.errno or E.ENOMEM, "mmap", self._target_label(),
                                        target_key=self._target_key(),
                                        detail=meaning(e.errno or E.ENOMEM, "mmap", None, None)
                                        + f" (struct kvm_run, {size} bytes)") from None
-                    self._run = self._arch.ffi.from_buffer("struct kvm_run *", self._run_map)
-        return self._run
+                    finally:
+                        self._release()     # a close meanwhile drops the map again
+        run = self._run
+        if run is None or self._fd < 0:     # closed (meanwhile)
+            self._refuse(-1)
+        return run
 
     def run(self, *, immediate_exit: bool = False) -> str:
         """KVM_RUN; returns the exit reason's kernel name.  With
@@ -939,10 +973,10 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         return run
 
     def _after_close(self) -> None:
-        if self._run is not None:
-            self._arch.ffi.release(self._run)
-            self._run = None
-            self._run_map.close()
+        # Dropped, not unmapped: a kvm_run view still held elsewhere (another
+        # thread's mmio read) keeps the mapping valid; it goes with the last one.
+        self._run = self._run_map = None
+        super()._after_close()
 
 
 def _one_reg_ctype(arch: Arch, reg_id: int) -> str:

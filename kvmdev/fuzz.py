@@ -204,10 +204,10 @@ def run(kvm: Kvm, case: Case) -> list[str]:
                     out.append(f"ok {r} {got.hex()}".rstrip())
             except KvmError as e:
                 out.append(e.errno_name)
+            except ClosedError:             # before ValueError: it is one
+                out.append("closed")
             except (ValueError, TypeError) as e:
                 out.append(f"refused: {type(e).__name__}")
-            except ClosedError:
-                out.append("closed")
             except Exception as e:   # noqa: BLE001 - the invariant under test
                 raise InvariantBroken(f"op {i} {op!r}: {type(e).__name__}: {e}") from e
     finally:
@@ -252,6 +252,24 @@ def devices(kvm: Kvm) -> list[str]:
     return types
 
 
+def record_key(kvm: Kvm) -> str:
+    """The kernel series a recorded outcome belongs to ("6.12", "6.1")."""
+    return ".".join(kvm.kernel_release.split(".")[:2])
+
+
+def _record(kvm: Kvm, path: str, gic: int | None) -> int:
+    types = set(devices(kvm))
+    with open(path) as f:
+        cases = [Case.loads(line) for line in f if line.strip()]
+    for case in cases:
+        if case.device in types:
+            print("RECORD " + json.dumps({"device": case.device, "ops": case.ops, "arch": kvm.arch,
+                                          "kernel": record_key(kvm), "gic": gic, "release": kvm.kernel_release,
+                                          "outcomes": run(kvm, case)}))
+    kvm.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """python -m kvmdev.fuzz: OPS random operations per device type (cases of
     --case-len), on one backend; --differential also runs every case on the mock
@@ -272,10 +290,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--differential", action="store_true")
     ap.add_argument("--corpus", default=None,
                     help="write each diverging case, with the real kernel's outcomes, to this directory (- : stdout)")
+    ap.add_argument("--record", default=None, metavar="JSONL",
+                    help="no fuzzing: run each case of this corpus file this KVM can run and print it, "
+                         "tagged with the kernel and GIC, with its outcomes, as a RECORD line")
     args = ap.parse_args(argv)
-    host = {k: v for k, v in (("kernel", args.kernel), ("gic", args.gic), ("ppc_platform", args.ppc_platform))
+    if args.record:
+        return _record(kvm_open(args.backend, arch=args.arch), args.record, args.gic)
+    host: dict[str, Any] = {k: v for k, v in (("kernel", args.kernel), ("gic", args.gic), ("ppc_platform", args.ppc_platform))
             if v is not None}
     kvm = kvm_open(args.backend, arch=args.arch, **(host if args.backend == "mock" else {}))
+    if kvm.arch == "x86_64" and args.backend == "real":     # the mock of this x86 host
+        host["x86_tsc_pinned"] = "-fc-" in kvm.kernel_release
     mock = kvm_open("mock", arch=kvm.arch, **host) if args.differential else None
     rng = random.Random(args.seed)
     failures, divergences = 0, 0

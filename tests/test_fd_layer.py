@@ -224,6 +224,31 @@ def test_kvm_disabled_message(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None
         assert k.backend == "mock" and "KVM is disabled" in k.backend_reason
 
 
+def test_auto_raises_transient_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the fd table full (EMFILE) /dev/kvm cannot open: "auto" raises that
+    (naming /dev/kvm) rather than silently handing out a mock."""
+    import resource
+    monkeypatch.delenv("KVMDEV_BACKEND", raising=False)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        while True:
+            try:
+                held.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError:
+                break
+        for backend in ("auto", "real"):
+            with pytest.raises(kvmdev.KvmUnavailable) as ei:
+                kvmdev.open(backend)
+            assert ei.value.errno == errno.EMFILE and ei.value.ioctl == "open"
+            assert "kvm" in ei.value.target and "mock" not in str(ei.value)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_auto_with_foreign_arch_is_mock() -> None:
     other = "arm64" if kvmdev.arch.host_arch_name() != "arm64" else "x86_64"
     with kvmdev.open("auto", arch=other) as k:
@@ -241,8 +266,11 @@ def test_no_permission_message() -> None:
     # readable by nobody, /dev/kvm is what must refuse.
     code = ("import os, pwd, kvmdev, kvmdev.backends.guard\nkvmdev.get_arch()   # loads the cffi extension\n"
             "pw = pwd.getpwnam('nobody'); os.setgroups([]); os.setgid(pw.pw_gid); os.setuid(pw.pw_uid)\n"
+            "with kvmdev.open('auto') as k:\n    print(k.backend, k.backend_reason)\n"
             "try:\n    kvmdev.open('real')\n"
             "except kvmdev.KvmUnavailable as e:\n    print(e.errno_name, e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("EACCES open on /dev/kvm: [Errno 13] EACCES: no permission to open /dev/kvm")
+    auto, real = out.stdout.splitlines()[:2]
+    assert auto.startswith("mock /dev/kvm unusable (EACCES): no permission to open /dev/kvm")   # auto's choice
+    assert real.startswith("EACCES open on /dev/kvm: [Errno 13] EACCES: no permission to open /dev/kvm")

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from ..arm64 import Affinity
-from ..errors import KvmError, SequenceError
-from .its import RESTORE_ORDER, Its, ItsState
+from ..errors import KvmError, SequenceError, add_note
+from .its import GITS, RESTORE_ORDER, Its, ItsState
 from .vgic import Registers, Vgic, VgicV2, VgicV3
 
 # version 2: GICv2 documents keep each SGI's source vCPUs (GICD_SPENDSGIRn)
@@ -401,11 +401,24 @@ def restore(gic: Vgic, doc: dict[str, Any], vcpus: Sequence[Any] | None = None, 
     any check fails), then in the kernel's order, the GIC's registers in one
     compiled batch, then each ITS's sequence.  The VGIC must have the document's
     NR_IRQS and vCPUs (by MPIDR); the guest RAM of ``doc["memory"]`` must be in
-    place before (the ITS and LPI tables are read from it)."""
+    place before (the ITS and LPI tables are read from it).
+
+    If the kernel still refuses a step (an ITS table it cannot read...), the
+    registers already written are put back as they were read before the first
+    write, and the error's note says so, or names what could not be put back."""
     vcpus = list(gic.vm.vcpus if vcpus is None else vcpus)
     its = list(its)
     by_mpidr = {_mpidr_key(c.mpidr): c for c in vcpus}
     _validate(gic, doc, by_mpidr, its)
+    before = _registers(gic, vcpus, its)
+    try:
+        _write_doc(gic, doc, vcpus, its, by_mpidr)
+    except BaseException as e:
+        add_note(e, _roll_back(gic, vcpus, its, by_mpidr, before))
+        raise
+
+
+def _write_doc(gic: Vgic, doc: dict[str, Any], vcpus: list[Any], its: list[Its], by_mpidr: dict[str, Any]) -> None:
     nr = doc["nr_irqs"]
     keys = list(doc["vcpus"])
     entries = [doc["vcpus"][k] for k in keys]
@@ -417,7 +430,7 @@ def restore(gic: Vgic, doc: dict[str, Any], vcpus: Sequence[Any] | None = None, 
         regs = _v3_walk(g3, nr, mps, iccs, True)
         labels = ["dist"] + [f"vCPU {k} {part}" for k in keys for part in ("redist", "icc")]
         _write(g3, ("restore", nr, tuple(mps), iccs), regs, sections, labels)
-        for dev, st in zip(its, doc["its"]):
+        for dev, st in zip(its, doc.get("its", [])):
             dev.restore(ItsState(st["base"], dict(st["regs"])))
     elif isinstance(gic, VgicV2):
         g2 = gic
@@ -427,6 +440,51 @@ def restore(gic: Vgic, doc: dict[str, Any], vcpus: Sequence[Any] | None = None, 
         regs = _v2_walk(g2, nr, cs, gicc, True)
         labels = ["dist"] + [f"vCPU {k} {part}" for k in keys for part in ("dist", "gicc")]
         _write(g2, ("restore", nr, tuple(c.id for c in cs), gicc), regs, sections, labels)
+
+
+def _registers(gic: Vgic, vcpus: list[Any], its: list[Its]) -> tuple[dict[str, Any], list[dict[str, int] | None]]:
+    """The GIC's and each ITS's registers, by reads only (an ITS save would write
+    its tables to guest RAM): what a failed restore is rolled back to."""
+    regs = [None if dev.base == (1 << 64) - 1 else {n: int(dev.regs[n]) for n in RESTORE_ORDER + ("GITS_CTLR",)}
+            for dev in its]
+    return save(gic, vcpus), regs
+
+
+def _roll_back(gic: Vgic, vcpus: list[Any], its: list[Its], by_mpidr: dict[str, Any],
+               before: tuple[dict[str, Any], list[dict[str, int] | None]]) -> str:
+    """Put the registers back as ``before``; say what is still different."""
+    doc, its_regs = before
+    failed: list[str] = []
+    for n, (dev, regs) in enumerate(zip(its, its_regs)):
+        if regs is None:
+            continue
+        try:        # CTRL_RESET: disabled, the tables unmapped, GITS_CBASER/CREADR/CWRITER 0
+            dev.reset()
+            for name in RESTORE_ORDER:
+                if dev.regs[name] != regs[name]:
+                    dev.regs[name] = regs[name]
+            dev.regs["GITS_CTLR"] = regs["GITS_CTLR"]
+        except Exception as e:  # noqa: BLE001 - reported in the note
+            failed.append(f"ITS {n}: {e}")
+    # twice: the first pass also clears GICR_CTLR.EnableLPIs, which keeps
+    # GICR_PROPBASER/PENDBASER fixed while it is set; they go back on the second
+    for _ in range(2):
+        try:
+            _write_doc(gic, doc, vcpus, [], by_mpidr)
+        except Exception as e:      # noqa: BLE001
+            failed.append(f"the GIC registers: {e}")
+            break
+        if not diff(doc, save(gic, vcpus)):
+            break
+    now_doc, now_its = _registers(gic, vcpus, its)
+    left = diff(doc, now_doc)
+    left += [f"ITS {n} {k}: {a[k]:#x} -> {b[k]:#x}" for n, (a, b) in enumerate(zip(its_regs, now_its))
+             if a and b for k in a if a[k] != b[k]]
+    if not left and not failed:
+        return ("gicstate.restore: the registers written before this failure were put back "
+                "(read back: the GIC and ITS registers are as before the restore)")
+    return ("gicstate.restore: the registers written before this failure could not all be put back: "
+            + "; ".join(failed + left[:8]) + (" ..." if len(left) > 8 else ""))
 
 
 _PLAN_NAMES: dict[tuple[int, int], set[str]] = {}
@@ -517,7 +575,8 @@ def _validate(gic: Vgic, doc: Any, by_mpidr: dict[str, Any], its: list[Its]) -> 
             if not isinstance(st, dict) or not isinstance(st.get("regs"), dict):
                 problems.append(f"ITS {n}: not an ITS state")
                 continue
-            bad = [k for k, v in st["regs"].items() if k not in ITS_REGS or type(v) is not int or not 0 <= v < 1 << 64]
+            bad = [k for k, v in st["regs"].items()
+                   if k not in ITS_REGS or type(v) is not int or not 0 <= v < 1 << GITS.lookup(k)[0].width]
             bad += sorted(ITS_REGS - set(st["regs"]))   # every GITS_* register is in a saved ITS
             if bad or not isinstance(st.get("base"), int):
                 problems.append(f"ITS {n}: bad registers {', '.join(map(str, bad[:6])) or '(base)'}")
@@ -528,9 +587,32 @@ def _validate(gic: Vgic, doc: Any, by_mpidr: dict[str, Any], its: list[Its]) -> 
                 problems.append(f"ITS {n}: its frame is at {base:#x}, the document's at {st.get('base')!r}")
             elif base != (1 << 64) - 1 and rev > dev.regs.fields("GITS_IIDR")["Revision"]:
                 problems.append(f"ITS {n}: table ABI revision {rev} is newer than this kernel's")
+    if not problems:
+        _check_memory(problems, gic, doc)
     if problems:
         raise SnapshotError("the GIC document cannot be restored here (nothing was written):\n  "
                             + "\n  ".join(problems))
+
+
+def _check_memory(problems: list[str], gic: Vgic, doc: dict[str, Any]) -> None:
+    """doc["memory"] is what the document's own registers name (the LPI and ITS
+    tables), and, where the VM's memory slots are kvmdev's (Vm.add_memory), each
+    range lies in one: the kernel would fail the restore part-way (EFAULT)."""
+    states = [ItsState(st["base"], st["regs"]) for st in doc.get("its", [])]
+    want = _memory(doc, states)
+    if doc.get("memory") != want:
+        problems.append("memory: the guest RAM ranges do not match the document's GICR_PROPBASER/PENDBASER "
+                        "and GITS_CBASER/BASER<n>")
+        return
+    if not gic.vm.memory:
+        return
+    for r in want:
+        if r["size"]:
+            try:
+                gic.vm.guest_memory(r["gpa"], r["size"])
+            except ValueError:
+                problems.append(f"memory: the {r['what']} ({r['gpa']:#x}+{r['size']:#x}) is in no memory slot "
+                                "of the VM")
 
 
 # -- diff ---------------------------------------------------------------------------------------

@@ -7,15 +7,18 @@
 #   default: every combination; --ops 10000 --differential
 #   --arch ppc64el: the one powerpc guest (6.1, KVM-HV, XICS) against the book3s mock
 #   --save-corpus DIR: each diverging case, with the real kernel's outcomes, as DIR/<n>.json
+#   --record FILE OUT: no fuzzing: run every case of the corpus FILE (a repository path) in each
+#     guest and append its real outcomes, tagged with kernel and GIC, to OUT (JSON lines)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-COMBOS=() ARGS=() SAVE= DEBARCH=${GUEST_ARCH:-arm64}
+COMBOS=() ARGS=() SAVE= RECORD_OUT= DEBARCH=${GUEST_ARCH:-arm64}
 while [ $# -gt 0 ]; do
   case $1 in
     --arch) DEBARCH=${2:?}; shift 2;;
     --combo) COMBOS+=("${2:?}"); shift 2;;
     --save-corpus) SAVE=${2:?}; shift 2;;
+    --record) ARGS=(--record "/work/${2:?}"); RECORD_OUT=${3:?}; shift 3;;
     *) ARGS+=("$1"); shift;;
   esac
 done
@@ -28,7 +31,7 @@ esac
 STAGE=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-fuzz.XXXXXX")
 trap 'rm -rf "$STAGE"' EXIT
 EXT=$("$HERE/build-ext.sh" --arch "$DEBARCH" | tail -1)
-tar -C "$ROOT" --exclude=__pycache__ -cf - kvmdev | tar -C "$STAGE" -xf -
+tar -C "$ROOT" --exclude=__pycache__ -cf - kvmdev tests/fuzz_corpus | tar -C "$STAGE" -xf -
 find "$STAGE/kvmdev" -name '*.so' -delete
 cp "$EXT"/_kvm_*.cpython-311-$TRIPLE.so "$STAGE/kvmdev/"
 rc=0
@@ -39,7 +42,13 @@ for c in "${COMBOS[@]}"; do
   "$HERE/run-guest.sh" --arch "$DEBARCH" --kernel "$k" "${gicopt[@]}" --smp 1 --timeout 3000 --env PYTHONPATH=/work \
     --env PYTHONDONTWRITEBYTECODE=1 "$STAGE" -- \
     python3 -m kvmdev.fuzz --backend real --kernel "$k" "${gicopt[@]}" --corpus - "${ARGS[@]}" 2>&1 \
-    | grep -E '^(real|INVARIANT|DIVERGENCE|  case|invariant|CORPUS)' > "$STAGE/out.txt" || rc=1
+    | grep -E '^(real|INVARIANT|DIVERGENCE|  case|invariant|CORPUS|RECORD)' > "$STAGE/out.txt" || rc=1
+  if [ -n "$RECORD_OUT" ]; then
+    n=$(grep -c '^RECORD ' "$STAGE/out.txt" || true)
+    grep '^RECORD ' "$STAGE/out.txt" | cut -c8- >> "$RECORD_OUT" || rc=1
+    echo "$DEBARCH $k gic$g: $n cases recorded"
+    continue
+  fi
   grep -v '^CORPUS ' "$STAGE/out.txt" || true
   if [ -n "$SAVE" ]; then
     mkdir -p "$SAVE"

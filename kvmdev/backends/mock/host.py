@@ -58,6 +58,9 @@ class HostProfile:
     caps: dict[str, int] = field(default_factory=dict)
     # x86: KVM_X86_XCOMP_GUEST_SUPP as the CI hosts report it (x87|SSE|AVX|AVX-512 state)
     xcomp_guest_supp: int = 0xE7
+    # x86: the host pins the TSC offset (the CI machines' 6.18 "-fc-" kernel accepts a
+    # KVM_VCPU_TSC_OFFSET set and reads back 0); upstream reads back what was set
+    x86_tsc_pinned: bool = False
     # Device types KVM_CREATE_DEVICE knows (DeviceType names); None: the arch model's
     device_types: tuple[str, ...] | None = None
     vcpu_mmap_size: int = 12288

@@ -47,7 +47,9 @@ class VcpuAttrs(AttrModel):
 
     def set(self, group: int, attr: int, addr: int) -> None:
         self.has(group, attr, addr)
-        self.tsc_offset = self.user.get("__u64", addr)
+        value = self.user.get("__u64", addr)      # read (EFAULT) even where it is not kept
+        if not self.vcpu.backend.host.x86_tsc_pinned:
+            self.tsc_offset = value
 
 
 class ArchModel(_Base):
