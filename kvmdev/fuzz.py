@@ -75,6 +75,10 @@ def _xics_value(label: str, rng: random.Random) -> int:
     return rng.choice([0, 1, 1, 7]) | rng.choice([0, 2, 4, 5, 6, 0xFF]) << 32 | flags
 
 
+# values for the typed path: of the right kind or not (JSON data, so cases can be kept)
+TYPED_VALUES: list[Any] = [0, 1, -1, 1 << 64, 1.5, "0x1", None, True, [1, 2], {"bogus": 1}, {}]
+
+
 def generate(kvm: Kvm, device: str, n: int, rng: random.Random) -> Case:
     """A random case of ``n`` operations against this KVM's tables."""
     vm, targets = _machine(kvm, device)
@@ -87,6 +91,16 @@ def generate(kvm: Kvm, device: str, n: int, rng: random.Random) -> Case:
         if roll < 0.02:
             case.ops.append(("create",))
             continue
+        if roll < 0.10:     # the typed path: a named attribute, a value of any kind
+            target = rng.choices(["dev", "vm", "vcpu"], [6, 1, 2])[0]
+            by_name = [(t.group_name(g), spec.name) for t in [tables[target]] for g, attrs in t.attrs.items()
+                       for spec in attrs.values()]
+            if by_name:
+                g_name, a_name = rng.choice(by_name)
+                how = rng.choice(["get", "set", "set"])
+                tv = rng.choice(TYPED_VALUES + [rng.getrandbits(rng.choice([8, 32, 64]))])
+                case.ops.append(("typed", target, g_name, a_name, tv, how))
+                continue
         if frames and roll < 0.35:
             label = rng.choice(sorted(frames))
             names = frames[label]
@@ -152,6 +166,34 @@ def _xics_op(dev: Any, vcpu: Any, label: str, name: str, value: int | None) -> s
     return "ok"
 
 
+def _typed_op(t: Any, group: str, attr: str, value: Any, how: str) -> str:
+    """get_attr/set_attr by name; a ValueError or TypeError must come before any
+    ioctl (counted at the target's one C entry point) and say what is wrong."""
+    calls: list[int] = []
+    entry = t._attr_fn
+
+    def counted(*a: Any) -> Any:
+        calls.append(1)
+        return entry(*a)
+
+    t._attr_fn = counted
+    try:
+        r = t.get_attr(group, attr) if how == "get" else t.set_attr(group, attr, value)
+    except (ValueError, TypeError) as e:
+        if calls and not isinstance(e, ClosedError):
+            raise InvariantBroken(f"{type(e).__name__} after the ioctl: {e}") from e
+        if not str(e):
+            raise InvariantBroken(f"{type(e).__name__} without a message") from e
+        raise
+    finally:
+        t._attr_fn = entry
+    if isinstance(r, int):
+        return f"ok {r:#x}"
+    if isinstance(r, (bytes, bytearray)):
+        return f"ok {bytes(r).hex()}"
+    return "ok"         # a struct (or no payload): its address would differ between runs
+
+
 def _fds() -> set[str]:
     out = set()
     for fd in os.listdir("/proc/self/fd"):
@@ -184,6 +226,8 @@ def run(kvm: Kvm, case: Case) -> list[str]:
                 if op[0] == "create":
                     vm.create_device(case.device).close()
                     out.append("ok")
+                elif op[0] == "typed":
+                    out.append(_typed_op(targets[op[1]], op[2], op[3], op[4], op[5]))
                 elif op[0] == "reg" and case.device == "XICS":
                     _, label, name, value = op
                     out.append(_xics_op(targets["dev"], targets["vcpu"], label, name, value))
