@@ -20,7 +20,6 @@ from . import arm64 as _arm64
 from . import attrs as _attrs
 from .arch import Arch, DeviceType, device_type_name
 from .errnos import meaning
-from .attrs import attr_property  # noqa: F401  (its home was here)
 # per-family typed attributes of the system, VM and vCPU fds, mixed in below
 # (these modules import nothing of fd at run time)
 from .devices.arm64_vcpu import Arm64VcpuAttrs, Arm64VmAttrs
@@ -617,7 +616,6 @@ class Vm(_AttrTarget, Arm64VmAttrs):
 
     _kind = "vm"
     machine_type = 0
-    _vm_fd_gone = False
 
     def __init__(self, backend: "Backend", fd: int, parent: "_Fd") -> None:
         self._live_children: set[int] = set()
@@ -637,14 +635,15 @@ class Vm(_AttrTarget, Arm64VmAttrs):
 
     def _after_close(self) -> None:
         super()._after_close()
-        self._vm_fd_gone = True
         self._free_memory_if_unreachable()
 
     def _free_memory_if_unreachable(self) -> None:
-        if self._vm_fd_gone and not self._live_children:
-            for m in list(self.memory.values()):
-                m.close()
-            self.memory.clear()
+        # the last child's and the VM's own real close may come from two threads
+        with self._lock:
+            if self._fd < 0 and not self._deferred and not self._live_children:
+                for m in self.memory.values():
+                    m.close()
+                self.memory.clear()
 
     def set_user_memory_region(self, slot: int, guest_phys_addr: int, memory_size: int,
                                userspace_addr: int, flags: int = 0) -> None:

@@ -344,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             if v is not None}
     kvm = kvm_open(args.backend, arch=args.arch, **(host if args.backend == "mock" else {}))
     if kvm.arch == "x86_64" and args.backend == "real":     # the mock of this x86 host
-        host["x86_tsc_pinned"] = "-fc-" in kvm.kernel_release
+        from .backends.mock.host import x86_tsc_pinned
+        host["x86_tsc_pinned"] = x86_tsc_pinned(kvm.kernel_release)
     mock = kvm_open("mock", arch=kvm.arch, **host) if args.differential else None
     rng = random.Random(args.seed)
     failures, divergences = 0, 0

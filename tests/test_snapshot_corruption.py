@@ -95,6 +95,20 @@ def _state(m) -> tuple:
     return gicstate.save(m.gic, m.vcpus), its
 
 
+def _reg_width(name: str) -> int:
+    """A document key's register width, from the register frames (LEVEL_INFO<n>: 32)."""
+    from kvmdev.devices.its import GITS
+    from kvmdev.devices.vgic import GICC, GICD_V3, GICR
+    if name.startswith("ICC_"):
+        return 64                                   # CPU_SYSREGS: every ICC_* is a u64
+    for frame in (GICD_V3, GICR, GICC, GITS):
+        try:
+            return frame.lookup(name)[0].width
+        except KeyError:
+            pass
+    return 32
+
+
 def semantic(doc: dict, rng: random.Random) -> tuple[dict, str]:
     """A sealed document with one register changed to another value of its
     width: mostly the ITS's and the LPI tables' bases, the values the kernel
@@ -106,9 +120,7 @@ def semantic(doc: dict, rng: random.Random) -> tuple[dict, str]:
     regs = [p for p in leaves if p[0] in ("dist", "vcpus") and p[-1] != "id"]
     path = rng.choice(hot if hot and rng.random() < 0.8 else regs)
     parent, key = _parent(d, path)
-    width = 32 if path[0] != "its" and not key.endswith(("BASER", "ROUTER", "_EL1")) else 64
-    if key == "GITS_CTLR" or key == "GITS_IIDR":
-        width = 32
+    width = _reg_width(key)
     old = parent[key]
     parent[key] = rng.choice([old ^ 1 << rng.randrange(width), rng.getrandbits(width), 0])
     if rng.random() < 0.5:

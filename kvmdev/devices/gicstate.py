@@ -396,7 +396,8 @@ def _memory(doc: dict[str, Any], its_states: list[ItsState]) -> list[dict[str, A
 
 
 # -- restore ----------------------------------------------------------------------------------
-def restore(gic: Vgic, doc: dict[str, Any], vcpus: Sequence[Any] | None = None, its: Iterable[Its] = ()) -> None:
+def restore(gic: Vgic, doc: dict[str, Any], vcpus: Sequence[Any] | None = None, its: Iterable[Its] = (), *,
+            rollback: bool = True) -> None:
     """Write a saved document back: validated whole first (nothing is written if
     any check fails), then in the kernel's order, the GIC's registers in one
     compiled batch, then each ITS's sequence.  The VGIC must have the document's
@@ -405,11 +406,16 @@ def restore(gic: Vgic, doc: dict[str, Any], vcpus: Sequence[Any] | None = None, 
 
     If the kernel still refuses a step (an ITS table it cannot read...), the
     registers already written are put back as they were read before the first
-    write, and the error's note says so, or names what could not be put back."""
+    write, and the error's note says so, or names what could not be put back.
+    That read costs about a save; ``rollback=False`` skips it (a restore into a
+    fresh VM that is discarded on failure)."""
     vcpus = list(gic.vm.vcpus if vcpus is None else vcpus)
     its = list(its)
     by_mpidr = {_mpidr_key(c.mpidr): c for c in vcpus}
     _validate(gic, doc, by_mpidr, its)
+    if not rollback:
+        _write_doc(gic, doc, vcpus, its, by_mpidr)
+        return
     before = _registers(gic, vcpus, its)
     try:
         _write_doc(gic, doc, vcpus, its, by_mpidr)

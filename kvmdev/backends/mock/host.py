@@ -118,5 +118,11 @@ class HostProfile:
         return f"{self.kernel}.0-kvmdev-mock"
 
 
+def x86_tsc_pinned(release: str) -> bool:
+    """Whether an x86 kernel release pins the TSC offset: the CI machines' 6.18
+    "-fc-" kernels accept a KVM_VCPU_TSC_OFFSET set and read back 0."""
+    return "-fc-" in release
+
+
 def profile(arch: str, **overrides: object) -> HostProfile:
     return HostProfile(arch=arch, **overrides)  # type: ignore[arg-type]
