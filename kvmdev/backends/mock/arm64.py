@@ -117,6 +117,7 @@ class Arm64Vcpu:
         self.pseudo: dict[int, int] = {}      # firmware, bitmap and demux registers by id
         self.reg_list: list[int] = []
         self.mp_state = MP_RUNNABLE
+        self.pending_reset: tuple[int, int] | None = None   # (pc, x0) from PSCI CPU_ON
         self.serror: int | None = None        # the pending SError's ESR (HCR_EL2.VSE set)
         self.wakeup = threading.Condition()   # a STOPPED vCPU sleeps on it (kvm_vcpu_sleep)
         self.mmio: tuple[int, int, bool] | None = None  # (rt, len, is_write) until completed
@@ -136,6 +137,9 @@ class Arm64Vcpu:
         if init.features[0] & ~VALID_FEATURES or any(init.features[i] for i in range(1, 7)):
             raise Errno(E.ENOENT)
         features = int(init.features[0])
+        power_off = bool(features >> self.a.const("KVM_ARM_VCPU_POWER_OFF") & 1)
+        if not self.k61:   # 6.12: POWER_OFF is ephemeral, not part of the (per-VM) feature set
+            features &= ~(1 << self.a.const("KVM_ARM_VCPU_POWER_OFF"))
         if self.target >= 0:
             if features != self.features:  # secondary calls must be identical
                 raise Errno(E.EINVAL)
@@ -146,7 +150,7 @@ class Arm64Vcpu:
         self.target, self.features = TARGET, features
         self._reset()
         # kvm_arch_vcpu_ioctl_vcpu_init: POWER_OFF -> STOPPED, else RUNNABLE
-        self.set_mp_state(MP_STOPPED if self.has("POWER_OFF") else MP_RUNNABLE)
+        self.set_mp_state(MP_STOPPED if power_off else MP_RUNNABLE)
         return 0
 
     def _reset(self) -> None:
@@ -331,7 +335,33 @@ class Arm64Vcpu:
         if immediate:
             raise Errno(E.EINTR)
         run.exit_reason = self.a.const("KVM_EXIT_UNKNOWN")
+        if self.mp_state == MP_STOPPED:
+            self._sleep(run)
+        elif self.mp_state == MP_SUSPENDED:
+            raise Errno(E.ENOSYS)   # WFI-like suspend until an interrupt: not modelled
+        if self.pending_reset is not None:  # KVM_REQ_VCPU_RESET from PSCI CPU_ON
+            pc, context = self.pending_reset
+            self.pending_reset = None
+            self.x = [0] * 31
+            self.sp, self.pstate = 0, PSTATE_RESET
+            self.pc, self.x[0] = pc, context
         return self._execute(run)
+
+    def _signal_exit(self, run: Any) -> None:
+        """kvm_handle_signal_exit: a signal (request_exit's) stops the run."""
+        if self.vcpu.signal_pending():
+            run.exit_reason = self.a.const("KVM_EXIT_INTR")
+            raise Errno(E.EINTR)
+
+    def _sleep(self, run: Any) -> None:
+        """kvm_vcpu_sleep: a STOPPED vCPU waits (interruptibly) for PSCI CPU_ON."""
+        deadline = time.monotonic() + RUN_LIMIT_S
+        with self.wakeup:
+            while self.mp_state == MP_STOPPED:
+                self._signal_exit(run)
+                if time.monotonic() > deadline:
+                    raise Errno(E.ENOSYS)   # asleep this long is a test bug: stop rather than hang
+                self.wakeup.wait(1.0)
 
     def _first_run(self) -> None:
         """kvm_arch_vcpu_run_pid_change: nothing is recorded until every check passes."""
@@ -357,6 +387,7 @@ class Arm64Vcpu:
         for step in itertools.count():
             if step % 4096 == 0 and time.monotonic() > deadline:
                 break  # a guest spinning this long is a test bug: stop it rather than hang
+            self._signal_exit(run)
             fetch = self.vcpu.vm.memslot_uaddr(self.pc, 4, False)
             if fetch is None:
                 raise Errno(E.ENOSYS)  # the kernel would inject an abort and run on
@@ -399,6 +430,21 @@ class Arm64Vcpu:
                 raise Errno(E.ENOSYS)
         raise Errno(E.ENOSYS)
 
+    def _cpu_on(self, mpidr: int, pc: int, context: int) -> int:
+        """kvm_psci_vcpu_on: the target (by MPIDR affinity) resets at its next run
+        to ``pc`` with x0 = ``context`` and becomes RUNNABLE, woken if asleep."""
+        mask = 0xFF00FFFFFF   # MPIDR_HWID_BITMASK
+        target = next((c.part for c in self.vcpu.vm.vcpus.values() if c.part.mpidr & mask == mpidr & mask), None)
+        if target is None:
+            return PSCI_RET_INVALID_PARAMS
+        with target.wakeup:
+            if target.mp_state != MP_STOPPED:
+                return PSCI_RET_ALREADY_ON
+            target.pending_reset = (pc, context)
+            target.mp_state = MP_RUNNABLE
+            target.wakeup.notify_all()
+        return PSCI_RET_SUCCESS
+
     def _psci(self, run: Any) -> bool:
         """kvm_psci_call; True when the call exits to userspace."""
         fn = self.x[0] & 0xFFFFFFFF
@@ -409,6 +455,8 @@ class Arm64Vcpu:
             ret = PSCI_RET_NOT_SUPPORTED  # PSCI 0.1 has only KVM's own function ids
         elif fn == PSCI_0_2_FN_PSCI_VERSION:
             ret = PSCI_VERSION
+        elif fn == PSCI_0_2_FN64_CPU_ON:
+            ret = self._cpu_on(self.x[1], self.x[2], self.x[3])
         elif fn == PSCI_0_2_FN_SYSTEM_OFF:
             run.exit_reason = self.a.const("KVM_EXIT_SYSTEM_EVENT")
             e = run.system_event
