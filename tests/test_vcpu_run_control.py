@@ -249,7 +249,9 @@ def test_a_stopped_vcpu_sleeps_in_kvm_run_until_kicked(vm: kvmdev.Vm) -> None:
 def test_psci_cpu_on_wakes_a_stopped_vcpu(vm: kvmdev.Vm) -> None:
     """PSCI CPU_ON from vCPU 0 (HVC) makes the STOPPED vCPU 1 RUNNABLE and wakes
     its sleeping KVM_RUN, which resets it to the entry point with x0 = context;
-    a second CPU_ON answers ALREADY_ON, one for no such MPIDR INVALID_PARAMS."""
+    a second CPU_ON answers ALREADY_ON; INVALID_PARAMS for no such vCPU, and for
+    an MPIDR with bits outside the affinity fields (the real kernels did so to
+    a first version of this test that passed MPIDR_EL1 as read, bit 31 set)."""
     base = RAM + 0x300000
     mem = vm.add_memory(base, 0x10000)
     a = vm.create_vcpu(0)
@@ -266,7 +268,10 @@ def test_psci_cpu_on_wakes_a_stopped_vcpu(vm: kvmdev.Vm) -> None:
     assert _still_running(sleeper, 0.3)
     a.set_one_reg("pc", base)
     a.set_one_reg("x5", MMIO)
-    for target, expect in ((default_mpidr(1), 0), (default_mpidr(1), (1 << 64) - 4), (0xFF, (1 << 64) - 2)):
+    aff = default_mpidr(1) & 0xFF00FFFFFF       # the affinity fields (MPIDR_HWID_BITMASK)
+    invalid, already_on = (1 << 64) - 2, (1 << 64) - 4
+    # MPIDR's RES1 bit 31 is not an affinity bit: kvm_psci_valid_affinity refuses it
+    for target, expect in ((default_mpidr(1), invalid), (aff, 0), (aff, already_on), (0xFF, invalid)):
         for reg, v in {"x0": CPU_ON, "x1": target, "x2": entry, "x3": 0xC0FFEE}.items():
             a.set_one_reg(reg, v)
         assert a.run() == "KVM_EXIT_MMIO"

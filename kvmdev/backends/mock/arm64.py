@@ -434,6 +434,8 @@ class Arm64Vcpu:
         """kvm_psci_vcpu_on: the target (by MPIDR affinity) resets at its next run
         to ``pc`` with x0 = ``context`` and becomes RUNNABLE, woken if asleep."""
         mask = 0xFF00FFFFFF   # MPIDR_HWID_BITMASK
+        if mpidr & ~mask:     # kvm_psci_valid_affinity: affinity bits only (not MPIDR's bit 31)
+            return PSCI_RET_INVALID_PARAMS
         target = next((c.part for c in self.vcpu.vm.vcpus.values() if c.part.mpidr & mask == mpidr & mask), None)
         if target is None:
             return PSCI_RET_INVALID_PARAMS
