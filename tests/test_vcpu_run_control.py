@@ -9,6 +9,7 @@ fails the test (and is kicked until it does) instead of hanging it."""
 from __future__ import annotations
 
 import errno as E
+import os
 import random
 import threading
 import time
@@ -280,3 +281,38 @@ def test_psci_cpu_on_wakes_a_stopped_vcpu(vm: kvmdev.Vm) -> None:
     assert b.mp_state == "KVM_MP_STATE_RUNNABLE"
     assert b.mmio.phys_addr == 0 and int.from_bytes(b.mmio.data, "little") == 0xC0FFEE
     assert b.get_one_reg("pc") == entry
+
+
+@pytest.mark.arm64
+def test_vcpu_events_serror(arm64_kvm: kvmdev.Kvm, vm: kvmdev.Vm) -> None:
+    """KVM_{GET,SET}_VCPU_EVENTS on arm64 (6.12 and 6.1 alike, QEMU -cpu max has
+    RAS): a GET says serror_has_esr (the host can take an ESR) and no SError
+    pending; a pending SError without ESR reads back with ESR_ELx_ISV (the ESR
+    kvm_inject_vabt gives), one with an ESR with that ESR; serror_pending False
+    does not clear it; an ESR outside the ISS is EINVAL; before
+    KVM_ARM_VCPU_INIT both are ENOEXEC."""
+    from kvmdev.vcpu import Arm64VcpuEvents as Ev
+    c = vm.create_vcpu(0)
+    raises(E.ENOEXEC, c.get_vcpu_events)
+    raises(E.ENOEXEC, c.set_vcpu_events, Ev())
+    c.vcpu_init(["PSCI_0_2"])
+    ras = c.get_vcpu_events().serror_has_esr
+    if arm64_kvm.backend == "mock" or "KVMDEV_ARM64_GIC" in os.environ:
+        assert ras                                   # the guests' -cpu max has RAS
+    assert c.get_vcpu_events() == Ev(serror_has_esr=ras)
+    c.set_vcpu_events(Ev())                          # nothing pending: accepted, no change
+    assert c.get_vcpu_events() == Ev(serror_has_esr=ras)
+    if ras:
+        raises(E.EINVAL, c.set_vcpu_events, Ev(serror_pending=True, serror_has_esr=True, serror_esr=1 << 25))
+        assert not c.get_vcpu_events().serror_pending
+    c.set_vcpu_events(Ev(serror_pending=True))
+    assert c.get_vcpu_events() == Ev(True, ras, False, 1 << 24 if ras else 0)
+    if ras:
+        c.set_vcpu_events(Ev(serror_pending=True, serror_has_esr=True, serror_esr=0x1234))
+        assert c.get_vcpu_events() == Ev(True, True, False, 0x1234)
+    c.set_vcpu_events(Ev(serror_pending=False))      # does not clear a pending SError
+    assert c.get_vcpu_events().serror_pending
+    with pytest.raises(ValueError):
+        c.set_vcpu_events(Ev(serror_esr=1 << 64))
+    with pytest.raises(TypeError):
+        c.set_vcpu_events({"serror_pending": 1})  # type: ignore[arg-type]

@@ -13,6 +13,8 @@ run on Debian's 6.12 and 6.1 arm64 kernels (tools/guests/test-guests.sh):
   own value back (ENOSYS otherwise: not modelled);
 - KVM_{GET,SET}_MP_STATE (RUNNABLE, STOPPED, SUSPENDED; POWER_OFF at init)
   and a STOPPED vCPU's KVM_RUN sleeping until PSCI CPU_ON or a signal;
+- KVM_IRQFD into SPIs (GSI n = SPI n + 32) and KVM_IOEVENTFD on guest stores
+  (eventfds.py);
 - KVM_{GET,SET}_VCPU_EVENTS: a pending SError and its ESR (external data
   aborts, injected at once by the kernel, are not modelled: ENOSYS);
 - KVM_IRQ_LINE and KVM_SIGNAL_MSI routing and errors;
@@ -400,6 +402,9 @@ class Arm64Vcpu:
                 addr = ((self.sp if rn == 31 else self.x[rn]) + ((insn >> 10 & 0xFFF) << size)) & U64
                 value = 0 if rt == 31 else self.x[rt] & ((1 << 8 * n) - 1)
                 ram = self.vcpu.vm.memslot_uaddr(addr, n, is_write)
+                if ram is None and is_write and self.vcpu.vm.eventfds.io_write(addr, n, value):
+                    self.pc += 4                     # io_mem_abort: an ioeventfd took it
+                    continue
                 if ram is None:
                     run.exit_reason = self.a.const("KVM_EXIT_MMIO")
                     m = run.mmio
@@ -603,6 +608,16 @@ class ArchModel(_Base):
                 raise Errno(E.EINVAL)
             return d.inject(num, 0, bool(level))
         raise Errno(E.EINVAL)
+
+    def irqfd_inject(self, vm: MockVm, gsi: int) -> None:
+        """vgic_irqfd_set_irq through the default routing vgic_init set up
+        (kvm_vgic_setup_default_irq_routing: GSI n is SPI n + 32): the line goes
+        up and down (irqfd_inject), which latches an edge-triggered SPI."""
+        d = vm.part.vgic
+        if d is None or not d.initialized or not 0 <= gsi < d.nr_spis:
+            return
+        d.inject(gsi + NR_PRIVATE_IRQS, 0, True)
+        d.inject(gsi + NR_PRIVATE_IRQS, 0, False)
 
     def signal_msi(self, vm: MockVm, msi: Any) -> int:
         """kvm_send_userspace_msi -> kvm_set_msi -> vgic_its_inject_msi."""
