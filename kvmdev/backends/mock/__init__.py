@@ -21,6 +21,17 @@ from .kernel import ArchModel, Errno, KernelObject, MockSystem, MockVcpu, UserMe
 _ARCH_MODELS = {"x86_64": "x86", "arm64": "arm64", "powerpc": "powerpc", "s390": "s390"}
 
 
+def _extent(ffi: Any, p: Any) -> int | None:
+    """The size of a cffi array the caller passes as attr.addr (its whole memory);
+    None for pointers (their extent is not known: an element of a larger buffer,
+    a guard page's end) and plain integers."""
+    try:
+        t = ffi.typeof(p)
+    except TypeError:
+        return None
+    return int(ffi.sizeof(p)) if t.kind == "array" else None
+
+
 class MockBackend:
     name = "mock"
 
@@ -62,8 +73,13 @@ class MockBackend:
         return self._dispatch(fd, request, int(self.arch.ffi.cast("uintptr_t", arg)))
 
     def attr(self, fd: int, request: int, group: int, attr: int, addr: Any) -> int:
-        st = self.arch.ffi.new("struct kvm_device_attr *", [0, group, attr, self.arch.ffi.cast("uintptr_t", addr)])
-        return self.ioctl(fd, request, st)
+        ffi = self.arch.ffi
+        st = ffi.new("struct kvm_device_attr *", [0, group, attr, ffi.cast("uintptr_t", addr)])
+        size = _extent(ffi, addr)
+        if size is None:
+            return self.ioctl(fd, request, st)
+        with self.user.caller_buffer(int(st.addr), size):   # never a copy past the caller's buffer
+            return self.ioctl(fd, request, st)
 
     def attr_batch(self, fd: int, request: int, attrs: Any, count: int, err: Any) -> int:
         """kvmdev_attr_batch: in order, stopping at the first failure."""

@@ -24,19 +24,42 @@ class UserMemory:
     def __init__(self, arch: Any) -> None:
         self.ffi = arch.ffi
         self.lib = arch.lib
+        # the caller's buffer of the device-attr call running in this thread: (addr, size)
+        self._call = threading.local()
+
+    @contextlib.contextmanager
+    def caller_buffer(self, addr: int, size: int) -> Iterator[None]:
+        """Within: a copy that starts in the caller's [addr, addr+size) and runs
+        past its end raises BufferOverrun instead of touching memory the buffer
+        does not own (the kernel would overwrite or leak whatever lies beyond)."""
+        self._call.bounds = (addr, size)
+        try:
+            yield
+        finally:
+            self._call.bounds = None
+
+    def _check(self, addr: int, n: int, what: str) -> None:
+        b = getattr(self._call, "bounds", None)
+        if b is not None and b[0] <= addr < b[0] + max(b[1], 1) and addr + n > b[0] + b[1]:
+            from ..guard import BufferOverrun
+            raise BufferOverrun(f"the mock kernel would {what} {addr + n - b[0]} bytes at attr.addr, "
+                                f"past the caller's {b[1]}-byte buffer")
 
     def read(self, addr: int, size: int) -> bytes:
+        self._check(addr, size, "read")
         buf = self.ffi.new("char[]", size)
         if self.lib.kvmdev_copy_from_user(buf, addr & 0xFFFFFFFFFFFFFFFF, size):
             raise Errno(E.EFAULT)
         return self.ffi.buffer(buf, size)[:]
 
     def write(self, addr: int, data: bytes) -> None:
+        self._check(addr, len(data), "write")
         if self.lib.kvmdev_copy_to_user(addr & 0xFFFFFFFFFFFFFFFF, data, len(data)):
             raise Errno(E.EFAULT)
 
     def read_struct(self, ctype: str, addr: int) -> Any:
         p = self.ffi.new(ctype + " *")
+        self._check(addr, self.ffi.sizeof(ctype), "read")
         if self.lib.kvmdev_copy_from_user(p, addr & 0xFFFFFFFFFFFFFFFF, self.ffi.sizeof(ctype)):
             raise Errno(E.EFAULT)
         return p
@@ -311,20 +334,10 @@ class MockVm(KernelObject):
     def write_guest(self, gpa: int, data: bytes) -> None:
         self.user.write(self.guest_uaddr(gpa, len(data), True), data)
 
-    @contextlib.contextmanager
-    def all_vcpus_locked(self) -> Iterator[None]:
+    def all_vcpus_locked(self) -> "_AllVcpusLocked":
         """lock_all_vcpus: a vCPU inside an ioctl (KVM_RUN) holds its mutex, and
         the caller gets EBUSY instead of waiting."""
-        held: list[threading.Lock] = []
-        try:
-            for c in self.vcpus.values():
-                if not c.mutex.acquire(blocking=False):
-                    raise Errno(E.EBUSY)
-                held.append(c.mutex)
-            yield
-        finally:
-            for m in held:
-                m.release()
+        return _AllVcpusLocked(list(self.vcpus.values()))
 
     def ioctl_KVM_CHECK_EXTENSION(self, arg: int) -> int:
         return self.backend.arch_model.check_extension(self, self.backend.cap_name(arg))
@@ -419,6 +432,44 @@ class MockVm(KernelObject):
         return _attr_ioctl(self, self.attrs, "set", arg, self.backend.arch_model.vm_attr_errno)
 
 
+class _AllVcpusLocked:
+    """lock_all_vcpus as a context manager that an exception at any point (a
+    KeyboardInterrupt from a signal handler between two bytecodes) cannot leave
+    with a mutex held: which mutexes are held is asked of the locks themselves
+    (RLock._is_owned), never kept in a variable an interrupt could miss."""
+
+    def __init__(self, vcpus: "list[MockVcpu]") -> None:
+        # mutex_trylock fails on a mutex this thread holds too: those are not ours to release
+        self.mine = [c.mutex for c in vcpus]
+        self.busy = any(m._is_owned() for m in self.mine)   # type: ignore[attr-defined]
+
+    def __enter__(self) -> None:
+        try:
+            if self.busy or not all(m.acquire(blocking=False) for m in self.mine):
+                raise Errno(E.EBUSY)
+        except BaseException:
+            self._release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self.busy:
+            return
+        err: BaseException | None = None
+        while True:    # an interrupt inside the loop: go round again (idempotent)
+            try:
+                for m in self.mine:
+                    if m._is_owned():   # type: ignore[attr-defined]
+                        m.release()
+                break
+            except BaseException as e:   # noqa: BLE001 - re-raised once every mutex is free
+                err = err or e
+        if err is not None:
+            raise err
+
+
 class MockVcpu(KernelObject):
     """A vCPU file (kvm_vcpu_ioctl)."""
 
@@ -428,7 +479,9 @@ class MockVcpu(KernelObject):
         self.id = vcpu_id
         self.attrs = backend.arch_model.vcpu_attrs(self)
         self.run_map: Any = None  # the mmap of struct kvm_run the caller made
-        self.mutex = threading.Lock()  # vcpu->mutex, held for the length of each vCPU ioctl
+        # vcpu->mutex, held for the length of each vCPU ioctl; an RLock for its owner
+        # check (_AllVcpusLocked), never taken twice by one thread
+        self.mutex = threading.RLock()
         # a signal to the thread in KVM_RUN (MockBackend.kick): checked by the run loop
         self.kicked = threading.Event()
         self.part = backend.arch_model.vcpu_part(self)
