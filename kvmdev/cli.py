@@ -433,7 +433,8 @@ def _read_document(path: str, ignore_checksum: bool) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not text (UTF-8): {e.reason} at byte {e.start}") from None
     except ValueError as e:
-        truncated = " (truncated?)" if getattr(e, "pos", -1) >= len(data.rstrip()) else ""
+        ended = getattr(e, "pos", -1) >= len(data.rstrip()) or str(getattr(e, "msg", "")).startswith("Unterminated")
+        truncated = " (truncated?)" if ended else ""
         raise InputError(f"{path}: not valid JSON{truncated}: {e}") from None
     problem = _document_problem(doc)
     if problem:

@@ -136,7 +136,7 @@ def check_options(arch: str, given: dict[str, object]) -> None:
         if name not in known:
             raise UnknownNameError("mock profile option", name, "(kvmdev.open(\"mock\", ...), HostProfile)", known)
         if FIELD_ARCH.get(name, arch) != arch:
-            raise ValueError(f"{name}={given[name]!r} describes an {FIELD_ARCH[name]} host; "
+            raise ValueError(f"{name}={given[name]!r} is an option of the {FIELD_ARCH[name]} mock; "
                              f"this mock is {arch} (arch={FIELD_ARCH[name]!r} for that one)")
 
 
