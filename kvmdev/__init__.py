@@ -22,6 +22,10 @@ __all__ = ["open", "BACKENDS", "Kvm", "Vm", "Vcpu", "Device", "DeviceType", "Gue
            "KvmUnavailable", "ClosedError", "SequenceError", "UnknownNameError", "ArchError", "ARCH_NAMES", "get_arch"]
 __version__ = "0.1.0"
 
+from ._ipython import load_ipython_extension, register as _register_ipython  # noqa: E402
+
+_register_ipython()
+
 BACKENDS = ("auto", "real", "mock")
 # open("/dev/kvm") errnos that mean "no KVM for this process here": "auto" then uses the mock
 NO_KVM_ERRNOS = frozenset({errno.ENOENT, errno.ENXIO, errno.ENODEV, errno.EACCES, errno.EPERM, errno.EROFS})
