@@ -8,6 +8,7 @@ a fork child's VM/vCPU/device fds are refused (the kernel would answer EIO).
 from __future__ import annotations
 
 import errno as E
+import itertools
 import os
 import threading
 import weakref
@@ -21,6 +22,13 @@ if TYPE_CHECKING:
 
 # bumped in a fork child: VM, vCPU and device fds then belong to the parent
 _GENERATION = [0]
+
+
+# Every fd a kvmdev object holds, by number: (serial, the object).  The pytest
+# plugin's leak check reads it (only kvmdev's fds, not a VMM's own eventfds);
+# the serial tells a reused number apart.
+OPEN_FDS: dict[int, tuple[int, "weakref.ref[_Fd]"]] = {}
+_SERIAL = itertools.count()
 
 
 def _after_fork_in_child() -> None:
@@ -65,6 +73,7 @@ class _Fd:
         # close() still reaches every live child first.
         self._children: weakref.WeakValueDictionary[int, _Fd] = weakref.WeakValueDictionary()
         self._lock = threading.RLock()
+        OPEN_FDS[fd] = (next(_SERIAL), weakref.ref(self))
         if parent is not None:
             parent._children[id(self)] = self
             parent._child_opened(id(self))
@@ -104,6 +113,7 @@ class _Fd:
             fd = self._deferred.pop()
         except IndexError:
             return
+        OPEN_FDS.pop(fd, None)
         self._backend.close(fd)
         self._after_close()
 
@@ -152,6 +162,7 @@ class _Fd:
         try:
             if self._fd >= 0:
                 fd, self._fd = self._fd, -1
+                OPEN_FDS.pop(fd, None)
                 self._backend.close(fd)
                 if self._parent is not None:
                     self._parent._child_gone(id(self))

@@ -183,12 +183,16 @@ def test_mock_can_be_any_arch() -> None:
             assert vm.supports_device("VFIO")
 
 
-def test_backend_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backend_env_chooses_only_the_unchosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KVMDEV_BACKEND picks the backend of open() without one; an explicit
+    backend argument is never overridden."""
     monkeypatch.setenv("KVMDEV_BACKEND", "mock")
-    with kvmdev.open("real") as k:
-        assert k.backend == "mock"
+    with kvmdev.open() as k:
+        assert k.backend == "mock" and k.backend_reason == "KVMDEV_BACKEND=mock"
+    with kvmdev.open("mock", arch="arm64", gic=2) as k:
+        assert k.backend == "mock" and k.backend_reason == "requested"
     monkeypatch.setenv("KVMDEV_BACKEND", "bogus")
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="KVMDEV_BACKEND must be one of"):
         kvmdev.open()
 
 

@@ -17,7 +17,7 @@ rule; set_attr() is the raw path, for what the kernel itself answers.
 """
 from __future__ import annotations
 
-from ..attrs import RW, WO, AttrOps, Attr, Group, VcpuOps, register
+from ..attrs import RW, WO, AttrOps, Attr, Group, VcpuOps, arch_only, register
 from ..errnos import register as _register_errnos
 from ..errors import KvmError
 
@@ -108,6 +108,7 @@ def _pmu_irq_rule(vcpu: VcpuOps, irq: int) -> None:
                              "the same PPI on every vCPU, or a different SPI per vCPU (vcpu.rst)")
 
 
+@arch_only(*ARM64)
 class Arm64VcpuAttrs:
     """Typed arm64 vCPU attributes (mixed into Vcpu)."""
 
@@ -177,6 +178,7 @@ class Arm64VcpuAttrs:
         self.set_attr(PVTIME, "KVM_ARM_VCPU_PVTIME_IPA", ipa)
 
 
+@arch_only(*ARM64)
 class Arm64VmAttrs:
     """Typed arm64 VM attributes (mixed into Vm)."""
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import errno as _E
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .. import attrs as _attrs
 from ..arm64 import Affinity
 from ..errnos import register as _register_errnos
-from ..errors import KvmError
+from ..errors import ClosedError, KvmError
 from ..device import DEVICE_CLASSES, Device
 
 if TYPE_CHECKING:
@@ -333,8 +334,19 @@ class Registers:
     ``halves``: 64-bit registers go as two 32-bit accesses (the VGIC groups);
     otherwise every access is one u64 (the ITS group)."""
 
-    def __init__(self, dev: Device, frame: Frame, group: str, prefix: int, halves: bool = True) -> None:
-        self.dev, self.frame, self.group, self.prefix, self.halves = dev, frame, group, prefix, halves
+    def __init__(self, dev: Device, frame: Frame, group: str, prefix: int, halves: bool = True,
+                 weak: bool = False) -> None:
+        self.frame, self.group, self.prefix, self.halves = frame, group, prefix, halves
+        # weak: the device's own attribute (gic.dist), which must not keep it alive in a cycle
+        self._dev: Device | None = None if weak else dev
+        self._ref = weakref.ref(dev) if weak else None
+
+    @property
+    def dev(self) -> Device:
+        d = self._dev if self._ref is None else self._ref()
+        if d is None:
+            raise ClosedError(f"the device of these {self.frame.name} registers is gone (closed and collected)")
+        return d
 
     def _word(self, offset: int) -> int:
         return int(self.dev.get_attr(self.group, self.prefix | offset))
@@ -346,7 +358,7 @@ class Registers:
         return RegValue(self._word(off), name, r.fields)
 
     def __repr__(self) -> str:
-        return (f"<Registers {self.frame.name} of {self.dev!r} via {self.group}"
+        return (f"<kvmdev.devices.vgic.Registers {self.frame.name} of {self.dev!r} via {self.group}"
                 f"{f' (prefix {self.prefix:#x})' if self.prefix else ''}: {len(self.frame.regs)} kinds>")
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
@@ -461,7 +473,7 @@ class SysRegisters:
         return RegValue(int(self.dev.get_attr(self.group, self._attr(name))), name, ICC[name].fields)
 
     def __repr__(self) -> str:
-        return f"<ICC system registers of {self.dev!r} (mpidr prefix {self.prefix:#x})>"
+        return f"<kvmdev.devices.vgic.SysRegisters ICC_* of {self.dev!r} (mpidr prefix {self.prefix:#x})>"
 
     def _ipython_key_completions_(self) -> list[str]:
         return list(ICC)
@@ -530,9 +542,13 @@ class VgicV2(Vgic):
         """GICD_* as vCPU ``vcpu`` sees them (the banked ITARGETSR0-7, private IRQ state)."""
         return Registers(self, GICD_V2, self.GRP_DIST, _index(vcpu) << 32)
 
-    @property
-    def dist(self) -> Registers:
-        return self.dist_as(0)
+    # GICD_* as vCPU 0 sees them: an attribute, not a property, so that IPython's
+    # completer (which evaluates no property) reaches its keys: gic.dist["GICD_IS<TAB>
+    dist: Registers
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.dist = Registers(self, GICD_V2, self.GRP_DIST, 0, weak=True)
 
     def cpu(self, vcpu: "Vcpu | int") -> Registers:
         """GICC_* of one vCPU (KVM_DEV_ARM_VGIC_GRP_CPU_REGS, by vCPU index)."""
@@ -582,9 +598,12 @@ class VgicV3(Vgic):
                     return out
                 raise
 
-    @property
-    def dist(self) -> Registers:
-        return Registers(self, GICD_V3, self.GRP_DIST, 0)
+    # GICD_*: an attribute, not a property (see VgicV2.dist)
+    dist: Registers
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.dist = Registers(self, GICD_V3, self.GRP_DIST, 0, weak=True)
 
     def redist(self, vcpu: "Vcpu | int") -> Registers:
         """GICR_* of one vCPU (RD and SGI frames), addressed by its MPIDR affinity."""

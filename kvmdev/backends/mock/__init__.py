@@ -15,7 +15,7 @@ import threading
 from typing import Any
 
 from ...arch import Arch, device_type_name, get_arch, host_arch_name
-from .host import HostProfile
+from .host import HostProfile, check_options
 from .kernel import ArchModel, Errno, KernelObject, MockSystem, MockVcpu, UserMemory, fd_is_open
 
 _ARCH_MODELS = {"x86_64": "x86", "arm64": "arm64", "powerpc": "powerpc", "s390": "s390"}
@@ -37,6 +37,7 @@ class MockBackend:
 
     def __init__(self, arch: str | None = None, **host: Any) -> None:
         self.arch: Arch = get_arch(arch or host_arch_name())
+        check_options(self.arch.name, host)
         self.host = HostProfile(arch=self.arch.name, **host)
         self.kernel_release = self.host.kernel_release
         self.user = UserMemory(self.arch)

@@ -121,6 +121,28 @@ class HostProfile:
         return f"{self.kernel}.0-kvmdev-mock"
 
 
+# profile fields that describe one architecture's host; the rest apply to every one
+FIELD_ARCH = {"xcomp_guest_supp": "x86_64", "x86_tsc_pinned": "x86_64",
+              "gic": "arm64", "gicv2_compat": "arm64", "pri_bits": "arm64", "id_bits": "arm64",
+              "pmu_type": "arm64", "v5_userspace_ppis": "arm64", "ppc_platform": "powerpc",
+              **{f: "s390" for f in ("s390_facilities", "s390_cmma", "s390_ap", "s390_mem_limit", "s390_cpuid",
+                                     "s390_facility_words", "s390_machine_feat")}}
+
+
+def check_options(arch: str, given: dict[str, object]) -> None:
+    """Profile options given for ``arch``: an unknown name, or one of another
+    architecture (gic=3 on the x86 mock), is an error rather than ignored."""
+    from dataclasses import fields
+    from ...errors import UnknownNameError
+    known = [f.name for f in fields(HostProfile) if f.name != "arch"]
+    for name in given:
+        if name not in known:
+            raise UnknownNameError("mock profile option", name, "(kvmdev.open(\"mock\", ...), HostProfile)", known)
+        if FIELD_ARCH.get(name, arch) != arch:
+            raise ValueError(f"{name}={given[name]!r} is an option of the {FIELD_ARCH[name]} mock; "
+                             f"this mock is {arch} (arch={FIELD_ARCH[name]!r} for that one)")
+
+
 def x86_tsc_pinned(release: str) -> bool:
     """Whether an x86 kernel release pins the TSC offset: the CI machines' 6.18
     "-fc-" kernels accept a KVM_VCPU_TSC_OFFSET set and read back 0."""
