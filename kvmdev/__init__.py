@@ -15,11 +15,11 @@ from typing import Any
 from . import devices  # noqa: F401  (registers the device families)
 from .arch import ARCH_NAMES, DeviceType, get_arch, host_arch_name
 from .errors import ClosedError, KvmError, KvmUnavailable, SequenceError
+from ._version import __version__
 from .fd import Device, GuestMemory, Kvm, Vcpu, Vm
 
 __all__ = ["open", "BACKENDS", "Kvm", "Vm", "Vcpu", "Device", "DeviceType", "GuestMemory", "KvmError",
            "KvmUnavailable", "ClosedError", "SequenceError", "ARCH_NAMES", "get_arch"]
-__version__ = "0.1.0"
 
 BACKENDS = ("auto", "real", "mock")
 # open("/dev/kvm") errnos that mean "no KVM for this process here": "auto" then uses the mock

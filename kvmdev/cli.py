@@ -17,6 +17,7 @@ import sys
 from typing import Any, Callable, Iterable, Sequence
 
 from . import BACKENDS, DeviceType
+from ._version import __version__
 from . import open as kvm_open
 from .arch import ARCH_NAMES
 from .arm64 import Affinity
@@ -242,6 +243,7 @@ def _int(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kvmdev", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--version", action="version", version=f"kvmdev {__version__}")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--arch", choices=ARCH_NAMES, help="the mock's architecture (default: this host's)")
