@@ -10,7 +10,7 @@ STAMP := $(VENV)/.kvmdev-install.stamp
 # the tools/guests scripts take the host interpreter (cffi, pip download) from PYTHON
 GUESTS := PYTHON=$(abspath $(VPY))
 
-.PHONY: install venv test test-guarded example bench bench-arm64 test-arm64 test-arm64-guarded test-ppc64 docs fuzz clean distclean
+.PHONY: install venv test test-guarded example bench bench-arm64 test-arm64 test-arm64-guarded test-ppc64 docs fuzz dist test-wheel test-arm64-wheel clean distclean
 
 # a venv whose interpreter is gone (a removed pyenv version) is made anew
 ifneq ($(shell $(VPY) -c 'import sys' 2>/dev/null && echo ok),ok)
@@ -62,6 +62,28 @@ fuzz: $(STAMP)
 docs: $(STAMP)
 	$(VPY) tools/api_doc.py
 
+# the release files in dist/: the sdist, and cp310-abi3 manylinux wheels for x86_64 and
+# aarch64 (built from the sdist; aarch64 with the arm64 guests' cross toolchain)
+DIST_STAMP := $(VENV)/.kvmdev-dist.stamp
+$(DIST_STAMP): $(STAMP)
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test,dist]'
+	touch $(DIST_STAMP)
+
+dist: $(DIST_STAMP)
+	PYTHON=$(abspath $(VPY)) bash tools/build-dist.sh
+
+# the suite against the installed x86_64 wheel, in a fresh venv per CPython 3.10-3.13
+# (pyenv's); TEST_WHEEL_ARGS=--smoke: the full suite on the first, a smoke subset on the rest
+test-wheel: dist
+	bash tools/test-wheel.sh $(TEST_WHEEL_ARGS)
+
+# the arm64-marked tests in the real arm64 guests from the aarch64 wheel (6.12, GIC v3;
+# ARM64_COMBOS="6.12/3 6.1/2" for more)
+ARM64_WHEEL_COMBOS ?= 6.12/3
+test-arm64-wheel: dist
+	$(GUESTS) bash tools/guests/test-guests.sh --jobs 1 --wheel "$$(ls dist/kvmdev-*-cp310-abi3-*manylinux*_aarch64.whl | tail -1)" \
+	  $(foreach c,$(ARM64_WHEEL_COMBOS),--combo $(c))
+
 test-arm64: $(STAMP)
 	$(GUESTS) bash tools/guests/test-guests.sh
 
@@ -73,7 +95,7 @@ test-ppc64: $(STAMP)
 	$(GUESTS) bash tools/guests/test-guests.sh --arch ppc64el
 
 clean:
-	rm -rf build *.egg-info kvmdev/_kvm_*.so kvmdev/_kvm_*.c $(STAMP) .install.stamp .pytest_cache
+	rm -rf build dist *.egg-info kvmdev/_kvm_*.so kvmdev/_kvm_*.c $(STAMP) $(DIST_STAMP) .install.stamp .pytest_cache
 
 # clean, and the virtual environment too
 distclean: clean

@@ -14,13 +14,13 @@ from typing import Any
 
 from .arch import ARCH_NAMES, DeviceType, get_arch, host_arch_name
 from .errors import ArchError, ClosedError, KvmError, KvmUnavailable, SequenceError, UnknownNameError
+from ._version import __version__
 from .fd import Device, GuestMemory, Kvm, Vcpu, Vm
 # register every device family's tables and classes
 from .devices import arm64_vcpu, flic, its, mpic, s390_vm, vfio, vgic, vgic_v5, x86, xics  # noqa: F401,E402
 
 __all__ = ["open", "BACKENDS", "Kvm", "Vm", "Vcpu", "Device", "DeviceType", "GuestMemory", "KvmError",
            "KvmUnavailable", "ClosedError", "SequenceError", "UnknownNameError", "ArchError", "ARCH_NAMES", "get_arch"]
-__version__ = "0.1.0"
 
 from ._ipython import load_ipython_extension, register as _register_ipython  # noqa: E402
 

@@ -26,6 +26,7 @@ import sys
 from typing import Any, Callable, Iterable, NoReturn, Sequence
 
 from . import BACKENDS, DeviceType
+from ._version import __version__
 from . import open as kvm_open
 from .arch import ARCH_NAMES, DEVICE_ALIASES, host_arch_name
 from .arm64 import Affinity, default_mpidr
@@ -350,6 +351,7 @@ def _global_options(p: argparse.ArgumentParser, sub: bool) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kvmdev", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--version", action="version", version=f"kvmdev {__version__}")
     _global_options(p, False)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 

@@ -132,3 +132,46 @@ def vm(kvm: kvmdev.Kvm) -> kvmdev.Vm:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     real = "usable" if not REAL_UNUSABLE else f"UNUSABLE ({REAL_UNUSABLE})"
     return [f"kvmdev: host arch {HOST}; real /dev/kvm {real}; backends: {ONLY or 'real+mock'}"]
+
+
+# --- the checkout, and runs against an installed kvmdev (tools/test-wheel.sh, --wheel of
+# tools/guests/test-guests.sh), where tests/ is a copy beside the installed package
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# tests marked source_tree read the checkout itself (cdefs/ against kernel headers, README
+# and docs/ execution, tools/, packaging): they run in the in-tree run and skip elsewhere
+SOURCE_TREE = all(os.path.exists(os.path.join(ROOT, p))
+                  for p in ("pyproject.toml", "cdefs/build.py", "README.md", "docs", "tools/api_doc.py"))
+
+
+class _InstalledCheck:
+    """KVMDEV_EXPECT_FROM=DIR: kvmdev (and its compiled modules) must have been imported from
+    under DIR (the wheel's install), or the run stops before any test."""
+
+    def __init__(self, where: str) -> None:
+        import importlib
+        base = os.path.realpath(where) + os.sep
+        mods = [kvmdev, importlib.import_module(f"kvmdev._kvm_{HOST}")]
+        bad = [f"{m.__name__} from {m.__file__}" for m in mods if not os.path.realpath(m.__file__ or "").startswith(base)]
+        if bad:
+            raise pytest.UsageError(f"KVMDEV_EXPECT_FROM={where}: imported {', '.join(bad)}")
+        self.line = f"kvmdev {kvmdev.__version__} imported from {os.path.dirname(kvmdev.__file__ or '')} " \
+                    f"(KVMDEV_EXPECT_FROM checked; {os.path.basename(mods[1].__file__ or '')})"
+
+    def pytest_report_header(self) -> str:
+        return self.line
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    where = os.environ.get("KVMDEV_EXPECT_FROM")
+    if where:
+        config.pluginmanager.register(_InstalledCheck(where), "kvmdev-installed-check")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if SOURCE_TREE:
+        return
+    skip = pytest.mark.skip(reason=f"source_tree: needs the checkout (cdefs/, README.md, docs/, tools/); {ROOT} "
+                                   f"holds a copy of the tests beside an installed kvmdev; runs in the in-tree run")
+    for item in items:
+        if item.get_closest_marker("source_tree"):
+            item.add_marker(skip)

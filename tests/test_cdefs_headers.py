@@ -32,6 +32,12 @@ from kvmdev.arch import Arch, get_arch, host_arch_name
 ROOT = Path(__file__).resolve().parent.parent
 U64 = (1 << 64) - 1
 
+# cdefs/ is the checkout's, not the installed package's
+pytestmark = pytest.mark.source_tree
+if not (ROOT / "cdefs" / "build.py").exists():
+    pytest.skip(f"source_tree: needs the checkout's cdefs/ (not in {ROOT}); runs in the in-tree run",
+                allow_module_level=True)
+
 
 def _load_build() -> ModuleType:
     # cdefs/ is not a package; load build.py by path so this works from any cwd.

@@ -33,7 +33,7 @@ trap 'rm -rf "$STAGE"' EXIT
 EXT=$("$HERE/build-ext.sh" --arch "$DEBARCH" | tail -1)
 tar -C "$ROOT" --exclude=__pycache__ -cf - kvmdev tests/fuzz_corpus | tar -C "$STAGE" -xf -
 find "$STAGE/kvmdev" -name '*.so' -delete
-cp "$EXT"/_kvm_*.cpython-311-$TRIPLE.so "$STAGE/kvmdev/"
+cp "$EXT"/_kvm_*.abi3.so "$STAGE/kvmdev/"
 rc=0
 for c in "${COMBOS[@]}"; do
   k=${c%/*} g=${c#*/}
