@@ -12,10 +12,11 @@ import errno
 import os
 from typing import Any
 
-from . import devices  # noqa: F401  (registers the device families)
 from .arch import ARCH_NAMES, DeviceType, get_arch, host_arch_name
 from .errors import ClosedError, KvmError, KvmUnavailable, SequenceError
 from .fd import Device, GuestMemory, Kvm, Vcpu, Vm
+# register every device family's tables and classes
+from .devices import arm64_vcpu, flic, its, mpic, s390_vm, vfio, vgic, vgic_v5, x86, xics  # noqa: F401,E402
 
 __all__ = ["open", "BACKENDS", "Kvm", "Vm", "Vcpu", "Device", "DeviceType", "GuestMemory", "KvmError",
            "KvmUnavailable", "ClosedError", "SequenceError", "ARCH_NAMES", "get_arch"]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .arch import Arch
-    from .fd import _AttrTarget
+    from .attr_target import _AttrTarget
 
 RW, RO, WO = "rw", "r", "w"
 

@@ -75,12 +75,12 @@ def test_run_immediate_exit(vm: kvmdev.Vm) -> None:
 def test_create_device_overloads_match_the_classes() -> None:
     """Vm.create_device's overloads (what type checkers see) give, for every
     device type with a typed class, that class, by name and by DeviceType
-    member: read from fd.py's source, compared with DEVICE_CLASSES (what the
+    member: read from vm.py's source, compared with DEVICE_CLASSES (what the
     call returns at run time)."""
     import ast
     import inspect
-    from kvmdev import fd
-    tree = ast.parse(inspect.getsource(fd))
+    from kvmdev import fd, vm
+    tree = ast.parse(inspect.getsource(vm))
     typed: dict[str, str] = {}
     for node in ast.walk(tree):
         if not (isinstance(node, ast.FunctionDef) and node.name == "create_device" and node.decorator_list):

@@ -16,8 +16,10 @@ from kvmdev.attrs import attr_property  # noqa: E402
 from kvmdev.devices import (arm64_vcpu, flic, gicstate, its, mpic, s390_vm, vfio, vgic, vgic_v5,  # noqa: E402
                             x86, xics)
 
-MODULES = [kvmdev, kvmdev.fd, vgic, its, gicstate, vgic_v5, arm64_vcpu, x86, vfio, mpic, xics, flic, s390_vm, cli,
-           pytest_plugin]
+from kvmdev import attr_target, device, kvm, vcpu, vm  # noqa: E402  (the fd layer; kvmdev.fd re-exports it)
+
+MODULES = [kvmdev, kvm, vm, vcpu, device, attr_target, vgic, its, gicstate, vgic_v5, arm64_vcpu, x86, vfio, mpic,
+           xics, flic, s390_vm, cli, pytest_plugin]
 
 
 def _doc(obj: object) -> str:

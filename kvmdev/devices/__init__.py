@@ -1,3 +1,4 @@
-"""Typed device families: one module each, mostly tables.  Importing this
-package registers every family's attribute tables and classes."""
-from . import arm64_vcpu, flic, its, mpic, s390_vm, vfio, vgic, vgic_v5, x86, xics  # noqa: F401
+"""Typed device families: one module each, mostly tables.  Importing a module
+registers its attribute tables and classes; ``import kvmdev`` imports them all.
+This package imports nothing itself: the fd layer imports the vCPU/VM mixins
+(arm64_vcpu, x86) from here, and the device modules import the fd layer."""

@@ -19,7 +19,7 @@ from typing import Any
 from .. import attrs as _attrs
 from ..errnos import register as _register_errnos
 from ..errors import KvmError
-from ..fd import DEVICE_CLASSES, Device
+from ..device import DEVICE_CLASSES, Device
 
 IRQ_SIZE = 72                           # sizeof(struct kvm_s390_irq)
 MAX_BUFFER = 0x2000000                  # KVM_S390_FLIC_MAX_BUFFER

@@ -22,7 +22,7 @@ from typing import Callable, Mapping
 from .. import attrs as _attrs
 from ..errnos import register as _register_errnos
 from ..errors import SequenceError
-from ..fd import DEVICE_CLASSES, Device
+from ..device import DEVICE_CLASSES, Device
 from .vgic import Frame, Reg, Registers, _bits
 
 # -- GITS_* registers (the ITS control frame) ------------------------------------------------

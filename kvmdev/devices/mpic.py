@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .. import attrs as _attrs
 from ..errnos import register as _register_errnos
-from ..fd import DEVICE_CLASSES, Device
+from ..device import DEVICE_CLASSES, Device
 
 MPIC_SIZE = 0x40000                    # the register space; the base's alignment
 MAX_SRC = 256                          # IRQ_ACTIVE's attr: 0..256 (256 is IPI0)

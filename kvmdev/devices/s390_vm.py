@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import attrs as _attrs
 from ..errnos import register as _register_errnos
-from ..fd import Vm
+from ..vm import Vm
 
 S390 = ("s390",)
 _A, _G, RW, RO, WO = _attrs.Attr, _attrs.Group, _attrs.RW, _attrs.RO, _attrs.WO

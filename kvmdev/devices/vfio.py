@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import IO, Union
 
 from ..attrs import WO, Attr, Group, register
-from ..fd import DEVICE_CLASSES, Device
+from ..device import DEVICE_CLASSES, Device
 
 _FD_DOC = "kvm_device_attr.addr points to an int32_t file descriptor for the VFIO file."
 

@@ -22,10 +22,10 @@ from .. import attrs as _attrs
 from ..arm64 import Affinity
 from ..errnos import register as _register_errnos
 from ..errors import KvmError
-from ..fd import DEVICE_CLASSES, Device
+from ..device import DEVICE_CLASSES, Device
 
 if TYPE_CHECKING:
-    from ..fd import Vcpu
+    from ..vcpu import Vcpu
 
 
 @dataclass(frozen=True)

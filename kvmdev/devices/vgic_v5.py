@@ -15,7 +15,7 @@ import struct
 
 from .. import attrs as _attrs
 from ..errnos import register as _register_errnos
-from ..fd import DEVICE_CLASSES
+from ..device import DEVICE_CLASSES
 from .vgic import Vgic
 
 _CTRL = "KVM_DEV_ARM_VGIC_GRP_CTRL"

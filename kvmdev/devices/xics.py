@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from .. import attrs as _attrs
 from ..errnos import register as _register_errnos
-from ..fd import DEVICE_CLASSES, Device, Vcpu
+from ..device import DEVICE_CLASSES, Device
+from ..vcpu import Vcpu
 
 _SOURCES = "KVM_DEV_XICS_GRP_SOURCES"
 FIRST_SOURCE, NR_SOURCES = 16, 1 << 20     # source numbers 16 .. 2^20-1 (KVMPPC_XICS_NR_IRQS)

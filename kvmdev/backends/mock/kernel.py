@@ -409,7 +409,22 @@ class MockVcpu(KernelObject):
         self.attrs = backend.arch_model.vcpu_attrs(self)
         self.run_map: Any = None  # the mmap of struct kvm_run the caller made
         self.mutex = threading.Lock()  # vcpu->mutex, held for the length of each vCPU ioctl
+        # a signal to the thread in KVM_RUN (MockBackend.kick): checked by the run loop
+        self.kicked = threading.Event()
         self.part = backend.arch_model.vcpu_part(self)
+
+    def kick(self) -> None:
+        self.kicked.set()
+        wake = getattr(self.part, "wake", None)
+        if wake is not None:
+            wake()
+
+    def signal_pending(self) -> bool:
+        """signal_pending(current) in the run loop: consumes the kick."""
+        if self.kicked.is_set():
+            self.kicked.clear()
+            return True
+        return False
 
     def ioctl(self, name: str, arg: int) -> int:
         with self.mutex:
@@ -428,6 +443,9 @@ class MockVcpu(KernelObject):
     def ioctl_KVM_RUN(self, arg: int) -> int:
         if arg:
             raise Errno(E.EINVAL)
+        # a kick before this point is seen through immediate_exit (set before the signal),
+        # as a signal that lands before the ioctl is lost
+        self.kicked.clear()
         immediate = bool(self.run_map is not None and self.run_map[1])  # kvm_run.immediate_exit
         return self.backend.arch_model.vcpu_run(self, immediate)
 

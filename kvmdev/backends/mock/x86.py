@@ -52,6 +52,20 @@ class VcpuAttrs(AttrModel):
             self.tsc_offset = value
 
 
+class X86Vcpu:
+    """vcpu->arch: the ioctls of kvm_arch_vcpu_ioctl the mock models."""
+
+    def __init__(self, vcpu: MockVcpu) -> None:
+        self.vcpu = vcpu
+
+    def ioctl_KVM_GET_REG_LIST(self, arg: int) -> int:
+        """6.18 (kvm_get_reg_list): no register without CET in the guest's CPUID,
+        so n = 0 succeeds and nothing is copied."""
+        self.vcpu.user.get("__u64", arg)
+        self.vcpu.user.put("__u64", arg, 0)
+        return 0
+
+
 class ArchModel(_Base):
     system_attr_errno = E.EINVAL   # kvm_arch_dev_ioctl default (SET on /dev/kvm)
     vm_attr_errno = E.ENOTTY       # kvm_arch_vm_ioctl has no device-attr ioctls here
@@ -61,3 +75,6 @@ class ArchModel(_Base):
 
     def vcpu_attrs(self, vcpu: MockVcpu) -> AttrModel:
         return VcpuAttrs(vcpu)
+
+    def vcpu_part(self, vcpu: MockVcpu) -> X86Vcpu:
+        return X86Vcpu(vcpu)

@@ -1,0 +1,208 @@
+"""The fd base: one kernel fd owned by a Python object (lifetime, ioctls).
+
+Every ioctl goes through ``_Fd._ioctl``/``_ioctl_val``; failures become a
+KvmError naming the ioctl and the target.  Lifetime: calls in flight hold the
+fd (_acquire/_release), close() defers the real close to the last of them, and
+a fork child's VM/vCPU/device fds are refused (the kernel would answer EIO).
+"""
+from __future__ import annotations
+
+import errno as E
+import os
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any, Sequence
+
+from .arch import Arch
+from .errors import ClosedError, KvmError
+
+if TYPE_CHECKING:
+    from .backends import Backend
+
+# bumped in a fork child: VM, vCPU and device fds then belong to the parent
+_GENERATION = [0]
+
+
+def _after_fork_in_child() -> None:
+    _GENERATION[0] += 1
+    _Fd._forked = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _enable_cap(target: "_Fd", cap: int | str, args: Sequence[int], flags: int) -> int:
+    if len(args) > 4:
+        raise ValueError(f"KVM_ENABLE_CAP takes at most 4 args, not {len(args)}")
+    number = _cap(target._arch, cap)
+    ec = target._arch.ffi.new("struct kvm_enable_cap *", {"cap": number, "flags": flags, "args": list(args)})
+    return target._ioctl("KVM_ENABLE_CAP", ec, attr=cap if isinstance(cap, str) else None)
+
+
+class _Fd:
+    """A kernel fd owned by this object; closes deterministically, children first.
+
+    Threads: every ioctl holds the fd for its duration (_acquire/_release).  A
+    close() from another thread marks the object closed at once (later calls get
+    ClosedError) and the fd is closed when the last call in flight returns, so no
+    ioctl ever reaches a reused fd number.  Concurrent calls on one object are
+    allowed; the kernel serializes what it must (a vCPU's ioctls, a VM's config)."""
+
+    _kind = "fd"
+    _process_bound = True   # KVM answers EIO to VM, vCPU and device ioctls from another process
+    _forked = False         # set in a fork child
+
+    def __init__(self, backend: "Backend", fd: int, parent: "_Fd | None") -> None:
+        self._backend = backend
+        self._arch: Arch = backend.arch
+        self._fd = fd
+        self._users: list[None] = []      # one entry per call in flight
+        self._deferred: list[int] = []    # the fd close() left to the last of them
+        self._generation = _GENERATION[0]
+        self._pid = os.getpid()
+        self._parent = parent
+        # Weak: an object nobody references closes its fd like a Python file does;
+        # close() still reaches every live child first.
+        self._children: weakref.WeakValueDictionary[int, _Fd] = weakref.WeakValueDictionary()
+        self._lock = threading.RLock()
+        if parent is not None:
+            parent._children[id(self)] = self
+            parent._child_opened(id(self))
+
+    # -- lifetime --------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def fileno(self) -> int:
+        fd = self._fd
+        if fd < 0:
+            raise ClosedError(f"{self._target_label()} is closed")
+        return fd
+
+    # The hand-over between calls in flight and close() uses list append/pop, each
+    # atomic in CPython, rather than a lock: it is on every ioctl's path.
+    def _acquire(self) -> int:
+        """The fd, held for one ioctl (see the class doc); _release() after it."""
+        fd = self._fd
+        if fd < 0 or self._forked and self._process_bound and self._generation != _GENERATION[0]:
+            self._refuse(fd)
+        self._users.append(None)
+        if self._fd < 0:           # closed meanwhile: not this fd any more
+            self._release()
+            self._refuse(-1)
+        return fd
+
+    def _release(self) -> None:
+        self._users.pop()
+        if not self._users and self._deferred:
+            self._close_deferred()
+
+    def _close_deferred(self) -> None:
+        """Close the fd close() left, if no one else took it first (atomic pop)."""
+        try:
+            fd = self._deferred.pop()
+        except IndexError:
+            return
+        self._backend.close(fd)
+        self._after_close()
+
+    def _after_close(self) -> None:
+        """What goes with the fd once it is really closed (a vCPU's kvm_run map)."""
+        if self._parent is not None:
+            self._parent._child_gone(id(self))
+
+    def _child_opened(self, key: int) -> None:
+        """A child fd exists (the VM keeps its guest memory until none is left)."""
+
+    def _child_gone(self, key: int) -> None:
+        """A child's fd is really closed: no call of it is in flight any more."""
+
+    def _refuse(self, fd: int) -> None:
+        if fd < 0:
+            raise ClosedError(f"{self._target_label()} is closed")
+        raise KvmError(E.EIO, "ioctl", self._target_label(), detail=(
+            f"this {self._kind} belongs to process {self._pid}, which created its VM; KVM answers EIO "
+            "to any other process, a fork child included (open KVM again in the child)"))
+
+    def close(self) -> None:
+        """Close this fd, after closing every object created from it.  Calls in
+        flight on other threads finish first; the fd closes after the last."""
+        with self._lock:
+            if self._fd < 0:
+                return
+            for child in list(self._children.values()):
+                child.close()
+            self._deferred.append(self._fd)
+            self._fd = -1
+            if self._parent is not None:
+                self._parent._children.pop(id(self), None)
+            if not self._users:
+                self._close_deferred()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # Unreferenced objects still close their fd; the kernel keeps a VM alive
+        # while its vCPU and device fds are open, so the order does not matter.
+        try:
+            if self._fd >= 0:
+                fd, self._fd = self._fd, -1
+                self._backend.close(fd)
+                if self._parent is not None:
+                    self._parent._child_gone(id(self))
+        except Exception:
+            pass
+
+    # -- naming ------------------------------------------------------------
+    def _target_label(self) -> str:
+        return self._kind
+
+    def _target_key(self) -> str:
+        return self._kind
+
+    # -- ioctls ------------------------------------------------------------
+    def _ioctl(self, name: str, arg: Any, *, group: str | None = None, attr: str | None = None,
+               register: str | None = None) -> int:
+        fd = self._acquire()
+        try:
+            r = self._backend.ioctl(fd, self._arch.request(name), arg)
+        finally:
+            self._release()
+        if r < 0:
+            raise KvmError(-r, name, self._target_label(), group=group, attr=attr, target_key=self._target_key(),
+                           register=register)
+        return int(r)
+
+    def _ioctl_val(self, name: str, value: int) -> int:
+        fd = self._acquire()
+        try:
+            r = self._backend.ioctl_val(fd, self._arch.request(name), value)
+        finally:
+            self._release()
+        if r < 0:
+            raise KvmError(-r, name, self._target_label(), target_key=self._target_key())
+        return int(r)
+
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    @property
+    def arch(self) -> str:
+        return self._arch.name
+
+
+def _cap(arch: Arch, cap: int | str) -> int:
+    if isinstance(cap, str):
+        return arch.const(cap if cap.startswith("KVM_CAP_") else "KVM_CAP_" + cap)
+    return cap
+
+
+def _need_arch(obj: _Fd, arch: str, ioctl: str) -> None:
+    if obj._arch.name != arch:
+        raise ValueError(f"{ioctl} is an {arch} ioctl; this {obj._target_label()} is {obj._arch.name}")

@@ -1,0 +1,241 @@
+"""Vm: a VM fd (memory slots, vCPUs, devices, interrupt lines), and GuestMemory."""
+from __future__ import annotations
+
+import errno as E
+import mmap
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+from . import arm64 as _arm64
+from ._fd import _Fd, _cap, _enable_cap, _need_arch
+from .arch import DeviceType, device_type_name
+from .attr_target import _AttrTarget
+from .device import DEVICE_CLASSES, Device
+# typed VM attributes (a mixin; the module imports nothing of the fd layer)
+from .devices.arm64_vcpu import Arm64VmAttrs
+from .errors import KvmError
+from .vcpu import Vcpu, VcpuInit
+
+if TYPE_CHECKING:
+    from .backends import Backend
+    from .devices.flic import Flic
+    from .devices.its import Its
+    from .devices.mpic import Mpic
+    from .devices.vfio import Vfio
+    from .devices.vgic import VgicV2, VgicV3
+    from .devices.vgic_v5 import VgicV5
+    from .devices.xics import Xics
+
+
+class GuestMemory:
+    """Guest RAM: an anonymous mmap registered with KVM_SET_USER_MEMORY_REGION.
+    Read and write it by guest physical address."""
+
+    def __init__(self, vm: "Vm", slot: int, guest_phys_addr: int, size: int, readonly: bool) -> None:
+        self.slot = slot
+        self.guest_phys_addr = guest_phys_addr
+        self.size = size
+        self.readonly = readonly
+        self.buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._ffi = vm._arch.ffi
+        self._ptr = self._ffi.from_buffer(self.buf)
+        self.userspace_addr = int(self._ffi.cast("uintptr_t", self._ptr))
+
+    def __repr__(self) -> str:
+        return f"<GuestMemory slot {self.slot} {self.guest_phys_addr:#x}+{self.size:#x}>"
+
+    def _off(self, gpa: int, n: int) -> int:
+        off = gpa - self.guest_phys_addr
+        if off < 0 or off + n > self.size:
+            raise ValueError(f"{gpa:#x}+{n:#x} is outside {self!r}")
+        return off
+
+    def read(self, gpa: int, n: int) -> bytes:
+        off = self._off(gpa, n)
+        return self.buf[off:off + n]
+
+    def write(self, gpa: int, data: bytes) -> None:
+        off = self._off(gpa, len(data))
+        self.buf[off:off + len(data)] = data
+
+    def close(self) -> None:
+        if not self.buf.closed:
+            self._ffi.release(self._ptr)
+            self.buf.close()
+
+
+class Vm(_AttrTarget, Arm64VmAttrs):
+    """A VM fd."""
+
+    _kind = "vm"
+    machine_type = 0
+
+    def __init__(self, backend: "Backend", fd: int, parent: "_Fd") -> None:
+        self._live_children: set[int] = set()
+        super().__init__(backend, fd, parent)
+        self.memory: dict[int, GuestMemory] = {}
+
+    # Guest memory is unmapped only when nothing can reach it any more: the VM fd
+    # and every vCPU/device fd really closed (a KVM_RUN in flight on another thread
+    # keeps its vCPU fd, and the guest keeps using the memory, until it returns).
+    # Unmapping earlier would let the guest write into whatever is mapped there next.
+    def _child_opened(self, key: int) -> None:
+        self._live_children.add(key)
+
+    def _child_gone(self, key: int) -> None:
+        self._live_children.discard(key)
+        self._free_memory_if_unreachable()
+
+    def _after_close(self) -> None:
+        super()._after_close()
+        self._free_memory_if_unreachable()
+
+    def _free_memory_if_unreachable(self) -> None:
+        # the last child's and the VM's own real close may come from two threads
+        with self._lock:
+            if self._fd < 0 and not self._deferred and not self._live_children:
+                for m in self.memory.values():
+                    m.close()
+                self.memory.clear()
+
+    def set_user_memory_region(self, slot: int, guest_phys_addr: int, memory_size: int,
+                               userspace_addr: int, flags: int = 0) -> None:
+        """KVM_SET_USER_MEMORY_REGION (raw; see add_memory)."""
+        r = self._arch.ffi.new("struct kvm_userspace_memory_region *", {
+            "slot": slot, "flags": flags, "guest_phys_addr": guest_phys_addr,
+            "memory_size": memory_size, "userspace_addr": userspace_addr})
+        self._ioctl("KVM_SET_USER_MEMORY_REGION", r)
+
+    def add_memory(self, guest_phys_addr: int, size: int, *, slot: int | None = None,
+                   readonly: bool = False) -> GuestMemory:
+        """Map ``size`` bytes of fresh anonymous memory at ``guest_phys_addr``."""
+        if slot is None:
+            slot = max(self.memory, default=-1) + 1
+        mem = GuestMemory(self, slot, guest_phys_addr, size, readonly)
+        try:
+            self.set_user_memory_region(slot, guest_phys_addr, size, mem.userspace_addr,
+                                        self._arch.const("KVM_MEM_READONLY") if readonly else 0)
+        except BaseException:
+            mem.close()
+            raise
+        self.memory[slot] = mem
+        return mem
+
+    def guest_memory(self, gpa: int, n: int = 1) -> GuestMemory:
+        for m in self.memory.values():
+            if m.guest_phys_addr <= gpa and gpa + n <= m.guest_phys_addr + m.size:
+                return m
+        raise ValueError(f"no memory slot holds {gpa:#x}+{n:#x}")
+
+    def irq_line(self, irq: int, level: int) -> None:
+        """KVM_IRQ_LINE (on arm64 ``irq`` is encoded: see kvmdev.arm64.irq)."""
+        r = self._arch.ffi.new("struct kvm_irq_level *", {"irq": irq, "level": level})
+        self._ioctl("KVM_IRQ_LINE", r)
+
+    def signal_msi(self, address: int, data: int, devid: int | None = None) -> int:
+        """KVM_SIGNAL_MSI: >0 delivered, 0 blocked by the guest.  ``devid``
+        (the requester ID) is required by the arm64 ITS."""
+        m = self._arch.ffi.new("struct kvm_msi *", {
+            "address_lo": address & 0xFFFFFFFF, "address_hi": address >> 32, "data": data,
+            "flags": 0 if devid is None else self._arch.const("KVM_MSI_VALID_DEVID"),
+            "devid": devid or 0})
+        return self._ioctl("KVM_SIGNAL_MSI", m)
+
+    def _target_label(self) -> str:
+        return "VM"
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"fd={self._fd}"
+        return f"<kvmdev.Vm {self.backend} {self.arch} {state} vcpus={len(self.vcpus)}>"
+
+    @property
+    def vcpus(self) -> list["Vcpu"]:
+        return sorted((c for c in self._children.values() if isinstance(c, Vcpu)), key=lambda v: v.id)
+
+    @property
+    def devices(self) -> list["Device"]:
+        return [c for c in self._children.values() if isinstance(c, Device)]
+
+    def check_extension(self, cap: int | str) -> int:
+        """KVM_CHECK_EXTENSION on the VM fd (some answers depend on the VM)."""
+        return self._ioctl_val("KVM_CHECK_EXTENSION", _cap(self._arch, cap))
+
+    def enable_cap(self, cap: int | str, *args: int, flags: int = 0) -> int:
+        """KVM_ENABLE_CAP on the VM fd: ``cap`` by number or name, up to four args."""
+        return _enable_cap(self, cap, args, flags)
+
+    def create_vcpu(self, vcpu_id: int) -> "Vcpu":
+        """KVM_CREATE_VCPU."""
+        fd = self._ioctl_val("KVM_CREATE_VCPU", vcpu_id)
+        return Vcpu(self._backend, fd, self, vcpu_id)
+
+    def preferred_target(self) -> "VcpuInit":
+        """KVM_ARM_PREFERRED_TARGET (arm64): the target (and features) this host's
+        KVM wants in KVM_ARM_VCPU_INIT."""
+        _need_arch(self, "arm64", "KVM_ARM_PREFERRED_TARGET")
+        init = self._arch.ffi.new("struct kvm_vcpu_init *")
+        self._ioctl("KVM_ARM_PREFERRED_TARGET", init)
+        return VcpuInit(int(init.target), _arm64.feature_names(list(init.features), self._arch))
+
+    def _create_device_call(self, dtype: int, flags: int) -> Any:
+        cd = self._arch.ffi.new("struct kvm_create_device *")
+        cd.type = dtype
+        cd.fd = 0xFFFFFFFF
+        cd.flags = flags
+        fd = self._acquire()
+        try:
+            r = self._backend.ioctl(fd, self._arch.request("KVM_CREATE_DEVICE"), cd)
+        finally:
+            self._release()
+        if r < 0:
+            raise KvmError(-r, "KVM_CREATE_DEVICE", device_type_name(dtype), target_key=device_type_name(dtype))
+        return cd
+
+    def supports_device(self, dtype: int | str) -> bool:
+        """KVM_CREATE_DEVICE with KVM_CREATE_DEVICE_TEST: can this VM create the
+        type?  Creates no device and no fd.  ENODEV answers False."""
+        try:
+            self._create_device_call(_devtype(dtype), self._arch.const("KVM_CREATE_DEVICE_TEST"))
+        except KvmError as e:
+            if e.errno == E.ENODEV:
+                return False
+            raise
+        return True
+
+    # the typed class each device type gives (DEVICE_CLASSES at run time), for type checkers
+    @overload
+    def create_device(self, dtype: Literal["ARM_VGIC_V3", DeviceType.ARM_VGIC_V3]) -> VgicV3: ...
+    @overload
+    def create_device(self, dtype: Literal["ARM_VGIC_V2", DeviceType.ARM_VGIC_V2]) -> VgicV2: ...
+    @overload
+    def create_device(self, dtype: Literal["ARM_VGIC_ITS", DeviceType.ARM_VGIC_ITS]) -> Its: ...
+    @overload
+    def create_device(self, dtype: Literal["ARM_VGIC_V5", DeviceType.ARM_VGIC_V5]) -> VgicV5: ...
+    @overload
+    def create_device(self, dtype: Literal["VFIO", DeviceType.VFIO]) -> Vfio: ...
+    @overload
+    def create_device(self, dtype: Literal["FSL_MPIC_20", "FSL_MPIC_42", DeviceType.FSL_MPIC_20, DeviceType.FSL_MPIC_42]) -> Mpic: ...
+    @overload
+    def create_device(self, dtype: Literal["XICS", DeviceType.XICS]) -> Xics: ...
+    @overload
+    def create_device(self, dtype: Literal["FLIC", DeviceType.FLIC]) -> Flic: ...
+    @overload
+    def create_device(self, dtype: int | str) -> Device: ...
+
+    def create_device(self, dtype: int | str) -> Device:
+        """KVM_CREATE_DEVICE; returns the typed class of the device family
+        (e.g. kvmdev.devices.vfio.Vfio) or a plain Device."""
+        t = _devtype(dtype)
+        cd = self._create_device_call(t, 0)
+        cls = DEVICE_CLASSES.get(device_type_name(t), Device)
+        return cls(self._backend, int(cd.fd), self, t)
+
+
+def _devtype(dtype: int | str) -> int:
+    if isinstance(dtype, str):
+        name = dtype.upper().replace("-", "_")
+        name = name[len("KVM_DEV_TYPE_"):] if name.startswith("KVM_DEV_TYPE_") else name
+        try:
+            return int(DeviceType[name])
+        except KeyError:
+            raise ValueError(f"unknown device type {dtype!r}; known: {', '.join(DeviceType.__members__)}") from None
+    return int(dtype)
