@@ -130,25 +130,11 @@ STAGE=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-arm64-stage.XXXXXX")
 trap 'rm -rf "$STAGE"' EXIT
 trap 'exit 130' INT TERM
 
-# 1. the guest's (aarch64 or powerpc64le) CPython 3.11 builds of the cffi modules
-EXT=$("$HERE/build-ext.sh" --arch "$DEBARCH" 2> >(tee "$LOGS/build-ext.log" >&2) | tail -1) || die "build-ext.sh failed (log: $LOGS/build-ext.log)"
-[ -d "$EXT" ] || die "build-ext.sh did not name its output dir"
-
-# 2. the staged project tree the guests get as /work
-for p in kvmdev tests examples cdefs pyproject.toml conftest.py README.md; do
-  [ -e "$ROOT/$p" ] || continue
-  tar -C "$ROOT" --exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis -cf - "$p" | tar -C "$STAGE" -xf -
-done
-[ -d "$STAGE/kvmdev" ] || die "no kvmdev/ in $ROOT"
-find "$STAGE/kvmdev" -name '*.so' -delete          # the host's x86_64 builds
-cp "$EXT"/_kvm_*.cpython-311-$TRIPLE.so "$STAGE/kvmdev/"
-while IFS= read -r -d '' so; do                     # nothing but the guest's objects may go in
-  $TRIPLE-readelf -h "$so" 2>/dev/null | grep -qE "Machine:[[:space:]]+$ELFMACHINE" \
-    || die "staged ${so#"$STAGE"/} is not an $ELFMACHINE object"
-done < <(find "$STAGE" -name '*.so' -print0)
-
-# 3. optional wheels from PyPI (e.g. hypothesis) put on the guest's PYTHONPATH
-GUEST_ENV=(PYTHONPATH=/work)
+# 1-3. the staged project tree the guests get as /work: the guest's builds of the
+# cffi modules, kvmdev/tests/examples, and optional PyPI wheels (tools/guests/stage.sh)
+# shellcheck source=stage.sh
+. "$HERE/stage.sh"
+stage_kvmdev "$STAGE"
 PIP_REQS=${ARM64_PIP:-}
 if [ -z "$PIP_REQS" ] && [ -d "$ROOT/tests" ] \
    && grep -rqsE '^[[:space:]]*(import|from)[[:space:]]+hypothesis' --include='*.py' "$ROOT/tests"; then
@@ -156,30 +142,8 @@ if [ -z "$PIP_REQS" ] && [ -d "$ROOT/tests" ] \
   hv=$("$PYTHON" -c 'import hypothesis; print(hypothesis.__version__)' 2>/dev/null || true)
   PIP_REQS=hypothesis${hv:+==$hv}
 fi
-if [ -n "$PIP_REQS" ] && [ "$PIP_REQS" != none ]; then
-  key=$(echo "recipe=2 $PIP_REQS $WHEELPLAT" | sha256sum | cut -c1-12)
-  WHL=$CACHE/wheels/$key
-  if [ ! -f "$WHL/.complete" ]; then
-    say "downloading $WHEELPLAT/cp311 wheels for the guest: $PIP_REQS"
-    W=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-wheels.XXXXXX")
-    mkdir -p "$W/dl" "$W/site"
-    # shellcheck disable=SC2086
-    "$PYTHON" -m pip download -q --disable-pip-version-check --only-binary=:all: \
-      --platform $WHEELPLAT --python-version 3.11 --implementation cp --abi cp311 \
-      -d "$W/dl" $PIP_REQS >&2 || { rm -rf "$W"; die "pip download $PIP_REQS failed"; }
-    for w in "$W"/dl/*.whl; do "$PYTHON" -m zipfile -e "$w" "$W/site"; done
-    # compiled wheels may need libgcc_s.so.1, which the guest's minimal userland
-    # lacks: add the cross toolchain's (same gcc 12 build as bookworm's libgcc-s1)
-    if find "$W/site" -name '*.so' -exec $TRIPLE-readelf -d {} + 2>/dev/null | grep -q 'libgcc_s\.so\.1'; then
-      mkdir -p "$W/site/_lib"; cp /usr/$TRIPLE/lib/libgcc_s.so.1 "$W/site/_lib/"
-    fi
-    touch "$W/site/.complete"
-    mkdir -p "$(dirname "$WHL")"; rm -rf "$WHL"; mv -T "$W/site" "$WHL" 2>/dev/null || true; rm -rf "$W"
-  fi
-  mkdir -p "$STAGE/_pydeps"; cp -a "$WHL"/. "$STAGE/_pydeps/"
-  GUEST_ENV=(PYTHONPATH=/work:/work/_pydeps)
-  [ -d "$STAGE/_pydeps/_lib" ] && GUEST_ENV+=(LD_LIBRARY_PATH=/work/_pydeps/_lib)
-fi
+GUEST_ENV=(PYTHONPATH=/work)
+stage_pydeps "$STAGE" "$PIP_REQS"
 
 # the buffer guard mode reaches the guests too (make test-arm64-guarded)
 [ -n "${KVMDEV_GUARD_BUFFERS:-}" ] && GUEST_ENV+=(KVMDEV_GUARD_BUFFERS="$KVMDEV_GUARD_BUFFERS")
@@ -194,7 +158,7 @@ done
 PYTEST=(python3 -m pytest -q -rs -p no:cacheprovider -m "$MARK")
 [ "$HAS_PATH" = 0 ] && PYTEST+=(tests)
 PYTEST+=(${PYARGS[@]+"${PYARGS[@]}"})
-say "stage $STAGE ($(du -sh "$STAGE" | cut -f1)), modules from $EXT"
+say "stage $STAGE ($(du -sh "$STAGE" | cut -f1)), modules from $STAGED_EXT"
 say "guest command: ${PYTEST[*]}"
 say "logs: $LOGS; ${#RUNS[@]} run(s), $JOBS at a time, --smp $SMP"
 

@@ -136,6 +136,9 @@ class Arm64Vcpu:
         if init.features[0] & ~VALID_FEATURES or any(init.features[i] for i in range(1, 7)):
             raise Errno(E.ENOENT)
         features = int(init.features[0])
+        power_off = bool(features >> self.a.const("KVM_ARM_VCPU_POWER_OFF") & 1)
+        if not self.k61:   # 6.12: POWER_OFF is ephemeral, not part of the VM's feature set
+            features &= ~(1 << self.a.const("KVM_ARM_VCPU_POWER_OFF"))
         if self.target >= 0:
             if features != self.features:  # secondary calls must be identical
                 raise Errno(E.EINVAL)
@@ -146,7 +149,7 @@ class Arm64Vcpu:
         self.target, self.features = TARGET, features
         self._reset()
         # kvm_arch_vcpu_ioctl_vcpu_init: POWER_OFF -> STOPPED, else RUNNABLE
-        self.set_mp_state(MP_STOPPED if self.has("POWER_OFF") else MP_RUNNABLE)
+        self.set_mp_state(MP_STOPPED if power_off else MP_RUNNABLE)
         return 0
 
     def _reset(self) -> None:
