@@ -34,8 +34,10 @@ class Vmm:
         self.t0 = time.monotonic()
         self.p = subprocess.Popen([sys.executable, VMM, *args], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for stream, buf in ((self.p.stdout, self.out), (self.p.stderr, self.err)):
-            threading.Thread(target=self._pump, args=(stream, buf), daemon=True).start()
+        self.pumps = [threading.Thread(target=self._pump, args=(stream, buf))
+                      for stream, buf in ((self.p.stdout, self.out), (self.p.stderr, self.err))]
+        for t in self.pumps:
+            t.start()
 
     def _pump(self, stream, buf: bytearray) -> None:   # type: ignore[no-untyped-def]
         while chunk := os.read(stream.fileno(), 4096):
@@ -73,6 +75,8 @@ class Vmm:
     def finish(self, timeout: float = 60) -> int:
         rc = self.p.wait(timeout)
         self.p.stdin.close()                   # type: ignore[union-attr]
+        for t in self.pumps:                   # its pipes are at EOF now
+            t.join()
         return rc
 
 
@@ -136,6 +140,11 @@ def main() -> int:
         vm = Vmm(boot, "boot")
         vm.wait_for(re.escape(PROMPT), vm.out, 0, args.boot_timeout)
         res["boot"] = f"{time.monotonic() - vm.t0:.1f}s"
+        # where it went: the VMM's set-up (Image and initrd into RAM, DT, VGIC), then
+        # the guest kernel until /init (its uptime, which /init prints), then to the prompt
+        setup = vm.wait_for(rb"set up in ([0-9.]+)s", vm.err, 0, 1).group(1).decode()
+        init = vm.wait_for(rb"init: ([0-9.]+) ", vm.out, 0, 1).group(1).decode()
+        res["boot"] += f"(setup={setup}s,kernel-to-init={float(init):.1f}s)"
         ncpu = vm.type("grep -c ^processor /proc/cpuinfo").strip().splitlines()[-1]
         assert ncpu == args.smp, f"the guest sees {ncpu} CPUs, not {args.smp}"
         state = alive(vm, (0.0, 0, 0), "booted")
@@ -164,10 +173,14 @@ def main() -> int:
         verdict = "PASS"
     except Exception as e:                      # noqa: BLE001 - the line says FAIL, the reason goes before it
         print(f"driver: FAIL: {e}", file=sys.stderr, flush=True)
+        # the host kernel's side of it (KVM's messages: "Unsupported FSC", vgic...)
+        dmesg = subprocess.run(["dmesg"], capture_output=True, text=True).stdout.splitlines()
+        print("driver: host dmesg tail:\n" + "\n".join(dmesg[-25:]), file=sys.stderr, flush=True)
         verdict = "FAIL"
-        if vm is not None and vm.p.poll() is None:
-            vm.p.kill()
-            vm.p.wait()
+        if vm is not None:
+            if vm.p.poll() is None:
+                vm.p.kill()
+            vm.finish()
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)

@@ -129,7 +129,11 @@ class Machine:
             self._run_loop(cpu)
         except BaseException as e:      # noqa: BLE001 - reported by the main thread
             self.errors.append(e)
-            self.shutdown(f"vCPU {cpu.id} failed: {e}")
+            try:
+                where = f" (pc {cpu.get_one_reg('pc'):#x}, pstate {cpu.get_one_reg('pstate'):#x})"
+            except kvmdev.KvmError:
+                where = ""
+            self.shutdown(f"vCPU {cpu.id} failed: {e}{where}")
 
     def _run_loop(self, cpu: Any) -> None:
         uart_end = UART + Uart16550.SIZE
@@ -247,9 +251,13 @@ def main() -> int:
             initrd = open(args.initrd, "rb").read() if args.initrd else b""
             m.boot(image, initrd, args.append)
             log(f"booting {os.path.basename(args.kernel)}: {args.smp} vCPUs, {args.mem} MiB, "
-                f"GICv{m.gic_version}{' + ITS' if m.its is not None else ''}, kernel {kvm.kernel_release}")
+                f"GICv{m.gic_version}{' + ITS' if m.its is not None else ''}, kernel {kvm.kernel_release}; "
+                f"set up in {time.monotonic() - t0:.2f}s")
         m.start()
-        threading.Thread(target=m.input_loop, daemon=True, name="console").start()
+        # not a daemon: a daemon thread that wakes during interpreter shutdown is
+        # ended with pthread_exit, which aborts where libgcc_s is missing (the guests)
+        console = threading.Thread(target=m.input_loop, name="console")
+        console.start()
         snaps = 0
         while not m.stop.is_set():
             wake.wait(0.5)
@@ -271,6 +279,7 @@ def main() -> int:
                 else:
                     m.shutdown(signal.Signals(s).name)
         m.close()
+        console.join()
         log(f"stopped: {m.exit_reason}")
         return 1 if m.errors else 0
 

@@ -43,7 +43,8 @@
 #   ARM64_PYTEST_ARGS   extra pytest args (word-split), e.g. for
 #                         make test-arm64 ARM64_PYTEST_ARGS="-k vfio" ARM64_COMBOS=6.12/3
 #   ARM64_PIP           pure-Python requirements to add in the guest from PyPI wheels
-#                       (cached); default: "hypothesis" if tests/ imports it, else none.
+#                       (cached); default: "hypothesis" and the VMM's "fdt" if tests/
+#                       imports them, else none.
 #                       Set to "none" to disable.
 #   ARM64KVM_CACHE      cache dir shared with run-guest.sh / build-ext.sh (~/.cache/arm64kvm)
 #   PYTHON              host python with cffi (default python3)
@@ -141,6 +142,10 @@ if [ -z "$PIP_REQS" ] && [ -d "$ROOT/tests" ] \
   # the version the host's tests use, if it has one
   hv=$("$PYTHON" -c 'import hypothesis; print(hypothesis.__version__)' 2>/dev/null || true)
   PIP_REQS=hypothesis${hv:+==$hv}
+fi
+# the VMM example's device-tree writer (tests/test_vmm_example.py)
+if [ -z "${ARM64_PIP:-}" ] && grep -rqsE 'importorskip\("fdt"\)|^import fdt' --include='*.py' "$ROOT/tests"; then
+  PIP_REQS="${PIP_REQS:+$PIP_REQS }$(sed -n 's/^FDT_REQ="\([^"]*\)".*/\1/p' "$HERE/test-vmm.sh")"
 fi
 GUEST_ENV=(PYTHONPATH=/work)
 stage_pydeps "$STAGE" "$PIP_REQS"

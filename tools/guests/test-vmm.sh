@@ -122,7 +122,7 @@ for r in "${RUNS[@]}"; do
     LINES+=("vmm $k gic$g: $res [first level ${krel:-?}, wall ${wall}s]")
   else
     FAIL=1
-    LINES+=("vmm $k gic$g: ${res:-no result} FAIL (exit $rc) [first level ${krel:-?}, wall ${wall}s, log $LOGS/$n.log]")
+    LINES+=("vmm $k gic$g: ${res:-no result, FAIL} (exit $rc) [first level ${krel:-?}, wall ${wall}s, log $LOGS/$n.log]")
   fi
   say "${LINES[-1]}"
 done
