@@ -10,7 +10,7 @@ STAMP := $(VENV)/.kvmdev-install.stamp
 # the tools/guests scripts take the host interpreter (cffi, pip download) from PYTHON
 GUESTS := PYTHON=$(abspath $(VPY))
 
-.PHONY: install venv test test-guarded example bench bench-arm64 test-arm64 test-arm64-guarded test-ppc64 docs fuzz dist test-wheel test-arm64-wheel clean distclean
+.PHONY: install venv test test-guarded example bench bench-arm64 test-arm64 test-arm64-guarded test-ppc64 test-vmm docs fuzz dist test-wheel test-arm64-wheel clean distclean
 
 # a venv whose interpreter is gone (a removed pyenv version) is made anew
 ifneq ($(shell $(VPY) -c 'import sys' 2>/dev/null && echo ok),ok)
@@ -89,6 +89,11 @@ test-arm64: $(STAMP)
 
 test-arm64-guarded: $(STAMP)
 	KVMDEV_GUARD_BUFFERS=1 $(GUESTS) bash tools/guests/test-guests.sh
+
+# examples/vmm boots Linux nested in the real arm64 guests (6.12/6.1 x GIC 3/2), snapshots
+# it live and resumes it in a new process, twice; one summary line per combination
+test-vmm: $(STAMP)
+	$(GUESTS) bash tools/guests/test-vmm.sh
 
 # the powerpc-marked tests in Debian's ppc64el kernel (KVM-HV on an emulated PowerNV POWER8)
 test-ppc64: $(STAMP)

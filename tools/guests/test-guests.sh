@@ -49,7 +49,8 @@
 #   ARM64_PYTEST_ARGS   extra pytest args (word-split), e.g. for
 #                         make test-arm64 ARM64_PYTEST_ARGS="-k vfio" ARM64_COMBOS=6.12/3
 #   ARM64_PIP           pure-Python requirements to add in the guest from PyPI wheels
-#                       (cached); default: "hypothesis" if tests/ imports it, else none.
+#                       (cached); default: "hypothesis" and the VMM's "fdt" if tests/
+#                       imports them, else none.
 #                       Set to "none" to disable.
 #   ARM64KVM_CACHE      cache dir shared with run-guest.sh / build-ext.sh (~/.cache/arm64kvm)
 #   PYTHON              host python with cffi (default python3)
@@ -137,44 +138,19 @@ STAGE=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-arm64-stage.XXXXXX")
 trap 'rm -rf "$STAGE"' EXIT
 trap 'exit 130' INT TERM
 
+# 1-3. the staged tree the guests get as /work (tools/guests/stage.sh): the guest's
+# abi3 builds of the cffi modules with kvmdev/tests/examples, or (--wheel) the wheel
+# unpacked as site-packages with the tests beside it (no kvmdev/ or cdefs/ of this
+# checkout reaches the guest); then optional PyPI wheels
+# shellcheck source=stage.sh
+. "$HERE/stage.sh"
 GUEST_ENV=(PYTHONPATH=/work)
 if [ -z "$WHEEL" ]; then
-  # 1. the guest's (aarch64 or powerpc64le) abi3 builds of the cffi modules
-  EXT=$("$HERE/build-ext.sh" --arch "$DEBARCH" 2> >(tee "$LOGS/build-ext.log" >&2) | tail -1) || die "build-ext.sh failed (log: $LOGS/build-ext.log)"
-  [ -d "$EXT" ] || die "build-ext.sh did not name its output dir"
-
-  # 2. the staged project tree the guests get as /work
-  for p in kvmdev tests examples cdefs pyproject.toml conftest.py README.md; do
-    [ -e "$ROOT/$p" ] || continue
-    tar -C "$ROOT" --exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis -cf - "$p" | tar -C "$STAGE" -xf -
-  done
-  [ -d "$STAGE/kvmdev" ] || die "no kvmdev/ in $ROOT"
-  find "$STAGE/kvmdev" -name '*.so' -delete          # the host's x86_64 builds
-  cp "$EXT"/_kvm_*.abi3.so "$STAGE/kvmdev/"
+  stage_kvmdev "$STAGE"
 else
-  # 1-2. the wheel, installed by unpacking (a wheel is a zip laid out as site-packages),
-  # and the tests beside it: no kvmdev/ or cdefs/ of this checkout reaches the guest
-  [ -f "$WHEEL" ] || die "no wheel $WHEEL"
-  case $(basename "$WHEEL") in
-    kvmdev-*-abi3-*_${WHEELPLAT##*_}.whl) ;;
-    *) die "$(basename "$WHEEL") is not a kvmdev abi3 wheel for ${WHEELPLAT##*_}";;
-  esac
-  mkdir -p "$STAGE/_wheel"
-  "$PYTHON" -m zipfile -e "$WHEEL" "$STAGE/_wheel"
-  [ -f "$STAGE/_wheel/kvmdev/__init__.py" ] || die "$WHEEL has no kvmdev/"
-  for p in tests examples pyproject.toml; do
-    [ -e "$ROOT/$p" ] || continue
-    tar -C "$ROOT" --exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis -cf - "$p" | tar -C "$STAGE" -xf -
-  done
+  stage_wheel "$STAGE" "$WHEEL" tests examples pyproject.toml
   GUEST_ENV=(PYTHONPATH=/work/_wheel KVMDEV_EXPECT_FROM=/work/_wheel)
-  EXT=$WHEEL
 fi
-while IFS= read -r -d '' so; do                     # nothing but the guest's objects may go in
-  $TRIPLE-readelf -h "$so" 2>/dev/null | grep -qE "Machine:[[:space:]]+$ELFMACHINE" \
-    || die "staged ${so#"$STAGE"/} is not an $ELFMACHINE object"
-done < <(find "$STAGE" -name '*.so' -print0)
-
-# 3. optional wheels from PyPI (e.g. hypothesis) put on the guest's PYTHONPATH
 PIP_REQS=${ARM64_PIP:-}
 if [ -z "$PIP_REQS" ] && [ -d "$ROOT/tests" ] \
    && grep -rqsE '^[[:space:]]*(import|from)[[:space:]]+hypothesis' --include='*.py' "$ROOT/tests"; then
@@ -182,30 +158,11 @@ if [ -z "$PIP_REQS" ] && [ -d "$ROOT/tests" ] \
   hv=$("$PYTHON" -c 'import hypothesis; print(hypothesis.__version__)' 2>/dev/null || true)
   PIP_REQS=hypothesis${hv:+==$hv}
 fi
-if [ -n "$PIP_REQS" ] && [ "$PIP_REQS" != none ]; then
-  key=$(echo "recipe=2 $PIP_REQS $WHEELPLAT" | sha256sum | cut -c1-12)
-  WHL=$CACHE/wheels/$key
-  if [ ! -f "$WHL/.complete" ]; then
-    say "downloading $WHEELPLAT/cp311 wheels for the guest: $PIP_REQS"
-    W=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-wheels.XXXXXX")
-    mkdir -p "$W/dl" "$W/site"
-    # shellcheck disable=SC2086
-    "$PYTHON" -m pip download -q --disable-pip-version-check --only-binary=:all: \
-      --platform $WHEELPLAT --python-version 3.11 --implementation cp --abi cp311 \
-      -d "$W/dl" $PIP_REQS >&2 || { rm -rf "$W"; die "pip download $PIP_REQS failed"; }
-    for w in "$W"/dl/*.whl; do "$PYTHON" -m zipfile -e "$w" "$W/site"; done
-    # compiled wheels may need libgcc_s.so.1, which the guest's minimal userland
-    # lacks: add the cross toolchain's (same gcc 12 build as bookworm's libgcc-s1)
-    if find "$W/site" -name '*.so' -exec $TRIPLE-readelf -d {} + 2>/dev/null | grep -q 'libgcc_s\.so\.1'; then
-      mkdir -p "$W/site/_lib"; cp /usr/$TRIPLE/lib/libgcc_s.so.1 "$W/site/_lib/"
-    fi
-    touch "$W/site/.complete"
-    mkdir -p "$(dirname "$WHL")"; rm -rf "$WHL"; mv -T "$W/site" "$WHL" 2>/dev/null || true; rm -rf "$W"
-  fi
-  mkdir -p "$STAGE/_pydeps"; cp -a "$WHL"/. "$STAGE/_pydeps/"
-  GUEST_ENV[0]=${GUEST_ENV[0]}:/work/_pydeps
-  [ -d "$STAGE/_pydeps/_lib" ] && GUEST_ENV+=(LD_LIBRARY_PATH=/work/_pydeps/_lib)
+# the VMM example's device-tree writer (tests/test_vmm_example.py)
+if [ -z "${ARM64_PIP:-}" ] && grep -rqsE 'importorskip\("fdt"\)|^import fdt' --include='*.py' "$ROOT/tests"; then
+  PIP_REQS="${PIP_REQS:+$PIP_REQS }$(sed -n 's/^FDT_REQ="\([^"]*\)".*/\1/p' "$HERE/test-vmm.sh")"
 fi
+stage_pydeps "$STAGE" "$PIP_REQS"
 
 # the buffer guard mode reaches the guests too (make test-arm64-guarded)
 [ -n "${KVMDEV_GUARD_BUFFERS:-}" ] && GUEST_ENV+=(KVMDEV_GUARD_BUFFERS="$KVMDEV_GUARD_BUFFERS")
@@ -224,7 +181,7 @@ PYTEST=(python3 -m pytest -q -rs -p no:cacheprovider -m "$MARK")
 [ -n "$WHEEL" ] && PYTEST+=(-p no:kvmdev)
 [ "$HAS_PATH" = 0 ] && PYTEST+=(tests)
 PYTEST+=(${PYARGS[@]+"${PYARGS[@]}"})
-say "stage $STAGE ($(du -sh "$STAGE" | cut -f1)), modules from $EXT"
+say "stage $STAGE ($(du -sh "$STAGE" | cut -f1)), modules from $STAGED_EXT"
 say "guest command: ${PYTEST[*]}"
 say "logs: $LOGS; ${#RUNS[@]} run(s), $JOBS at a time, --smp $SMP"
 

@@ -140,7 +140,7 @@ class Arm64Vcpu:
             raise Errno(E.ENOENT)
         features = int(init.features[0])
         power_off = bool(features >> self.a.const("KVM_ARM_VCPU_POWER_OFF") & 1)
-        if not self.k61:   # 6.12: POWER_OFF is ephemeral, not part of the (per-VM) feature set
+        if not self.k61:   # 6.12: POWER_OFF is ephemeral, not part of the VM's feature set
             features &= ~(1 << self.a.const("KVM_ARM_VCPU_POWER_OFF"))
         if self.target >= 0:
             if features != self.features:  # secondary calls must be identical

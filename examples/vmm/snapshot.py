@@ -1,0 +1,123 @@
+"""Save a paused Machine into a directory and build a new one from it.
+
+    DIR/machine.json  layout, per-vCPU registers (every id KVM_GET_REG_LIST
+                      lists, by ONE_REG), MP_STATE, vCPU events, timer PPIs, UART
+    DIR/gic.json      kvmdev.devices.gicstate document (distributor,
+                      redistributors / CPU interfaces, ICC sysregs, ITS)
+    DIR/memory.bin    guest RAM, a sparse file (zero 64 KiB blocks are holes)
+
+The kernel rules this follows are noted where they apply (Documentation/virt/kvm/
+api.rst, devices/arm-vgic-v3.rst, arm-vgic-its.rst, vcpu.rst).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable
+
+import kvmdev
+from kvmdev.devices import gicstate
+from kvmdev.vcpu import Arm64VcpuEvents
+
+FORMAT = 1
+BLOCK = 64 << 10
+TIMERS = ("VTIMER", "PTIMER")
+
+
+def _vcpu_state(cpu: Any) -> dict[str, Any]:
+    # Every register the kernel lists (core, FP/SIMD V0-V31 as 128-bit, system
+    # registers, the timer's CTL/CVAL/CNT, PSCI/firmware pseudo-registers).
+    regs = {f"{r:#x}": f"{cpu.get_one_reg(r):#x}" for r in cpu.get_reg_list()}
+    ev = cpu.get_vcpu_events()
+    timers = {}
+    for t in TIMERS:
+        try:
+            timers[t] = cpu.timer_irq(t)
+        except kvmdev.KvmError:
+            pass
+    return {"id": cpu.id, "features": list(cpu.features or []), "regs": regs, "mp_state": cpu.mp_state,
+            "events": {"serror_pending": ev.serror_pending, "serror_has_esr": ev.serror_has_esr,
+                       "serror_esr": ev.serror_esr},
+            "timer_irqs": timers}
+
+
+def save(m: Any, path: str) -> int:
+    """Save machine ``m`` (every vCPU parked by m.pause()); returns the bytes stored."""
+    os.makedirs(path, exist_ok=True)
+    # gicstate.save does KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES and the ITS's
+    # KVM_DEV_ARM_ITS_SAVE_TABLES first: they write into guest RAM, so RAM is saved after.
+    doc = gicstate.save(m.gic, m.vcpus, [m.its] if m.its is not None else [])
+    machine = {"format": FORMAT, "ncpus": m.ncpus, "ram_size": m.ram_size, "gic": m.gic_version,
+               "its": m.its is not None, "kernel": m.kvm.kernel_release,
+               "vcpus": [_vcpu_state(c) for c in m.vcpus], "uart": m.uart.state()}
+    with open(os.path.join(path, "gic.json.tmp"), "w") as f:
+        f.write(gicstate.dumps(doc))
+    with open(os.path.join(path, "machine.json.tmp"), "w") as f:
+        json.dump(machine, f)
+    zero = bytes(BLOCK)
+    with open(os.path.join(path, "memory.bin.tmp"), "wb") as f:
+        base = m.ram.guest_phys_addr
+        for off in range(0, m.ram_size, BLOCK):
+            block = m.ram.read(base + off, BLOCK)
+            if block != zero:
+                f.seek(off)
+                f.write(block)
+        f.truncate(m.ram_size)
+    for name in ("gic.json", "machine.json", "memory.bin"):
+        os.replace(os.path.join(path, name + ".tmp"), os.path.join(path, name))
+    return sum(os.stat(os.path.join(path, n)).st_blocks * 512 for n in ("gic.json", "machine.json", "memory.bin"))
+
+
+def restore(kvm: kvmdev.Kvm, path: str, machine_class: Callable[..., Any]) -> Any:
+    """A new Machine in the saved state, its vCPUs not yet started."""
+    with open(os.path.join(path, "machine.json")) as f:
+        st = json.load(f)
+    if st.get("format") != FORMAT:
+        raise ValueError(f"{path}: snapshot format {st.get('format')!r}, this VMM reads {FORMAT}")
+    with open(os.path.join(path, "gic.json")) as f:
+        doc = gicstate.loads(f.read())
+    # 1. The VM as it was built: vCPUs created and KVM_ARM_VCPU_INIT'ed (with the
+    #    same features) before the VGIC is created and initialised (arm-vgic-v3.rst:
+    #    CTRL_INIT after all vCPUs exist); the ITS at the same base.
+    m = machine_class(kvm, st["ncpus"], st["ram_size"] >> 20, st["gic"])
+    if st["its"] and m.its is None:
+        raise ValueError(f"{path}: the snapshot has an ITS and this host offers none")
+    # 2. Guest RAM before the GIC: the ITS tables and LPI pending tables are read
+    #    from it by KVM_DEV_ARM_ITS_RESTORE_TABLES (arm-vgic-its.rst).
+    zero = bytes(BLOCK)
+    base = m.ram.guest_phys_addr
+    with open(os.path.join(path, "memory.bin"), "rb") as f:
+        for off in range(0, m.ram_size, BLOCK):
+            block = f.read(BLOCK)
+            if block != zero:
+                m.ram.write(base + off, block)
+    # 3. vCPU registers by ONE_REG, all before the first KVM_RUN (the ID registers
+    #    are writable only then).  KVM_REG_ARM_TIMER_CNT's write sets the VM's
+    #    virtual counter offset (vcpu.rst / api.rst: "the virtual counter offset"),
+    #    so the guest's counter carries on from the saved value, not the host's.
+    for cpu, vs in zip(m.vcpus, st["vcpus"]):
+        for t, ppi in vs["timer_irqs"].items():     # vcpu.rst: before the first run
+            if cpu.timer_irq(t) != ppi:
+                cpu.set_timer_irq(t, ppi)
+        for rid, value in vs["regs"].items():
+            try:
+                cpu.set_one_reg(int(rid, 16), int(value, 16))
+            except kvmdev.KvmError as e:
+                raise RuntimeError(f"vCPU {cpu.id}: register {rid} = {value}: {e}") from e
+    # 4. The whole GIC (gicstate.restore knows its order: distributor, then per-vCPU
+    #    redistributor/CPU interface and ICC sysregs, GICR_PROPBASER/PENDBASER before
+    #    the ITS; ITS registers, KVM_DEV_ARM_ITS_RESTORE_TABLES, GITS_CTLR last).
+    #    It needs the vCPUs' MPIDRs, restored in step 3.
+    gicstate.restore(m.gic, doc, m.vcpus, [m.its] if m.its is not None else [], rollback=False)
+    # 5. MP_STATE (a secondary created with POWER_OFF becomes RUNNABLE, one the
+    #    guest had stopped stays STOPPED) and pending SErrors.
+    for cpu, vs in zip(m.vcpus, st["vcpus"]):
+        cpu.mp_state = vs["mp_state"]
+        ev = vs["events"]
+        if ev["serror_pending"]:
+            cpu.set_vcpu_events(Arm64VcpuEvents(True, ev["serror_has_esr"], False, ev["serror_esr"]))
+    # 6. The UART model, and its SPI's level (a v3 GIC document holds the level of
+    #    level-triggered SPIs, a v2 one does not: KVM_IRQ_LINE sets it either way).
+    m.uart.set_state(st["uart"])
+    m.uart_irq(int(st["uart"]["level"]))
+    return m
