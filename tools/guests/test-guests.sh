@@ -1,6 +1,6 @@
 #!/bin/bash
 # test-guests.sh - run kvmdev's arm64-marked tests against REAL arm64 KVM: Debian
-# bookworm arm64 kernels booted under qemu-system-aarch64 TCG with emulated EL2
+# arm64 kernels (bookworm's 6.1 and 6.12, trixie-backports' newer series) booted under qemu-system-aarch64 TCG with emulated EL2
 # (tools/guests/run-guest.sh), with the cffi modules cross-built for aarch64
 # (tools/guests/build-ext.sh); with --arch ppc64el the powerpc-marked tests against
 # REAL powerpc KVM (see below).  On x86 the same tests run on the mocks.
@@ -8,7 +8,7 @@
 # usage: tools/guests/test-guests.sh [options] [pytest args...]
 #   Runs `python3 -m pytest -q -rs -p no:cacheprovider -m arm64 tests <pytest args>`
 #   with PYTHONPATH=/work KVMDEV_BACKEND=real KVMDEV_ARM64_GIC=<3|2> in each guest, for every combination
-#   of kernel (6.12, 6.1) and GIC (--gic 3: VGIC v3 + ITS; --gic 2: VGIC v2), and
+#   of kernel (6.12, 6.1, 6.18, 7.3) and GIC (--gic 3: VGIC v3 + ITS; --gic 2: VGIC v2), and
 #   prints one line per combination, e.g.
 #     arm64 6.12 gic3: 42 passed, 3 skipped in 12.3s  [kernel 6.12.117+deb12-arm64, wall 25.1s]
 #   Exit status 0 only if every combination ran and pytest passed (a run that
@@ -21,7 +21,8 @@
 #
 # options:
 #   --arch arm64|ppc64el  the guests (default arm64)
-#   --kernel 6.12|6.1     only this kernel (repeatable)            env ARM64_KERNELS="6.12 6.1"
+#   --kernel SERIES       only this kernel series, any Debian arm64 one (run-guest.sh --kernel),
+#                         e.g. 6.1, 6.12, 6.18, 7.3 (repeatable)  env ARM64_KERNELS="6.12 6.1 6.18 7.3"
 #   --gic 3|2             only this GIC (repeatable)               env ARM64_GICS="3 2"
 #   --combo K/G           only this combination, e.g. 6.1/2 or 6.12-gic3 (repeatable)
 #                                                                  env ARM64_COMBOS="6.12/3 6.1/2"
@@ -88,7 +89,7 @@ done
 # shellcheck disable=SC2206
 [ -n "${ARM64_PYTEST_ARGS:-}" ] && PYARGS+=($ARM64_PYTEST_ARGS)
 # shellcheck disable=SC2206
-[ ${#KERNELS[@]} -eq 0 ] && KERNELS=(${ARM64_KERNELS:-6.12 6.1})
+[ ${#KERNELS[@]} -eq 0 ] && KERNELS=(${ARM64_KERNELS:-6.12 6.1 6.18 7.3})
 # shellcheck disable=SC2206
 [ ${#GICS[@]} -eq 0 ] && GICS=(${ARM64_GICS:-3 2})
 # shellcheck disable=SC2206
@@ -109,12 +110,12 @@ esac
 RUNS=()
 if [ ${#COMBOS[@]} -gt 0 ]; then
   for c in "${COMBOS[@]}"; do
-    [[ $c =~ ^(6\.12|6\.1)[/:,\ _-](gic)?([23])$ ]] || die "bad combination '$c' (want e.g. 6.12/3 or 6.1-gic2)" 2
+    [[ $c =~ ^([1-9][0-9]*\.[0-9]+)[/:,\ _-](gic)?([23])$ ]] || die "bad combination '$c' (want e.g. 6.12/3 or 7.3-gic2)" 2
     RUNS+=("${BASH_REMATCH[1]} ${BASH_REMATCH[3]}")
   done
 else
   for k in "${KERNELS[@]}"; do
-    case $k in 6.12|6.1) ;; *) die "--kernel must be 6.12 or 6.1" 2;; esac
+    [[ $k =~ ^[1-9][0-9]*\.[0-9]+$ ]] || die "--kernel must be a kernel series such as 6.12 or 7.3" 2
     for g in "${GICS[@]}"; do
       case $DEBARCH/$g in arm64/2|arm64/3|arm64/gic2|arm64/gic3|ppc64el/0) ;; *) die "--gic must be 3 or 2" 2;; esac
       RUNS+=("$k ${g#gic}")
