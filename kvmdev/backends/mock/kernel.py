@@ -196,6 +196,13 @@ class ArchModel:
         """KVM_CHECK_EXTENSION on the system fd (vm None) or a VM fd."""
         return int(self.host.caps.get(cap, 0))
 
+    def check_extension_number(self, vm: "MockVm | None", number: int) -> int:
+        """KVM_CHECK_EXTENSION of a capability number (unnamed ones too)."""
+        return self.check_extension(vm, self.backend.cap_name(number))
+
+    # TASK_SIZE_MAX where the mock knows the host's (access_ok of a memslot), else None
+    user_addr_max: int | None = None
+
     def vm_part(self, vm: "MockVm") -> Any:
         """Per-VM architecture state; its ioctl_<NAME> methods add VM ioctls."""
         return None
@@ -255,7 +262,7 @@ class MockSystem(KernelObject):
         return self.backend.arch.const("KVM_API_VERSION")
 
     def ioctl_KVM_CHECK_EXTENSION(self, arg: int) -> int:
-        return self.backend.arch_model.check_extension(None, self.backend.cap_name(arg))
+        return self.backend.arch_model.check_extension_number(None, arg & 0xFFFFFFFFFFFFFFFF)
 
     def ioctl_KVM_GET_VCPU_MMAP_SIZE(self, arg: int) -> int:
         return self.backend.host.vcpu_mmap_size
@@ -340,9 +347,12 @@ class MockVm(KernelObject):
         return _AllVcpusLocked(list(self.vcpus.values()))
 
     def ioctl_KVM_CHECK_EXTENSION(self, arg: int) -> int:
-        return self.backend.arch_model.check_extension(self, self.backend.cap_name(arg))
+        return self.backend.arch_model.check_extension_number(self, arg & 0xFFFFFFFFFFFFFFFF)
 
     def ioctl_KVM_CREATE_VCPU(self, arg: int) -> int:
+        arg &= 0xFFFFFFFFFFFFFFFF      # an unsigned long: -1 is 2**64-1 (>= KVM_MAX_VCPU_IDS: EINVAL)
+        if len(self.vcpus) >= self.backend.host.caps.get("KVM_CAP_MAX_VCPUS", 1 << 32):
+            raise Errno(E.EINVAL)      # kvm->created_vcpus >= kvm->max_vcpus
         self.backend.arch_model.vcpu_precreate(self, arg)
         vcpu = MockVcpu(self.backend, self, arg)  # kvm_arch_vcpu_create runs before the id check
         if arg in self.vcpus:
@@ -387,9 +397,14 @@ class MockVm(KernelObject):
             raise Errno(E.EINVAL)
         if m.memory_size % self.PAGE or m.guest_phys_addr % self.PAGE or m.userspace_addr % self.PAGE:
             raise Errno(E.EINVAL)
+        top = self.backend.arch_model.user_addr_max       # access_ok(userspace_addr, memory_size)
+        if top is not None and m.userspace_addr + m.memory_size > top:
+            raise Errno(E.EINVAL)
         if (m.slot & 0xFFFF) >= self.backend.host.caps.get("KVM_CAP_NR_MEMSLOTS", 32764) or m.slot >> 16:
             raise Errno(E.EINVAL)
         if m.guest_phys_addr + m.memory_size >= 1 << 64:
+            raise Errno(E.EINVAL)
+        if m.memory_size // self.PAGE > (1 << 31) - 1:     # KVM_MEM_MAX_NR_PAGES
             raise Errno(E.EINVAL)
         old = self.memslots.get(m.slot)
         if m.memory_size == 0:
