@@ -10,7 +10,7 @@ STAMP := $(VENV)/.kvmdev-install.stamp
 # the tools/guests scripts take the host interpreter (cffi, pip download) from PYTHON
 GUESTS := PYTHON=$(abspath $(VPY))
 
-.PHONY: install venv test test-guarded example bench bench-arm64 test-arm64 test-arm64-guarded test-ppc64 test-vmm docs fuzz dist test-wheel test-arm64-wheel clean distclean
+.PHONY: install venv test test-guarded example bench bench-arm64 test-arm64 test-arm64-guarded test-ppc64 test-vmm docs fuzz fuzz-chaos dist test-wheel test-arm64-wheel clean distclean
 
 # a venv whose interpreter is gone (a removed pyenv version) is made anew
 ifneq ($(shell $(VPY) -c 'import sys' 2>/dev/null && echo ok),ok)
@@ -48,16 +48,26 @@ bench: $(STAMP)
 	$(GUESTS) bash tools/guests/bench-arm64.sh
 
 # 100,000 operations per device type on each mock (arm64: each kernel and host GIC; powerpc:
-# book3s and e500), 10,000 on the real x86 kernel and per device in each real arm64 guest and
-# the ppc64el guest, differential against the mock there
+# book3s and e500), 10,000 on the real x86 kernel (per device, and of the VM/vCPU ioctls:
+# KVM_IOCTLS) and per device in each real arm64 guest and the ppc64el guest, differential
+# against the mock there; then fuzz-chaos
 fuzz: $(STAMP)
 	for a in x86_64 s390; do $(VPY) -m kvmdev.fuzz --backend mock --arch $$a --ops 100000 || exit 1; done
 	for p in book3s e500; do $(VPY) -m kvmdev.fuzz --backend mock --arch powerpc --ppc-platform $$p --ops 100000 || exit 1; done
 	for k in 6.12 6.1; do for g in 3 2 5; do \
 	  $(VPY) -m kvmdev.fuzz --backend mock --arch arm64 --kernel $$k --gic $$g --ops 100000 || exit 1; done; done
 	$(VPY) -m kvmdev.fuzz --backend real --ops 10000 --differential
+	$(MAKE) --no-print-directory fuzz-chaos
 	$(GUESTS) bash tools/guests/fuzz-guests.sh --ops 10000 --differential
 	$(GUESTS) bash tools/guests/fuzz-guests.sh --arch ppc64el --ops 10000 --differential
+
+# signals and forks at random points (kvmdev.chaos), about 2 minutes: 3,000 operations on the
+# mocks each with a SIGALRM whose handler raises KeyboardInterrupt (~45 s), 300 forks with three
+# threads running kvmdev calls on the arm64 mock (~40 s) and, on an x86 host, the real kernel (~15 s)
+fuzz-chaos: $(STAMP)
+	$(VPY) -m kvmdev.chaos signals --rounds 3000
+	$(VPY) -m kvmdev.chaos forks --rounds 300
+	if [ "$$(uname -m)" = x86_64 ] && [ -w /dev/kvm ]; then $(VPY) -m kvmdev.chaos forks --rounds 300 --arch x86_64 --backend real; fi
 
 docs: $(STAMP)
 	$(VPY) tools/api_doc.py

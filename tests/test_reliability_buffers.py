@@ -88,3 +88,29 @@ def test_mock_x86_narrow_ctype_is_caught() -> None:
         print("refused", type(e).__name__)
     """)
     assert r.returncode == 0 and r.stdout.startswith("refused"), f"rc {r.returncode}\n{r.stdout}{r.stderr[-2000:]}"
+
+
+def test_run_with_a_full_fd_table(kvm) -> None:
+    """issue 18: the real backend's kvm_run mmap dup()ed the vCPU fd (Python's
+    mmap.mmap), so the first run() failed with EMFILE once the table was full."""
+    code = """
+    import errno, os, resource, kvmdev
+    kvm = kvmdev.open(%r, arch=%r)
+    vm = kvm.create_vm()
+    cpu = vm.create_vcpu(0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    hog = []
+    try:
+        while True:
+            hog.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError as e:
+        assert e.errno == errno.EMFILE
+    try:
+        cpu.kvm_run
+        print("mapped")
+    except kvmdev.KvmError as e:
+        print("error", e)
+    """ % (kvm.backend, kvm.arch)
+    r = _run(code)
+    assert r.returncode == 0 and r.stdout.startswith("mapped"), f"rc {r.returncode}\n{r.stdout}{r.stderr[-2000:]}"

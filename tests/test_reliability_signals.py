@@ -103,9 +103,8 @@ def _lock_lines() -> list[tuple[str, int]]:
 
     from kvmdev.backends.mock import kernel
     out = []
-    locked = getattr(kernel, "_AllVcpusLocked", None)   # the fix's helper (absent before it)
-    fns = [kernel.MockVm.all_vcpus_locked, kernel.MockVcpu.ioctl]
-    fns += [locked.__enter__, locked._release] if locked else []
+    fns = [getattr(kernel.MockVm, "with_all_vcpus_locked", None) or kernel.MockVm.all_vcpus_locked,
+           kernel.MockVcpu.ioctl]
     for fn in fns:
         fn = getattr(fn, "__wrapped__", fn)
         lines, first = inspect.getsourcelines(fn)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno as E
 import importlib
+import itertools
 import mmap
 import os
 import threading
@@ -16,8 +17,10 @@ from typing import Any
 
 from ...arch import Arch, device_type_name, get_arch, host_arch_name
 from .host import HostProfile, check_options
-from .kernel import ArchModel, Errno, KernelObject, MockSystem, MockVcpu, UserMemory, fd_is_open
+from .kernel import ArchModel, Errno, KernelObject, MockSystem, MockVcpu, MockVm, UserMemory, fd_is_open
 
+_TAG = 0x6B760000          # "kv": the eventfd count of a mock fd
+_BACKEND_IDS = itertools.count(1)
 _ARCH_MODELS = {"x86_64": "x86", "arm64": "arm64", "powerpc": "powerpc", "s390": "s390"}
 
 
@@ -47,6 +50,10 @@ class MockBackend:
             self.host.device_types = tuple(self.arch_model.device_types())
         self._objects: dict[int, KernelObject] = {}
         self._lock = threading.Lock()
+        # every eventfd of this backend starts with this count: an fd an interrupt
+        # (KeyboardInterrupt) caught between its creation and its registration is
+        # found by it and closed (_sweep); in the kernel that step is one C call
+        self._tag = _TAG | next(_BACKEND_IDS) & 0xFFFF
         self._caps = {v: n for n, v in self.arch.constants("KVM_CAP_").items()}
 
     def __repr__(self) -> str:
@@ -55,13 +62,36 @@ class MockBackend:
     def new_fd(self, obj: KernelObject) -> int:
         """A real fd for a kernel object (anon_inode_getfd: EMFILE when the fd
         table is full)."""
-        try:
-            fd = os.eventfd(0, os.EFD_CLOEXEC)
-        except OSError as e:
-            raise Errno(e.errno or E.ENOMEM) from None
-        with self._lock:
+        with self._lock:     # creation and registration as one step for _sweep
+            try:
+                fd = os.eventfd(self._tag, os.EFD_CLOEXEC)
+            except OSError as e:
+                raise Errno(e.errno or E.ENOMEM) from None
             self._objects[fd] = obj
         return fd
+
+    def forget_fd(self, fd: int) -> None:
+        """Undo new_fd: the kernel object's creation did not complete."""
+        with self._lock:
+            if self._objects.pop(fd, None) is not None:
+                os.close(fd)
+
+    def _sweep(self) -> None:
+        """Close this backend's eventfds that are registered to no object (left by
+        an interrupt inside new_fd)."""
+        tag = f"eventfd-count: {self._tag:16x}"
+        with self._lock:
+            for name in os.listdir("/proc/self/fd"):
+                fd = int(name)
+                if fd in self._objects:
+                    continue
+                try:
+                    with open(f"/proc/self/fdinfo/{fd}") as f:
+                        info = f.read()
+                except OSError:
+                    continue
+                if tag in info:
+                    os.close(fd)
 
     def open_system(self) -> int:
         try:
@@ -108,11 +138,13 @@ class MockBackend:
             return -e.errno
 
     def close(self, fd: int) -> None:
-        with self._lock:
+        with self._lock:      # unregistered and closed in one step for _sweep
             obj = self._objects.pop(fd, None)
-        os.close(fd)
+            os.close(fd)
         if obj is not None:
             obj.release()
+        if isinstance(obj, (MockSystem, MockVm)):
+            self._sweep()
 
     def mmap(self, fd: int, length: int) -> Any:
         """mmap of a vCPU fd: an anonymous page the mock vCPU shares with the caller."""

@@ -61,6 +61,9 @@ class HostProfile:
     # x86: the host pins the TSC offset (the CI machines' 6.18 "-fc-" kernel accepts a
     # KVM_VCPU_TSC_OFFSET set and reads back 0); upstream reads back what was set
     x86_tsc_pinned: bool = False
+    # x86: the recorded host (kvmdev.backends.mock.x86_hosts, by uname -r) whose
+    # CHECK_EXTENSION, ENABLE_CAP, ONE_REG and memslot limits the mock answers with
+    x86_release: str = ""
     # Device types KVM_CREATE_DEVICE knows (DeviceType names); None: the arch model's
     device_types: tuple[str, ...] | None = None
     vcpu_mmap_size: int = 12288
@@ -106,6 +109,9 @@ class HostProfile:
                 raise ValueError("gicv2_compat describes a GICv3 host")
         if self.ppc_platform not in ("book3s", "e500"):
             raise ValueError(f"ppc_platform is 'book3s' or 'e500', not {self.ppc_platform!r}")
+        if self.arch == "x86_64" and not self.x86_release:
+            from .x86_hosts import DEFAULT_RELEASE
+            self.x86_release = DEFAULT_RELEASE
         caps = dict(_CAPS.get(self.arch, {}))
         if self.arch == "powerpc":
             book3s = self.ppc_platform == "book3s"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno as E
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ...devices.its import (DTE_NEXT_MAX, ESZ, GITS_BASER_TYPE_COLLECTION, GITS_BASER_TYPE_DEVICE, ITE_NEXT_MAX,
                             Cte, Dte, Ite, baser_table, pack, unpack)
@@ -265,9 +265,9 @@ class ItsModel(DeviceModel):
         if group == CTRL:
             if attr == CTRL_INIT:
                 return  # nothing to do
-            with self.vm.all_vcpus_locked():   # vgic_its_ctrl: an unknown attr does nothing, 0
-                {ITS_CTRL_RESET: self._reset, ITS_SAVE_TABLES: self._save_tables,
-                 ITS_RESTORE_TABLES: self._restore_tables}.get(attr, lambda: None)()
+            # vgic_its_ctrl: an unknown attr does nothing, 0
+            self.vm.with_all_vcpus_locked({ITS_CTRL_RESET: self._reset, ITS_SAVE_TABLES: self._save_tables,
+                                           ITS_RESTORE_TABLES: self._restore_tables}.get(attr, lambda: None))
             return
         if group == ITS_REGS:
             self._regs_access(attr, self.user.get("__u64", addr))
@@ -292,7 +292,8 @@ class ItsModel(DeviceModel):
 
     def _regs_access(self, off: int, value: int | None) -> int:
         self._check_offset(off)
-        with self.vm.all_vcpus_locked():
+
+        def _locked() -> Any:
             if self.base == ADDR_UNDEF:
                 raise Errno(E.ENXIO)
             reg = self._reg(off)
@@ -302,6 +303,7 @@ class ItsModel(DeviceModel):
                 getattr(self, "_write_" + reg, lambda o, v: None)(off, value)
                 return 0
             return int(self._read(reg, off))
+        return int(self.vm.with_all_vcpus_locked(_locked))
 
     def _cmd_queue_size(self) -> int:
         return ((self.cbaser & 0xFF) + 1) << 12

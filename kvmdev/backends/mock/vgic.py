@@ -13,7 +13,7 @@ The ITS and the LPIs are in its.py.
 from __future__ import annotations
 
 import errno as E
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...arch import get_arch
 from ...arm64 import NR_SGIS, Affinity
@@ -273,7 +273,8 @@ class _Vgic(DeviceModel):
     def create(self) -> None:
         """kvm_vgic_create."""
         part = self.vm.part
-        with self.vm.all_vcpus_locked():
+
+        def _locked() -> Any:
             if part.vgic is not None or part.vgic_v5 is not None:
                 raise Errno(E.EEXIST)
             if part.any_vcpu_ran():
@@ -282,6 +283,7 @@ class _Vgic(DeviceModel):
             if len(self.vm.vcpus) > d.max_vcpus:
                 raise Errno(E.E2BIG)
             part.vgic = self.dist = d
+        self.vm.with_all_vcpus_locked(_locked)
 
     def _has_common(self, group: int, attr: int) -> None:
         if group == ADDR and attr in self.addr_types or group == NR_IRQS or \
@@ -322,11 +324,12 @@ class _Vgic(DeviceModel):
                 d.init()
                 return
             if attr == SAVE_PENDING_TABLES and d.v3:
-                with self.vm.all_vcpus_locked():
+                def _locked() -> Any:
                     if not d.initialized:
                         raise Errno(E.ENXIO)  # vgic_v3_save_pending_tables
                     d.part.lpis.save_pending_tables()
-                    return
+                self.vm.with_all_vcpus_locked(_locked)
+                return
 
         raise Errno(E.ENXIO)
 
@@ -386,15 +389,16 @@ class _Vgic(DeviceModel):
         vcpu = self._vcpu(group, attr)
         width = "__u64" if group == CPU_SYSREGS else "__u32"
         value = self.user.get(width, addr) if write and group != CPU_SYSREGS else None
-        with self.vm.all_vcpus_locked():
+
+        def _locked() -> Any:
             if not d.initialized:
                 if d.v3:
                     raise Errno(E.EBUSY)
                 d.init()
             assert d.regs is not None
-            if write and group == CPU_SYSREGS:
-                value = self.user.get(width, addr)
-            out = self._access(d.regs, group, vcpu, attr, value)
+            v = self.user.get(width, addr) if write and group == CPU_SYSREGS else value
+            return self._access(d.regs, group, vcpu, attr, v)
+        out = self.vm.with_all_vcpus_locked(_locked)
         if not write:
             self.user.put(width, addr, out or 0)
 
@@ -814,13 +818,15 @@ class VgicV5Model(DeviceModel):
 
     def create(self) -> None:
         part = self.vm.part
-        with self.vm.all_vcpus_locked():
+
+        def _locked() -> Any:
             if part.vgic is not None or part.vgic_v5 is not None:
                 raise Errno(E.EEXIST)
             if part.any_vcpu_ran():
                 raise Errno(E.EBUSY)
             self.initialized = False
             part.vgic_v5 = self
+        self.vm.with_all_vcpus_locked(_locked)
 
     def has(self, group: int, attr: int, addr: int) -> None:
         if group == CTRL and attr in (CTRL_INIT, USERSPACE_PPIS):
@@ -837,9 +843,11 @@ class VgicV5Model(DeviceModel):
 
     def set(self, group: int, attr: int, addr: int) -> None:
         if group == CTRL and attr == CTRL_INIT:
-            with self.vm.all_vcpus_locked():
+
+            def _locked() -> Any:
                 if not self.vm.vcpus:
                     raise Errno(E.ENODEV)
                 self.initialized = True
+            self.vm.with_all_vcpus_locked(_locked)
             return
         raise Errno(E.ENXIO)   # USERSPACE_PPIS is read-only; no other group
