@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno as E
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, cast
 
+from . import _check
 from . import arm64 as _arm64
 from ._fd import _enable_cap, _need_arch
 from .arch import Arch
@@ -65,8 +66,8 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         return cast("Vm", self._parent)   # created by a Vm (not imported: it imports this module)
 
     def _reg_id(self, reg: int | str) -> int:
-        if isinstance(reg, int):
-            return reg
+        if not isinstance(reg, str):
+            return _check.u64("register id of KVM_{GET,SET}_ONE_REG", reg)
         if self._arch.name == "arm64":
             return _arm64.reg_id(reg)
         raise ValueError(f"kvmdev names no {self._arch.name} registers: pass a numeric ONE_REG id")
@@ -91,10 +92,8 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         ffi = self._arch.ffi
         reg_id = self._reg_id(reg)
         ct = _one_reg_ctype(self._arch, reg_id)
-        try:
-            buf = ffi.new(ct + " *", value)
-        except OverflowError:
-            raise ValueError(f"{value} does not fit register {_reg_label(reg)} ({ct})") from None
+        buf = ffi.new(ct + " *", _check.uint(f"the value of register {_reg_label(reg)} ({ct})", value,
+                                             64 if ct == "__u64" else 32))
         r = ffi.new("struct kvm_one_reg *", {"id": reg_id, "addr": int(ffi.cast("uintptr_t", buf))})
         self._ioctl("KVM_SET_ONE_REG", r, register=_reg_label(reg))
 
@@ -109,6 +108,7 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         words = _arm64.feature_bits(features, self._arch)
         if target is None:
             target = self.vm.preferred_target().target
+        target = _check.u32("target of KVM_ARM_VCPU_INIT", target)
         init = self._arch.ffi.new("struct kvm_vcpu_init *", {"target": target, "features": words})
         self._ioctl("KVM_ARM_VCPU_INIT", init)
         self.features = _arm64.feature_names(words, self._arch)
@@ -147,6 +147,7 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         ``immediate_exit`` the kernel does its first-run checks and returns at
         once (EINTR), reported as KVM_EXIT_INTR.  The fd and the kvm_run map stay
         until this returns, even if another thread closes the vCPU meanwhile."""
+        immediate_exit = _check.flag("immediate_exit", immediate_exit)
         fd = self._acquire()
         try:
             run = self.kvm_run
