@@ -14,7 +14,8 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .arch import Arch
+from . import _check
+from .arch import Arch, capability
 from .errors import ClosedError, KvmError
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def _enable_cap(target: "_Fd", cap: int | str, args: Sequence[int], flags: int) -> int:
     if len(args) > 4:
         raise ValueError(f"KVM_ENABLE_CAP takes at most 4 args, not {len(args)}")
+    args = [_check.u64(f"args[{i}] of KVM_ENABLE_CAP", a) for i, a in enumerate(args)]
+    flags = _check.u32("flags of KVM_ENABLE_CAP", flags)
     number = _cap(target._arch, cap)
     ec = target._arch.ffi.new("struct kvm_enable_cap *", {"cap": number, "flags": flags, "args": list(args)})
     return target._ioctl("KVM_ENABLE_CAP", ec, attr=cap if isinstance(cap, str) else None)
@@ -239,9 +242,8 @@ class _Fd:
 
 
 def _cap(arch: Arch, cap: int | str) -> int:
-    if isinstance(cap, str):
-        return arch.const(cap if cap.startswith("KVM_CAP_") else "KVM_CAP_" + cap)
-    return cap
+    # by name (UnknownNameError with the nearest ones) or number; see arch.capability
+    return capability(arch, cap)
 
 
 def _need_arch(obj: _Fd, arch: str, ioctl: str) -> None:

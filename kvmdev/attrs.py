@@ -60,18 +60,20 @@ class AttrTable:
     other_arch: set[str] = field(default_factory=set)
 
     def group_value(self, group: int | str) -> int:
-        if isinstance(group, int):
-            return group
+        from ._check import uint, unknown
+        if not isinstance(group, str):
+            return uint("group of struct kvm_device_attr", group, 32)
         try:
             return self.group_values[group]
         except KeyError:
             if self.arch.has_const(group):
                 return self.arch.const(group)
-            raise ValueError(f"{group} is not a group of {self.target} on {self.arch.name}") from None
+            raise unknown("group", group, self.group_values, f"of {self.target} on {self.arch.name}") from None
 
     def attr_value(self, group: int, attr: int | str) -> int:
-        if isinstance(attr, int):
-            return attr
+        if not isinstance(attr, str):
+            from ._check import u64
+            return u64("attr of struct kvm_device_attr", attr)
         named = self.attr_values.get(group, {})
         if attr in named:
             return named[attr]
@@ -79,8 +81,9 @@ class AttrTable:
         # attribute to see what the kernel answers); unknown names are errors
         if self.arch.has_const(attr) and attr not in self.other_arch:
             return self.arch.const(attr)
-        raise ValueError(f"{attr} is not an attribute of group {self.group_name(group)} "
-                         f"of {self.target} on {self.arch.name}")
+        from ._check import unknown
+        raise unknown("attribute", attr, named, f"of group {self.group_name(group)} of {self.target} "
+                      f"on {self.arch.name}")
 
     def group_name(self, group: int) -> str:
         g = self.groups.get(group)

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from .. import attrs as _attrs
 from ..arm64 import Affinity
 from ..errnos import register as _register_errnos
-from ..errors import ClosedError, KvmError
+from .. import _check
+from ..errors import ClosedError, KvmError, UnknownNameError
 from ..device import DEVICE_CLASSES, Device
 
 if TYPE_CHECKING:
@@ -49,10 +50,11 @@ class Reg:
         """The byte offset of element ``index``."""
         if self.count == 1:
             if index is not None:
-                raise KeyError(f"{self.name} is not an array")
+                raise UnknownNameError("register", f"{self.name}{index}", f"({self.name} is not an array)")
             return self.offset
         if index is None or not self.first <= index < self.first + self.count:
-            raise KeyError(f"{self.name}<n>: n is {self.first}..{self.first + self.count - 1}")
+            raise UnknownNameError("register", f"{self.name}{'' if index is None else index}",
+                                   hint=f"{self.name}<n>: n is {self.first}..{self.first + self.count - 1}")
         return self.offset + (index - self.first) * self.stride
 
 
@@ -64,6 +66,8 @@ class Frame:
         self.regs = {r.name: r for r in regs}
 
     def lookup(self, name: str) -> tuple[Reg, int]:
+        if not isinstance(name, str):
+            raise TypeError(f"a {self.name} register is named by a str, not {type(name).__name__} {name!r}")
         r = self.regs.get(name)
         if r is not None and r.count == 1:
             return r, r.offset
@@ -71,7 +75,7 @@ class Frame:
         if m and m.group(1) in self.regs:
             r = self.regs[m.group(1)]
             return r, r.element(int(m.group(2)))
-        raise KeyError(f"{name} is not a register of the {self.name} frame; known: {', '.join(self.regs)}")
+        raise UnknownNameError("register", name, f"of the {self.name} frame", self.names())
 
     def name_at(self, offset: int) -> tuple[str, int] | None:
         """The register at a byte offset and the offset into it (``("GICD_IROUTER40",
@@ -372,8 +376,7 @@ class Registers:
 
     def __setitem__(self, name: str, value: int) -> None:
         r, off = self.frame.lookup(name)
-        if not 0 <= value < 1 << r.width:
-            raise ValueError(f"{name} is {r.width} bits wide: {value:#x} does not fit")
+        value = _check.uint(f"{name} ({r.width} bits)", value, r.width)
         if r.width == 64 and self.halves:
             self.dev.set_attr(self.group, self.prefix | off, value & 0xFFFFFFFF)
             self.dev.set_attr(self.group, self.prefix | (off + 4), value >> 32)
@@ -407,8 +410,7 @@ class Registers:
         b = Batch(self.dev)
         for n, v in values.items():
             r, _ = self.frame.lookup(n)
-            if not 0 <= v < 1 << r.width:
-                raise ValueError(f"{n} is {r.width} bits wide: {v:#x} does not fit")
+            v = _check.uint(f"{n} ({r.width} bits)", v, r.width)
             b.set(self.group, self.attrs_of(n), v)
         b.run()
 
@@ -466,7 +468,7 @@ class SysRegisters:
     def _attr(self, name: str) -> int:
         r = ICC.get(name)
         if r is None:
-            raise KeyError(f"{name} is not an ICC register; known: {', '.join(ICC)}")
+            raise UnknownNameError("ICC register", name, "(KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS)", ICC)
         return self.prefix | r.instr
 
     def __getitem__(self, name: str) -> int:
@@ -479,7 +481,8 @@ class SysRegisters:
         return list(ICC)
 
     def __setitem__(self, name: str, value: int) -> None:
-        self.dev.set_attr(self.group, self._attr(name), value)
+        attr = self._attr(name)
+        self.dev.set_attr(self.group, attr, _check.u64(f"{name} (64 bits)", value))
 
     def fields(self, name: str) -> dict[str, int]:
         return decode(ICC[name].fields, self[name])
@@ -636,13 +639,22 @@ def _level_attr(vcpu: "Vcpu | int", intid: int) -> int:
 
 
 def _index(vcpu: "Vcpu | int") -> int:
-    return vcpu if isinstance(vcpu, int) else vcpu.id
+    if hasattr(vcpu, "id") and not isinstance(vcpu, (int, str)):
+        return vcpu.id
+    return _check.uint("vCPU (a Vcpu, or its index)", _vcpu_arg(vcpu, "its index"), 8)
 
 
 def _affinity(vcpu: "Vcpu | int") -> int:
     """The packed Aff3.Aff2.Aff1.Aff0 of a vCPU (its MPIDR) or of an MPIDR value."""
-    mpidr = vcpu if isinstance(vcpu, int) else vcpu.mpidr
-    return Affinity.of(mpidr).packed()
+    if hasattr(vcpu, "mpidr") and not isinstance(vcpu, (int, str)):
+        return Affinity.of(vcpu.mpidr).packed()
+    return Affinity.of(_check.u64("vCPU (a Vcpu, or its MPIDR_EL1 value)", _vcpu_arg(vcpu, "its MPIDR"))).packed()
+
+
+def _vcpu_arg(vcpu: Any, what: str) -> Any:
+    if isinstance(vcpu, str):
+        raise TypeError(f"a vCPU is given as a kvmdev Vcpu (vm.vcpus[0]) or {what} (an int), not the str {vcpu!r}")
+    return vcpu
 
 
 DEVICE_CLASSES["ARM_VGIC_V2"] = VgicV2
