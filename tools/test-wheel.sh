@@ -50,6 +50,7 @@ fi
 
 W=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-wheel-test.XXXXXX")
 trap 'rm -rf "$W"' EXIT
+chmod 755 "$W"   # world-readable like an installed package (a test drops to nobody and imports)
 # the tests, the examples they run and the pytest configuration (pyproject.toml: markers),
 # outside the checkout
 mkdir -p "$W/tree"
