@@ -25,7 +25,8 @@ venv:
 	    "package (Debian/Ubuntu: python3-venv) or set PYTHON=/path/to/python3.10+" >&2; rm -rf $(VENV); exit 1; }; \
 	fi
 
-$(STAMP): pyproject.toml setup.py $(wildcard cdefs/*.h cdefs/*.c cdefs/*.ioctls cdefs/arch/* cdefs/build.py)
+# kvmdev/_version.py: the editable install writes the version into its metadata
+$(STAMP): pyproject.toml setup.py kvmdev/_version.py $(wildcard cdefs/*.h cdefs/*.c cdefs/*.ioctls cdefs/arch/* cdefs/build.py)
 	@$(MAKE) --no-print-directory venv
 	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)

@@ -160,6 +160,9 @@ class _InstalledCheck:
     def pytest_report_header(self) -> str:
         return self.line
 
+    def pytest_terminal_summary(self, terminalreporter) -> None:   # also under -q (no header there)
+        terminalreporter.write_line(self.line)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     where = os.environ.get("KVMDEV_EXPECT_FROM")

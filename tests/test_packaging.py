@@ -97,3 +97,16 @@ def test_sdist_builds_an_abi3_wheel(built: Path) -> None:
     for arch in ("x86_64", "arm64", "powerpc", "s390"):
         assert f"kvmdev/_kvm_{arch}.abi3.so" in names
     assert f"kvmdev-{v}.dist-info/licenses/LICENSE" in names
+
+
+def test_installed_check_stops_a_run_importing_kvmdev_elsewhere(tmp_path: Path) -> None:
+    """KVMDEV_EXPECT_FROM (tools/test-wheel.sh, test-guests.sh --wheel) is a real check: naming
+    a directory kvmdev was not imported from stops pytest with a usage error before any test."""
+    import os
+    here = Path(__file__).resolve()
+    env = dict(os.environ, KVMDEV_EXPECT_FROM=str(tmp_path))
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        f"{here}::test_classifiers_name_the_supported_pythons"],
+                       cwd=here.parent.parent, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == pytest.ExitCode.USAGE_ERROR, (p.stdout[-2000:], p.stderr[-2000:])
+    assert f"KVMDEV_EXPECT_FROM={tmp_path}: imported kvmdev from" in p.stderr

@@ -101,6 +101,28 @@ def test_no_link_to_a_missing_file() -> None:
     assert not missing, missing
 
 
+def test_no_reference_to_notes_outside_the_repository() -> None:
+    """Issue notes and closing notes are not shipped: a page may not send the reader there."""
+    for page in PAGES:
+        found = re.findall(r"(?i)closing notes|notes of issue|\bnotes/", page.read_text())
+        assert not found, f"{page.name} points to notes outside the repository: {found}"
+
+
+def test_readme_is_the_entry_page() -> None:
+    """Short, one section per kind of user (other sections merge in beside them), the support
+    matrix, the make targets with their CI cost, and the links to docs/."""
+    text = (ROOT / "README.md").read_text()
+    assert text.count("\n") <= 260, f"README.md has {text.count(chr(10))} lines; move detail to docs/"
+    heads = re.findall(r"^## (.+)$", text, re.M)
+    for h in ("Set-up on a fresh machine: two commands", "For VMM authors", "For kernel regression testers",
+              "For explorers", "Support matrix", "Documentation", "Make targets", "Dependencies"):
+        assert h in heads, f"README.md lacks the section '{h}'"
+    table = text[text.index("## Make targets"):]
+    assert "| target | what | CI cost |" in table
+    for target in ("test", "dist", "test-wheel", "test-arm64-wheel"):
+        assert f"| `make {target}` |" in table, f"the make targets table lacks make {target}"
+
+
 def _api_doc():
     import importlib.util
     spec = importlib.util.spec_from_file_location("api_doc", ROOT / "tools" / "api_doc.py")
