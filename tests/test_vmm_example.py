@@ -180,3 +180,22 @@ def test_machine_snapshot_round_trip(arm64_kvm: kvmdev.Kvm, arm64_gic: int, tmp_
         assert (n.its is not None) == (arm64_gic == 3 and m.its is not None)
     finally:
         n.vm.close()
+
+
+@pytest.mark.arm64
+@pytest.mark.parametrize("start,end,step,want", [(0, 10, 1, 10), (0, 4096 * 3, 4096, 4096 * 3), (8, 9, 16, 24)])
+def test_touch_stub_loop(arm64_kvm: kvmdev.Kvm, start: int, end: int, step: int, want: int) -> None:
+    """snapshot.TOUCH_STUB's instructions (LDR, ADD, CMP, B.LO, STR to MMIO), run
+    at EL1 with the MMU off: the loop ends with x0 = the first start + n*step >= end."""
+    with arm64_kvm.create_vm() as vm:
+        ram = vm.add_memory(0x40000000, 0x10000)
+        ram.write(0x40008000, b"".join(i.to_bytes(4, "little") for i in snapshot.TOUCH_STUB))
+        cpu = vm.create_vcpu(0)
+        cpu.vcpu_init(["PSCI_0_2"])
+        # x0..x1 are offsets into RAM: the loads read RAM
+        for name, value in (("pc", 0x40008000), ("x0", 0x40000000 + start), ("x1", 0x40000000 + end),
+                            ("x2", step), ("x4", snapshot.STUB_EXIT)):
+            cpu.set_one_reg(name, value)
+        assert cpu.run() == "KVM_EXIT_MMIO"
+        assert cpu.mmio.phys_addr == snapshot.STUB_EXIT and cpu.mmio.is_write
+        assert cpu.get_one_reg("x0") == 0x40000000 + want

@@ -46,6 +46,9 @@ class Vmm:
                 self.cond.notify_all()
             if buf is self.err:
                 sys.stderr.write(f"[{self.name}] " + chunk.decode(errors="replace"))
+        self.p.wait()
+        with self.cond:                         # EOF: the process ended; waiters see it
+            self.cond.notify_all()
 
     def wait_for(self, pattern: bytes, buf: bytearray, start: int, timeout: float) -> re.Match[bytes]:
         rx = re.compile(pattern, re.S)
