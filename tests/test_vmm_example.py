@@ -199,3 +199,17 @@ def test_touch_stub_loop(arm64_kvm: kvmdev.Kvm, start: int, end: int, step: int,
         assert cpu.run() == "KVM_EXIT_MMIO"
         assert cpu.mmio.phys_addr == snapshot.STUB_EXIT and cpu.mmio.is_write
         assert cpu.get_one_reg("x0") == 0x40000000 + want
+
+
+def test_guest_memory_huge_page_congruent(kvm: kvmdev.Kvm) -> None:
+    """Guest RAM of 2 MiB or more sits at a host address congruent to its guest
+    address modulo 2 MiB (stage-2/EPT block mappings of transparent huge pages
+    need it), and reads and writes land at the guest address on both sides."""
+    with kvm.create_vm() as vm:
+        for gpa, size in ((0x4000_0000, 4 << 20), (0x8030_0000, 2 << 20), (0x10_0000, 0x10000)):
+            mem = vm.add_memory(gpa, size)
+            if size >= 2 << 20:
+                assert (mem.userspace_addr - gpa) % (2 << 20) == 0
+            mem.write(gpa + size - 8, b"lastword")
+            assert mem.read(gpa + size - 8, 8) == b"lastword"
+            assert mem.buf[mem.offset + size - 8:mem.offset + size] == b"lastword"

@@ -169,3 +169,7 @@ def _populate_stage2(m: Any, saved: list[dict[str, Any]]) -> None:
     for name in CLOBBERED:
         rid = arm64.reg_id(name)
         cpu.set_one_reg(rid, int(regs[f"{rid:#x}"], 16))
+    # The counter again, last: the guest's clock resumes from the saved value now,
+    # not from when step 3 wrote it (the stub's run took time).
+    cnt = arm64.reg_id("KVM_REG_ARM_TIMER_CNT")
+    cpu.set_one_reg(cnt, int(regs[f"{cnt:#x}"], 16))
