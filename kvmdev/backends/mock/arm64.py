@@ -13,6 +13,8 @@ run on Debian's 6.12 and 6.1 arm64 kernels (tools/guests/test-guests.sh):
   own value back (ENOSYS otherwise: not modelled);
 - KVM_{GET,SET}_MP_STATE (RUNNABLE, STOPPED, SUSPENDED; POWER_OFF at init)
   and a STOPPED vCPU's KVM_RUN sleeping until PSCI CPU_ON or a signal;
+- KVM_IRQFD into SPIs (GSI n = SPI n + 32) and KVM_IOEVENTFD on guest stores
+  (eventfds.py);
 - KVM_{GET,SET}_VCPU_EVENTS: a pending SError and its ESR (external data
   aborts, injected at once by the kernel, are not modelled: ENOSYS);
 - KVM_IRQ_LINE and KVM_SIGNAL_MSI routing and errors;
@@ -118,6 +120,7 @@ class Arm64Vcpu:
         self.pseudo: dict[int, int] = {}      # firmware, bitmap and demux registers by id
         self.reg_list: list[int] = []
         self.mp_state = MP_RUNNABLE
+        self.pending_reset: tuple[int, int] | None = None   # (pc, x0) from PSCI CPU_ON
         self.serror: int | None = None        # the pending SError's ESR (HCR_EL2.VSE set)
         self.wakeup = threading.Condition()   # a STOPPED vCPU sleeps on it (kvm_vcpu_sleep)
         self.mmio: tuple[int, int, bool] | None = None  # (rt, len, is_write) until completed
@@ -138,7 +141,7 @@ class Arm64Vcpu:
             raise Errno(E.ENOENT)
         features = int(init.features[0])
         power_off = bool(features >> self.a.const("KVM_ARM_VCPU_POWER_OFF") & 1)
-        if not self.k61:   # 6.12: POWER_OFF is ephemeral, not part of the VM's feature set
+        if not self.k61:   # 6.12: POWER_OFF is ephemeral, not part of the (per-VM) feature set
             features &= ~(1 << self.a.const("KVM_ARM_VCPU_POWER_OFF"))
         if self.target >= 0:
             if features != self.features:  # secondary calls must be identical
@@ -335,7 +338,33 @@ class Arm64Vcpu:
         if immediate:
             raise Errno(E.EINTR)
         run.exit_reason = self.a.const("KVM_EXIT_UNKNOWN")
+        if self.mp_state == MP_STOPPED:
+            self._sleep(run)
+        elif self.mp_state == MP_SUSPENDED:
+            raise Errno(E.ENOSYS)   # WFI-like suspend until an interrupt: not modelled
+        if self.pending_reset is not None:  # KVM_REQ_VCPU_RESET from PSCI CPU_ON
+            pc, context = self.pending_reset
+            self.pending_reset = None
+            self.x = [0] * 31
+            self.sp, self.pstate = 0, PSTATE_RESET
+            self.pc, self.x[0] = pc, context
         return self._execute(run)
+
+    def _signal_exit(self, run: Any) -> None:
+        """kvm_handle_signal_exit: a signal (request_exit's) stops the run."""
+        if self.vcpu.signal_pending():
+            run.exit_reason = self.a.const("KVM_EXIT_INTR")
+            raise Errno(E.EINTR)
+
+    def _sleep(self, run: Any) -> None:
+        """kvm_vcpu_sleep: a STOPPED vCPU waits (interruptibly) for PSCI CPU_ON."""
+        deadline = time.monotonic() + RUN_LIMIT_S
+        with self.wakeup:
+            while self.mp_state == MP_STOPPED:
+                self._signal_exit(run)
+                if time.monotonic() > deadline:
+                    raise Errno(E.ENOSYS)   # asleep this long is a test bug: stop rather than hang
+                self.wakeup.wait(1.0)
 
     def _first_run(self) -> None:
         """kvm_arch_vcpu_run_pid_change: nothing is recorded until every check passes."""
@@ -361,6 +390,7 @@ class Arm64Vcpu:
         for step in itertools.count():
             if step % 4096 == 0 and time.monotonic() > deadline:
                 break  # a guest spinning this long is a test bug: stop it rather than hang
+            self._signal_exit(run)
             fetch = self.vcpu.vm.memslot_uaddr(self.pc, 4, False)
             if fetch is None:
                 raise Errno(E.ENOSYS)  # the kernel would inject an abort and run on
@@ -373,6 +403,9 @@ class Arm64Vcpu:
                 addr = ((self.sp if rn == 31 else self.x[rn]) + ((insn >> 10 & 0xFFF) << size)) & U64
                 value = 0 if rt == 31 else self.x[rt] & ((1 << 8 * n) - 1)
                 ram = self.vcpu.vm.memslot_uaddr(addr, n, is_write)
+                if ram is None and is_write and self.vcpu.vm.eventfds.io_write(addr, n, value):
+                    self.pc += 4                     # io_mem_abort: an ioeventfd took it
+                    continue
                 if ram is None:
                     run.exit_reason = self.a.const("KVM_EXIT_MMIO")
                     m = run.mmio
@@ -426,6 +459,23 @@ class Arm64Vcpu:
                 raise Errno(E.ENOSYS)
         raise Errno(E.ENOSYS)
 
+    def _cpu_on(self, mpidr: int, pc: int, context: int) -> int:
+        """kvm_psci_vcpu_on: the target (by MPIDR affinity) resets at its next run
+        to ``pc`` with x0 = ``context`` and becomes RUNNABLE, woken if asleep."""
+        mask = 0xFF00FFFFFF   # MPIDR_HWID_BITMASK
+        if mpidr & ~mask:     # kvm_psci_valid_affinity: affinity bits only (not MPIDR's bit 31)
+            return PSCI_RET_INVALID_PARAMS
+        target = next((c.part for c in self.vcpu.vm.vcpus.values() if c.part.mpidr & mask == mpidr & mask), None)
+        if target is None:
+            return PSCI_RET_INVALID_PARAMS
+        with target.wakeup:
+            if target.mp_state != MP_STOPPED:
+                return PSCI_RET_ALREADY_ON
+            target.pending_reset = (pc, context)
+            target.mp_state = MP_RUNNABLE
+            target.wakeup.notify_all()
+        return PSCI_RET_SUCCESS
+
     def _psci(self, run: Any) -> bool:
         """kvm_psci_call; True when the call exits to userspace."""
         fn = self.x[0] & 0xFFFFFFFF
@@ -436,6 +486,8 @@ class Arm64Vcpu:
             ret = PSCI_RET_NOT_SUPPORTED  # PSCI 0.1 has only KVM's own function ids
         elif fn == PSCI_0_2_FN_PSCI_VERSION:
             ret = PSCI_VERSION
+        elif fn == PSCI_0_2_FN64_CPU_ON:
+            ret = self._cpu_on(self.x[1], self.x[2], self.x[3])
         elif fn == PSCI_0_2_FN_SYSTEM_OFF:
             run.exit_reason = self.a.const("KVM_EXIT_SYSTEM_EVENT")
             e = run.system_event
@@ -580,6 +632,16 @@ class ArchModel(_Base):
                 raise Errno(E.EINVAL)
             return d.inject(num, 0, bool(level))
         raise Errno(E.EINVAL)
+
+    def irqfd_inject(self, vm: MockVm, gsi: int) -> None:
+        """vgic_irqfd_set_irq through the default routing vgic_init set up
+        (kvm_vgic_setup_default_irq_routing: GSI n is SPI n + 32): the line goes
+        up and down (irqfd_inject), which latches an edge-triggered SPI."""
+        d = vm.part.vgic
+        if d is None or not d.initialized or not 0 <= gsi < d.nr_spis:
+            return
+        d.inject(gsi + NR_PRIVATE_IRQS, 0, True)
+        d.inject(gsi + NR_PRIVATE_IRQS, 0, False)
 
     def signal_msi(self, vm: MockVm, msi: Any) -> int:
         """kvm_send_userspace_msi -> kvm_set_msi -> vgic_its_inject_msi."""
