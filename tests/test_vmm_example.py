@@ -3,6 +3,8 @@ round trip (the boot and live snapshot of Linux run nested in make test-vmm)."""
 from __future__ import annotations
 
 import ast
+import json
+import os
 import importlib
 import pathlib
 import struct
@@ -213,3 +215,58 @@ def test_guest_memory_huge_page_congruent(kvm: kvmdev.Kvm) -> None:
             mem.write(gpa + size - 8, b"lastword")
             assert mem.read(gpa + size - 8, 8) == b"lastword"
             assert mem.buf[mem.offset + size - 8:mem.offset + size] == b"lastword"
+
+
+def _spin_image() -> bytes:
+    img = bytearray(fake_image())
+    img[0:4] = (0x14000000).to_bytes(4, "little")       # b . : the boot CPU spins
+    return bytes(img)
+
+
+def _wait_line(p, pattern: str, timeout: float = 60) -> str:  # type: ignore[no-untyped-def]
+    import re
+    import select
+    import time
+    buf, end = b"", time.monotonic() + timeout
+    while time.monotonic() < end:
+        if select.select([p.stderr], [], [], 0.5)[0]:
+            chunk = os.read(p.stderr.fileno(), 4096)
+            if not chunk:
+                break
+            buf += chunk
+            if re.search(pattern.encode(), buf):
+                return buf.decode()
+    raise AssertionError(f"no {pattern!r} in {buf.decode()!r}")
+
+
+def test_vmm_process_snapshot_restore_and_ctrl_c(tmp_path: pathlib.Path) -> None:
+    """vmm.py as a process on the arm64 mock: SIGUSR1 snapshots the running
+    (spinning) guest, SIGINT ends it cleanly with no KVM fd left; a new process
+    resumes the snapshot (and its stage-2 stub runs) and ends the same way."""
+    import signal
+    import subprocess
+    image = tmp_path / "Image"
+    image.write_bytes(_spin_image())
+    env = {k: v for k, v in os.environ.items() if k != "KVMDEV_BACKEND"}
+    snap = tmp_path / "snap"
+    for args in (["--kernel", str(image), "--mem", "16"], ["--restore", str(snap)]):
+        p = subprocess.Popen([sys.executable, str(VMM_DIR / "vmm.py"), "--backend", "mock", *args,
+                              "--snapshot-dir", str(snap)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env)
+        try:
+            _wait_line(p, r"booting|restored")
+            p.send_signal(signal.SIGUSR1)
+            _wait_line(p, r"snapshot saved in")
+            p.send_signal(signal.SIGINT)
+            rest = p.stderr.read().decode()
+            assert p.wait(30) == 0
+            assert "stopped: SIGINT; KVM fds left open: 0" in rest
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdout.close()
+            p.stderr.close()
+    saved = json.loads((snap / "machine.json").read_text())
+    assert saved["vcpus"][0]["regs"][f"{arm64.reg_id('pc'):#x}"] == "0x40000000"   # still spinning at b .
+    assert [v["mp_state"] for v in saved["vcpus"]] == ["KVM_MP_STATE_RUNNABLE", "KVM_MP_STATE_STOPPED"]

@@ -76,10 +76,13 @@ class Vmm:
         self.p.send_signal(sig)
 
     def finish(self, timeout: float = 60) -> int:
+        """Wait for the VMM's end; nonzero also if it left a KVM fd open."""
         rc = self.p.wait(timeout)
         self.p.stdin.close()                   # type: ignore[union-attr]
         for t in self.pumps:                   # its pipes are at EOF now
             t.join()
+        if rc == 0 and b"KVM fds left open: 0\n" not in self.err:
+            return -1
         return rc
 
 
