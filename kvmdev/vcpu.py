@@ -231,17 +231,22 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
             with self._lock:        # two threads' first use: one map
                 if self._run is None:
                     size = self.vm._parent.vcpu_mmap_size  # type: ignore[union-attr]
-                    fd = self._acquire()
+                    tok = object()   # this call's hold (see _Fd._acquire)
                     try:
+                        fd = self._acquire(tok)
                         self._run_map = self._backend.mmap(fd, size)
                         self._run = self._arch.ffi.from_buffer("struct kvm_run *", self._run_map)
+                    except KvmError:
+                        raise                   # the refusal of _acquire (closed, fork child)
                     except OSError as e:
                         raise KvmError(e.errno or E.ENOMEM, "mmap", self._target_label(),
                                        target_key=self._target_key(),
                                        detail=meaning(e.errno or E.ENOMEM, "mmap", None, None)
                                        + f" (struct kvm_run, {size} bytes)") from None
-                    finally:
-                        self._release()     # a close meanwhile drops the map again
+                    finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+                        self._users.discard(tok)     # a close meanwhile drops the map again
+                        if self._deferred and not self._users:
+                            self._close_deferred()
         run = self._run
         if run is None or self._fd < 0:     # closed (meanwhile)
             self._refuse(-1)
@@ -255,8 +260,9 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         run() waits for the first to return (the kernel serialises KVM_RUN on
         vcpu->mutex too).  The fd and the kvm_run map stay until this returns,
         even if another thread closes the vCPU meanwhile."""
-        fd = self._acquire()
+        tok = object()   # this call's hold (see _Fd._acquire)
         try:
+            fd = self._acquire(tok)
             run = self.kvm_run
             with self._run_lock:
                 with self._kick_lock:
@@ -278,8 +284,10 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
             if r < 0:
                 raise KvmError(-r, "KVM_RUN", self._target_label(), target_key=self._target_key())
             return exit_reason_name(self._arch, run.exit_reason)
-        finally:
-            self._release()
+        finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+            self._users.discard(tok)
+            if self._deferred and not self._users:
+                self._close_deferred()
 
     def request_exit(self) -> None:
         """Stop this vCPU's KVM_RUN from any thread: sets kvm_run.immediate_exit
@@ -290,15 +298,18 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         or after it (then the next run() returns KVM_EXIT_INTR at once).  Requests
         before that return are one: the run that returns KVM_EXIT_INTR clears it."""
         run = self.kvm_run
-        fd = self._acquire()
+        tok = object()   # this call's hold (see _Fd._acquire)
         try:
+            fd = self._acquire(tok)
             with self._kick_lock:
                 self._kick_pending = True
                 run.immediate_exit = 1
                 if self._run_thread is not None:      # alive: it clears this under the lock first
                     self._backend.kick(fd, self._run_thread)
-        finally:
-            self._release()
+        finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+            self._users.discard(tok)
+            if self._deferred and not self._users:
+                self._close_deferred()
 
     @property
     def mmio(self) -> MmioExit:

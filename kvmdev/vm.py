@@ -234,11 +234,14 @@ class Vm(_AttrTarget, Arm64VmAttrs):
         cd.type = dtype
         cd.fd = 0xFFFFFFFF
         cd.flags = flags
-        fd = self._acquire()
+        tok = object()   # this call's hold (see _Fd._acquire)
         try:
+            fd = self._acquire(tok)
             r = self._backend.ioctl(fd, self._arch.request("KVM_CREATE_DEVICE"), cd)
-        finally:
-            self._release()
+        finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+            self._users.discard(tok)
+            if self._deferred and not self._users:
+                self._close_deferred()
         if r < 0:
             raise KvmError(-r, "KVM_CREATE_DEVICE", device_type_name(dtype), target_key=device_type_name(dtype))
         return cd
