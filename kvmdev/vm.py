@@ -27,19 +27,31 @@ if TYPE_CHECKING:
     from .devices.xics import Xics
 
 
+HUGE_ALIGN = 2 << 20   # a PMD block (4 KiB pages): the transparent huge page size
+
+
 class GuestMemory:
     """Guest RAM: an anonymous mmap registered with KVM_SET_USER_MEMORY_REGION.
-    Read and write it by guest physical address."""
+    Read and write it by guest physical address.
+
+    A region of 2 MiB or more starts at an address congruent to its guest
+    physical address modulo 2 MiB (``buf[offset:offset + size]`` is the guest's
+    RAM): KVM maps a transparent huge page as one stage-2 / EPT block only when
+    the host virtual and guest physical addresses agree within the block
+    (fault_supports_stage2_huge_mapping, arm64), so RAM faults in 2 MiB at a time."""
 
     def __init__(self, vm: "Vm", slot: int, guest_phys_addr: int, size: int, readonly: bool) -> None:
         self.slot = slot
         self.guest_phys_addr = guest_phys_addr
         self.size = size
         self.readonly = readonly
-        self.buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        pad = HUGE_ALIGN if size >= HUGE_ALIGN else 0     # address space only: never touched
+        self.buf = mmap.mmap(-1, size + pad, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._ffi = vm._arch.ffi
         self._ptr = self._ffi.from_buffer(self.buf)
-        self.userspace_addr = int(self._ffi.cast("uintptr_t", self._ptr))
+        base = int(self._ffi.cast("uintptr_t", self._ptr))
+        self.offset = (guest_phys_addr - base) % HUGE_ALIGN if pad else 0
+        self.userspace_addr = base + self.offset
 
     def __repr__(self) -> str:
         return f"<GuestMemory slot {self.slot} {self.guest_phys_addr:#x}+{self.size:#x}>"
@@ -48,7 +60,7 @@ class GuestMemory:
         off = gpa - self.guest_phys_addr
         if off < 0 or off + n > self.size:
             raise ValueError(f"{gpa:#x}+{n:#x} is outside {self!r}")
-        return off
+        return off + self.offset
 
     def read(self, gpa: int, n: int) -> bytes:
         off = self._off(gpa, n)

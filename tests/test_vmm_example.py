@@ -3,6 +3,8 @@ round trip (the boot and live snapshot of Linux run nested in make test-vmm)."""
 from __future__ import annotations
 
 import ast
+import json
+import os
 import importlib
 import pathlib
 import struct
@@ -180,3 +182,91 @@ def test_machine_snapshot_round_trip(arm64_kvm: kvmdev.Kvm, arm64_gic: int, tmp_
         assert (n.its is not None) == (arm64_gic == 3 and m.its is not None)
     finally:
         n.vm.close()
+
+
+@pytest.mark.arm64
+@pytest.mark.parametrize("start,end,step,want", [(0, 10, 1, 10), (0, 4096 * 3, 4096, 4096 * 3), (8, 9, 16, 24)])
+def test_touch_stub_loop(arm64_kvm: kvmdev.Kvm, start: int, end: int, step: int, want: int) -> None:
+    """snapshot.TOUCH_STUB's instructions (LDR, ADD, CMP, B.LO, STR to MMIO), run
+    at EL1 with the MMU off: the loop ends with x0 = the first start + n*step >= end."""
+    with arm64_kvm.create_vm() as vm:
+        ram = vm.add_memory(0x40000000, 0x10000)
+        ram.write(0x40008000, b"".join(i.to_bytes(4, "little") for i in snapshot.TOUCH_STUB))
+        cpu = vm.create_vcpu(0)
+        cpu.vcpu_init(["PSCI_0_2"])
+        # x0..x1 are offsets into RAM: the loads read RAM
+        for name, value in (("pc", 0x40008000), ("x0", 0x40000000 + start), ("x1", 0x40000000 + end),
+                            ("x2", step), ("x4", snapshot.STUB_EXIT)):
+            cpu.set_one_reg(name, value)
+        assert cpu.run() == "KVM_EXIT_MMIO"
+        assert cpu.mmio.phys_addr == snapshot.STUB_EXIT and cpu.mmio.is_write
+        assert cpu.get_one_reg("x0") == 0x40000000 + want
+
+
+def test_guest_memory_huge_page_congruent(kvm: kvmdev.Kvm) -> None:
+    """Guest RAM of 2 MiB or more sits at a host address congruent to its guest
+    address modulo 2 MiB (stage-2/EPT block mappings of transparent huge pages
+    need it), and reads and writes land at the guest address on both sides."""
+    with kvm.create_vm() as vm:
+        for gpa, size in ((0x4000_0000, 4 << 20), (0x8030_0000, 2 << 20), (0x10_0000, 0x10000)):
+            mem = vm.add_memory(gpa, size)
+            if size >= 2 << 20:
+                assert (mem.userspace_addr - gpa) % (2 << 20) == 0
+            mem.write(gpa + size - 8, b"lastword")
+            assert mem.read(gpa + size - 8, 8) == b"lastword"
+            assert mem.buf[mem.offset + size - 8:mem.offset + size] == b"lastword"
+
+
+def _spin_image() -> bytes:
+    img = bytearray(fake_image())
+    img[0:4] = (0x14000000).to_bytes(4, "little")       # b . : the boot CPU spins
+    return bytes(img)
+
+
+def _wait_line(p, pattern: str, timeout: float = 60) -> str:  # type: ignore[no-untyped-def]
+    import re
+    import select
+    import time
+    buf, end = b"", time.monotonic() + timeout
+    while time.monotonic() < end:
+        if select.select([p.stderr], [], [], 0.5)[0]:
+            chunk = os.read(p.stderr.fileno(), 4096)
+            if not chunk:
+                break
+            buf += chunk
+            if re.search(pattern.encode(), buf):
+                return buf.decode()
+    raise AssertionError(f"no {pattern!r} in {buf.decode()!r}")
+
+
+def test_vmm_process_snapshot_restore_and_ctrl_c(tmp_path: pathlib.Path) -> None:
+    """vmm.py as a process on the arm64 mock: SIGUSR1 snapshots the running
+    (spinning) guest, SIGINT ends it cleanly with no KVM fd left; a new process
+    resumes the snapshot (and its stage-2 stub runs) and ends the same way."""
+    import signal
+    import subprocess
+    image = tmp_path / "Image"
+    image.write_bytes(_spin_image())
+    env = {k: v for k, v in os.environ.items() if k != "KVMDEV_BACKEND"}
+    snap = tmp_path / "snap"
+    for args in (["--kernel", str(image), "--mem", "16"], ["--restore", str(snap)]):
+        p = subprocess.Popen([sys.executable, str(VMM_DIR / "vmm.py"), "--backend", "mock", *args,
+                              "--snapshot-dir", str(snap)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env)
+        try:
+            _wait_line(p, r"booting|restored")
+            p.send_signal(signal.SIGUSR1)
+            _wait_line(p, r"snapshot saved in")
+            p.send_signal(signal.SIGINT)
+            rest = p.stderr.read().decode()
+            assert p.wait(30) == 0
+            assert "stopped: SIGINT; KVM fds left open: 0" in rest
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdout.close()
+            p.stderr.close()
+    saved = json.loads((snap / "machine.json").read_text())
+    assert saved["vcpus"][0]["regs"][f"{arm64.reg_id('pc'):#x}"] == "0x40000000"   # still spinning at b .
+    assert [v["mp_state"] for v in saved["vcpus"]] == ["KVM_MP_STATE_RUNNABLE", "KVM_MP_STATE_STOPPED"]

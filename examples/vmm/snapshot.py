@@ -16,6 +16,7 @@ import os
 from typing import Any, Callable
 
 import kvmdev
+from kvmdev import arm64
 from kvmdev.devices import gicstate
 from kvmdev.vcpu import Arm64VcpuEvents
 
@@ -109,6 +110,8 @@ def restore(kvm: kvmdev.Kvm, path: str, machine_class: Callable[..., Any]) -> An
     #    the ITS; ITS registers, KVM_DEV_ARM_ITS_RESTORE_TABLES, GITS_CTLR last).
     #    It needs the vCPUs' MPIDRs, restored in step 3.
     gicstate.restore(m.gic, doc, m.vcpus, [m.its] if m.its is not None else [], rollback=False)
+    # 4b. Stage 2 filled before the guest runs with its MMU on (see _populate_stage2).
+    _populate_stage2(m, st["vcpus"])
     # 5. MP_STATE (a secondary created with POWER_OFF becomes RUNNABLE, one the
     #    guest had stopped stays STOPPED) and pending SErrors.
     for cpu, vs in zip(m.vcpus, st["vcpus"]):
@@ -121,3 +124,52 @@ def restore(kvm: kvmdev.Kvm, path: str, machine_class: Callable[..., Any]) -> An
     m.uart.set_state(st["uart"])
     m.uart_irq(int(st["uart"]["level"]))
     return m
+
+
+# ldr x3, [x0]; add x0, x0, x2; cmp x0, x1; b.lo <ldr>; str x3, [x4]; b .
+TOUCH_STUB = [0xF9400003, 0x8B020000, 0xEB01001F, 0x54FFFFA3, 0xF9000083, 0x14000000]
+STUB_EXIT = 0x0A00_0000      # an address with no memory and no device: the store exits as MMIO
+CLOBBERED = ("pc", "pstate", "SCTLR_EL1", "x0", "x1", "x2", "x3", "x4")
+
+
+def _populate_stage2(m: Any, saved: list[dict[str, Any]]) -> None:
+    """Run a stub on vCPU 0 with its MMU off that reads every page of RAM, so
+    KVM has mapped all of it at stage 2 before the guest resumes with its MMU on.
+
+    Why: a restored guest's first instruction fetch walks its stage-1 tables in
+    pages that the new VM has not mapped yet (a fresh boot never does: Linux
+    writes its tables with the MMU off).  Under QEMU 7.2's emulated EL2 that
+    stage-2 fault on the table walk (S1PTW) is reported with FSC 0x2b, which
+    6.1's kvm_handle_guest_abort does not know: "Unsupported FSC", KVM_RUN
+    fails with EFAULT.  6.12 takes it as a translation fault.  A fault from the
+    stub (MMU off: no stage-1 walk) is an ordinary one on every kernel."""
+    cpu = m.vcpus[0]
+    ram = m.ram
+    page = ram.guest_phys_addr + m.ram_size - 4096          # the stub's page, put back after
+    keep = ram.read(page, 4096)
+    ram.write(page, b"".join(i.to_bytes(4, "little") for i in TOUCH_STUB))
+    try:
+        for name, value in (("pc", page), ("pstate", 0x3C5), ("x0", ram.guest_phys_addr), ("x1", page),
+                            ("x2", 4096), ("x4", STUB_EXIT)):
+            cpu.set_one_reg(name, value)                    # EL1h, DAIF masked
+        cpu.set_one_reg("SCTLR_EL1", cpu.get_one_reg("SCTLR_EL1") & ~1)   # M = 0
+        while True:
+            exit_ = cpu.run()
+            if exit_ == "KVM_EXIT_MMIO" and cpu.mmio.phys_addr == STUB_EXIT:
+                break
+            if exit_ != "KVM_EXIT_INTR":
+                raise RuntimeError(f"stage-2 fill stub: unexpected {exit_} at pc {cpu.get_one_reg('pc'):#x}")
+        # api.rst (KVM_RUN, KVM_EXIT_MMIO): the access completes (and the pc
+        # moves past the store) in the next KVM_RUN; immediate_exit completes it
+        # and returns before any guest code, so the registers written below stay.
+        cpu.run(immediate_exit=True)
+    finally:
+        ram.write(page, keep)
+    regs = saved[0]["regs"]
+    for name in CLOBBERED:
+        rid = arm64.reg_id(name)
+        cpu.set_one_reg(rid, int(regs[f"{rid:#x}"], 16))
+    # The counter again, last: the guest's clock resumes from the saved value now,
+    # not from when step 3 wrote it (the stub's run took time).
+    cnt = arm64.reg_id("KVM_REG_ARM_TIMER_CNT")
+    cpu.set_one_reg(cnt, int(regs[f"{cnt:#x}"], 16))

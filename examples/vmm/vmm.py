@@ -280,8 +280,22 @@ def main() -> int:
                     m.shutdown(signal.Signals(s).name)
         m.close()
         console.join()
-        log(f"stopped: {m.exit_reason}")
-        return 1 if m.errors else 0
+        why = m.exit_reason
+    log(f"stopped: {why}; KVM fds left open: {len(kvm_fds())}")
+    return 1 if m.errors else 0
+
+
+def kvm_fds() -> list[str]:
+    """This process's fds on /dev/kvm or KVM anon inodes (kvm-vm, kvm-vcpu:N, kvm-arm-vgic-v3...)."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target == "/dev/kvm" or target.startswith("anon_inode:kvm"):
+            out.append(target)
+    return out
 
 
 if __name__ == "__main__":

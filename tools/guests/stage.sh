@@ -20,6 +20,20 @@ stage_kvmdev() {
   cp "$ext"/_kvm_*.abi3.so "$stage/kvmdev/"
   check_objects "$stage"
   STAGED_EXT=$ext
+  stage_pyc "$stage"
+}
+
+# stage_pyc DIR [PREFIX]: .pyc for DIR's Python files, compiled with the host's python3.11 (the
+# guests' CPython; same magic number checked, as run-guest.sh does for the stdlib): the
+# guests run with PYTHONDONTWRITEBYTECODE=1, so every process would compile kvmdev anew
+# under TCG (seconds per VMM process start).  Paths as the guest sees them (/work/...).
+# run-guest.sh's options for copying a staged tree: its __pycache__ go in
+STAGE_COPY_OPTS=(--no-default-excludes --exclude .git --exclude .pytest_cache --exclude .mypy_cache)
+stage_pyc() {
+  local dir=$1 prefix=${2:-/work} hostpy=/usr/bin/python3.11
+  [ -x "$hostpy" ] || return 0
+  "$hostpy" -m compileall -q --invalidation-mode unchecked-hash -s "$dir" -p "$prefix" "$dir" >/dev/null 2>&1 \
+    || say "compileall of the staged tree reported errors (ignored)"
 }
 
 # stage_wheel STAGE WHEEL [PATH...]: kvmdev installed from WHEEL by unpacking it (a
@@ -77,6 +91,7 @@ stage_pydeps() {
     mkdir -p "$(dirname "$whl")"; rm -rf "$whl"; mv -T "$w/site" "$whl" 2>/dev/null || true; rm -rf "$w"
   fi
   mkdir -p "$stage/_pydeps"; cp -a "$whl"/. "$stage/_pydeps/"
+  stage_pyc "$stage/_pydeps" /work/_pydeps
   local i
   for i in "${!GUEST_ENV[@]}"; do
     [[ ${GUEST_ENV[$i]} == PYTHONPATH=* ]] && GUEST_ENV[$i]="${GUEST_ENV[$i]}:/work/_pydeps"

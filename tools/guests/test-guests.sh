@@ -203,7 +203,7 @@ run_one() {  # "<kernel> <gic>"
   [ "$DEBARCH" = arm64 ] || gicopt=()
   local cmd=("$HERE/run-guest.sh" --kernel "$k" "${gicopt[@]}" --timeout "$TIMEOUT" ${GUEST_OPTS[@]+"${GUEST_OPTS[@]}"}
     "${ENV_OPTS[@]}" --env KVMDEV_BACKEND=real --env PYTHONDONTWRITEBYTECODE=1
-    "$STAGE" -- "${PYTEST[@]}")
+    "${STAGE_COPY_OPTS[@]}" "$STAGE" -- "${PYTEST[@]}")
   if [ "$CONSOLE" = 1 ]; then
     set +e
     "${cmd[@]}" 2>&1 | sed -u "s/^/[$n] /" | tee "$LOGS/$n.log"

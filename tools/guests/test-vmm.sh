@@ -108,7 +108,7 @@ for r in "${RUNS[@]}"; do
   n=$k-gic$g t0=$(now) rc=0
   say "starting $n"
   cmd=("$HERE/run-guest.sh" --kernel "$k" --gic "$g" --smp "$SMP" --mem "$MEM" --timeout "$TIMEOUT" "${ENV_OPTS[@]}"
-       "$STAGE" -- python3 examples/vmm/driver.py --kernel _vmm/Image --initrd _vmm/initramfs.cpio.gz --gic "$g" --smp 2 --mem 256)
+       "${STAGE_COPY_OPTS[@]}" "$STAGE" -- python3 examples/vmm/driver.py --kernel _vmm/Image --initrd _vmm/initramfs.cpio.gz --gic "$g" --smp 2 --mem 256)
   if [ "$CONSOLE" = 1 ]; then
     set +e; "${cmd[@]}" 2>&1 | sed -u "s/^/[$n] /" | tee "$LOGS/$n.log"; rc=${PIPESTATUS[0]}; set -e
     sed -i "s/^\[$n\] //" "$LOGS/$n.log"

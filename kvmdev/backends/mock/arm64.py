@@ -20,7 +20,8 @@ run on Debian's 6.12 and 6.1 arm64 kernels (tools/guests/test-guests.sh):
 - KVM_IRQ_LINE and KVM_SIGNAL_MSI routing and errors;
 - KVM_RUN: the first-run checks (vCPU init, SVE finalization, VGIC mapping,
   PMU), MMIO completion, immediate_exit, and a guest of a few instructions:
-  LDR/STR (unsigned offset) to RAM or MMIO, B, CBZ/CBNZ, and HVC #0 into PSCI.
+  LDR/STR (unsigned offset) to RAM or MMIO, ADD/SUB(S) (64-bit registers), B, B.cond,
+  CBZ/CBNZ, and HVC #0 into PSCI.
 Anything else a guest does stops the mock with ENOSYS ("not emulated").
 """
 from __future__ import annotations
@@ -417,6 +418,29 @@ class Arm64Vcpu:
                 elif rt != 31:
                     self.x[rt] = int.from_bytes(user.read(ram, n), "little")
                 self.pc += 4
+            elif insn & 0x1F200000 == 0x0B000000 and insn >> 31 and not insn >> 10 & 0x3F:
+                # ADD/ADDS/SUB/SUBS (shifted register, 64-bit, LSL #0); xzr as rn/rm, sp not
+                op, setflags, rm, rn, rd = insn >> 30 & 1, insn >> 29 & 1, insn >> 16 & 31, insn >> 5 & 31, insn & 31
+                a, b = (0 if rn == 31 else self.x[rn]), (0 if rm == 31 else self.x[rm])
+                r = (a - b if op else a + b) & U64
+                if setflags:
+                    c = a >= b if op else a + b > U64
+                    sa, sb, sr = a >> 63, (b >> 63) ^ op, r >> 63
+                    v = sa == sb and sr != sa
+                    self.pstate = (self.pstate & 0x0FFFFFFF) | (r >> 63) << 31 | (r == 0) << 30 | c << 29 | v << 28
+                if rd != 31:
+                    self.x[rd] = r
+                self.pc += 4
+            elif insn & 0xFF000010 == 0x54000000:  # B.cond
+                n, z, c, v = (self.pstate >> 31 & 1, self.pstate >> 30 & 1, self.pstate >> 29 & 1,
+                              self.pstate >> 28 & 1)
+                cond = insn & 15
+                holds = [z, c, n, v, c and not z, n == v, n == v and not z, True][cond >> 1]
+                if cond & 1 and cond != 15:
+                    holds = not holds
+                imm = (insn >> 5 & 0x7FFFF) << 2
+                imm -= (1 << 21) if imm >> 20 else 0
+                self.pc = (self.pc + (imm if holds else 4)) & U64
             elif insn & 0xFE000000 == 0xB4000000:  # CBZ/CBNZ (64-bit)
                 imm = (insn >> 5 & 0x7FFFF) << 2
                 imm -= (1 << 21) if imm >> 20 else 0
