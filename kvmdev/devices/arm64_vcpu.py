@@ -74,7 +74,8 @@ _register_errnos({
     ("KVM_SET_DEVICE_ATTR", "vcpu", PMU, "EBUSY"):
         "the PMU is already initialized, the interrupt already set, or (FILTER, SET_PMU) the VM has run",
     ("KVM_SET_DEVICE_ATTR", "vcpu", PMU, "EINVAL"):
-        "no in-kernel irqchip, an interrupt that is no PPI/SPI or breaks the PPI/SPI rule, or a bad filter",
+        "no in-kernel irqchip, an interrupt that is no PPI/SPI or breaks the PPI/SPI rule, a bad filter, "
+        "or (SET_NR_COUNTERS) more counters than the host PMU has",
     ("KVM_SET_DEVICE_ATTR", "vcpu", PMU, "ENXIO"):
         "(INIT) the interrupt is not set; (SET_PMU) no host PMU of that type; or no such attribute",
     ("KVM_SET_DEVICE_ATTR", "vcpu", PMU, "EEXIST"): "(INIT) the interrupt is owned by another device (a timer)",

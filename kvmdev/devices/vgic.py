@@ -314,7 +314,10 @@ _register_errnos({
     (None, "ARM_VGIC_V2", "KVM_DEV_ARM_VGIC_GRP_NR_IRQS", "EBUSY"): "already set, or the VGIC is initialized",
     (None, "ARM_VGIC_V3", "KVM_DEV_ARM_VGIC_GRP_NR_IRQS", "EBUSY"): "already set, or the VGIC is initialized",
     (None, "ARM_VGIC_V3", "KVM_DEV_ARM_VGIC_GRP_DIST_REGS", "EBUSY"):
-        "the VGIC is not initialized (KVM_DEV_ARM_VGIC_CTRL_INIT), or a vCPU is running",
+        "the VGIC is not initialized (KVM_DEV_ARM_VGIC_CTRL_INIT; 6.18+: except for the IIDR and "
+        "TYPER2 registers), a vCPU is running, or (6.18+) a TYPER2 change after init",
+    (None, "ARM_VGIC_V3", "KVM_DEV_ARM_VGIC_GRP_MAINT_IRQ", "EBUSY"): "the VGIC is already initialized",
+    (None, "ARM_VGIC_V3", "KVM_DEV_ARM_VGIC_GRP_MAINT_IRQ", "EINVAL"): "not a PPI (16..31)",
     (None, "ARM_VGIC_V3", "KVM_DEV_ARM_VGIC_GRP_REDIST_REGS", "EBUSY"):
         "the VGIC is not initialized (KVM_DEV_ARM_VGIC_CTRL_INIT), or a vCPU is running",
     (None, "ARM_VGIC_V3", "KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS", "EBUSY"):
