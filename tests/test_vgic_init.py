@@ -436,6 +436,21 @@ def test_lpi_registers(arm64_kvm: kvmdev.Kvm, arm64_gic: int) -> None:
             assert r1["GICR_PENDBASER"] == 0x000FFFFF_FFFF0F80 and r0["GICR_PENDBASER"] == 0x580
 
 
+def test_refused_ctlr_still_lowers_priority_and_id_bits(ready, arm64_gic: int) -> None:
+    """set_gic_ctlr checks and stores PRIbits, then IDbits, and only then checks SEIS
+    and A3V: a value refused for SEIS (EINVAL) has already lowered the other two (seen
+    on 6.1, 6.12, 6.18 and 7.3; the docs say nothing)."""
+    vm, cpus, g = ready
+    if not isinstance(g, VgicV3):
+        return
+    s = g.cpu_sysreg(cpus[0])
+    assert s["ICC_CTLR_EL1"] == 0x8C00                           # A3V, IDbits 1 (24), 5 priority bits
+    raises(E.EINVAL, s.__setitem__, "ICC_CTLR_EL1", 1 << 14 | 2 << 8)   # SEIS, 3 priority bits, IDbits 0
+    assert s["ICC_CTLR_EL1"] == 0x8200                           # lowered all the same
+    assert g.cpu_sysreg(cpus[1])["ICC_CTLR_EL1"] == 0x8C00
+    raises(E.EINVAL, s.__setitem__, "ICC_CTLR_EL1", 0x8C00)      # and no way back up
+
+
 def test_cpu_interface_restore_rules(ready, arm64_gic: int) -> None:
     """ICC_CTLR_EL1 restores only what this host's CPU interface supports: no more
     priority or ID bits than the vCPU has now (so lowering is one-way), the host's

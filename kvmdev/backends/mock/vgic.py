@@ -820,11 +820,19 @@ class GicRegs:
         if name == "ICC_CTLR_EL1":
             if value is not None:
                 # restoring needs this host's support: no more priority or ID bits than
-                # the vCPU has now (so they can be lowered, never raised), same SEIS and A3V
+                # the vCPU has now (so they can be lowered, never raised), same SEIS and A3V.
+                # set_gic_ctlr checks and stores PRIbits, then IDbits, then checks SEIS and
+                # A3V: a refused value may have lowered the first two (every kernel here)
                 pri, idb = (value >> 8 & 7) + 1, value >> 11 & 7
-                if pri > st["pri_bits"] or idb > st["id_bits"] or value >> 14 & 1 or not value >> 15 & 1:
+                if pri > st["pri_bits"]:
                     raise Errno(E.EINVAL)
-                st.update(pri_bits=pri, id_bits=idb, ctlr=value & 0x3)  # CBPR, EOImode
+                st["pri_bits"] = pri
+                if idb > st["id_bits"]:
+                    raise Errno(E.EINVAL)
+                st["id_bits"] = idb
+                if value >> 14 & 1 or not value >> 15 & 1:
+                    raise Errno(E.EINVAL)
+                st["ctlr"] = value & 0x3  # CBPR, EOImode
             return 1 << 15 | st["id_bits"] << 11 | (st["pri_bits"] - 1) << 8 | st["ctlr"]
         if name == "ICC_SRE_EL1":
             if value is not None and not value & 1:
