@@ -1,6 +1,7 @@
 """The kvmdev command line (``kvmdev`` or ``python -m kvmdev``).
 
     kvmdev probe [--registers]           what this host's KVM supports: devices, attributes by name
+    kvmdev probe --discover              the same by number: groups, attributes, capabilities kvmdev has no name for
     kvmdev decode GICD_TYPER 0x00480007  a register value, field by field
     kvmdev decode attr --device vgic-v3 --group REDIST_REGS 0x0000010000000080
     kvmdev encode attr --device vgic-v3 --group REDIST_REGS --mpidr 0x100 GICR_TYPER
@@ -245,11 +246,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--arch", choices=ARCH_NAMES, help="the mock's architecture (default: this host's)")
-    p.add_argument("--kernel", help="mock: the kernel series (arm64: 6.12 or 6.1)")
+    p.add_argument("--kernel", help="mock: the kernel series (arm64: 6.1, 6.12, 6.18, 7.3)")
     p.add_argument("--gic", type=int, help="mock arm64: the host GIC (3, 2 or 5); decode: GICD_ of a GICv2 with 2")
     sub = p.add_subparsers(dest="cmd", required=True)
     pr = sub.add_parser("probe", help="what this KVM supports")
     pr.add_argument("--registers", action="store_true", help="also HAS every register of the register groups")
+    pr.add_argument("--discover", action="store_true",
+                    help="HAS every group/attribute and CHECK_EXTENSION every capability by number (kvmdev.discover)")
     de = sub.add_parser("decode", help="a register value, or (decode attr ...) an attribute encoding")
     de.add_argument("what", help="a register name, or 'attr'")
     de.add_argument("value", type=_int)
@@ -277,7 +280,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     emit: Callable[[Any], None] = (lambda o: print(json.dumps(o, indent=1))) if args.json else (lambda o: None)
     try:
-        if args.cmd == "probe":
+        if args.cmd == "probe" and args.discover:
+            from .discover import discover, print_discovery
+            with _open(args) as kvm:
+                emit(discover(kvm)) if args.json else print_discovery(discover(kvm))
+        elif args.cmd == "probe":
             with _open(args) as kvm:
                 p = probe(kvm, args.registers, None if args.json else Progress("probing registers"))
             emit(p) if args.json else _print_probe(p)

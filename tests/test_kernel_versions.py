@@ -175,3 +175,26 @@ def test_capabilities_of_the_kernel(arm64_kvm, arm64_kernel) -> None:
     """The capabilities that differ between the four kernels, by name."""
     assert {c: arm64_kvm.check_extension(c) for c in arm64_kernel_caps(arm64_kernel)} \
         == arm64_kernel_caps(arm64_kernel)
+
+
+def test_probe_discover_lists_the_surface_by_number(monkeypatch) -> None:
+    """kvmdev probe --discover: groups, attributes and capabilities by number, with
+    kvmdev's names where it has them and "new" where it has none."""
+    from kvmdev.discover import discover
+    with kvmdev.open("mock", arch="arm64", kernel="7.3") as k:
+        d = discover(k, groups=10, attrs=8)
+        vcpu = {(f["group"], f["attr"]): f for f in d["vcpu"]}
+        assert vcpu[(0, 4)]["attr_name"] == "KVM_ARM_VCPU_PMU_V3_SET_NR_COUNTERS" and not vcpu[(0, 4)]["new"]
+        v3 = {(f["group"], f["attr"]): f for f in d["devices"]["ARM_VGIC_V3"]}
+        assert v3[(9, 0)]["group_name"] == "KVM_DEV_ARM_VGIC_GRP_MAINT_IRQ" and not v3[(9, 0)]["new"]
+        caps = {c["cap"]: c for c in d["caps"]}
+        assert caps[251]["name"] == "KVM_CAP_ARM_PMU_V3_STRICT" and not caps[251]["new"]
+        # a kernel's capability kvmdev has no name for is listed by number
+        names = k._arch.constants("KVM_CAP_")
+        monkeypatch.setattr(k._arch, "constants", lambda prefix: {n: v for n, v in names.items()
+                                                                  if n != "KVM_CAP_ARM_PMU_V3_STRICT"})
+        caps = {c["cap"]: c for c in discover(k, groups=0, attrs=0)["caps"]}
+        assert caps[251] == {"cap": 251, "name": None, "value": 1, "new": True}
+    with kvmdev.open("mock", arch="arm64", kernel="6.12") as k:
+        v3 = {(f["group"], f["attr"]) for f in discover(k, groups=10, attrs=2)["devices"]["ARM_VGIC_V3"]}
+        assert (9, 0) not in v3
