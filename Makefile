@@ -55,7 +55,7 @@ bench: $(STAMP)
 fuzz: $(STAMP)
 	for a in x86_64 s390; do $(VPY) -m kvmdev.fuzz --backend mock --arch $$a --ops 100000 || exit 1; done
 	for p in book3s e500; do $(VPY) -m kvmdev.fuzz --backend mock --arch powerpc --ppc-platform $$p --ops 100000 || exit 1; done
-	for k in 6.12 6.1; do for g in 3 2 5; do \
+	for k in 6.12 6.1 6.18 7.3; do for g in 3 2 5; do \
 	  $(VPY) -m kvmdev.fuzz --backend mock --arch arm64 --kernel $$k --gic $$g --ops 100000 || exit 1; done; done
 	$(VPY) -m kvmdev.fuzz --backend real --ops 10000 --differential
 	$(MAKE) --no-print-directory fuzz-chaos

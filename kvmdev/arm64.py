@@ -13,7 +13,8 @@ from .arch import Arch, get_arch
 from .errnos import register as register_errnos
 
 # KVM_ARM_VCPU_INIT feature bit names (KVM_ARM_VCPU_<name> in asm/kvm.h)
-FEATURES = ("POWER_OFF", "EL1_32BIT", "PSCI_0_2", "PMU_V3", "SVE", "PTRAUTH_ADDRESS", "PTRAUTH_GENERIC")
+FEATURES = ("POWER_OFF", "EL1_32BIT", "PSCI_0_2", "PMU_V3", "SVE", "PTRAUTH_ADDRESS", "PTRAUTH_GENERIC",
+            "HAS_EL2", "HAS_EL2_E2H0", "PMU_V3_STRICT")
 
 # KVM_IRQ_LINE irq types (KVM_ARM_IRQ_TYPE_<name>)
 IRQ_TYPES = ("CPU", "SPI", "PPI")

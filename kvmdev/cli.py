@@ -1,6 +1,7 @@
 """The kvmdev command line (``kvmdev`` or ``python -m kvmdev``).
 
     kvmdev probe [--registers]           what this host's KVM supports: devices, attributes by name
+    kvmdev probe --discover              the same by number: groups, attributes, capabilities kvmdev has no name for
     kvmdev decode GICD_TYPER 0x00480007  a register value, field by field
     kvmdev decode attr --device vgic-v3 --group REDIST_REGS 0x0000010000000080
     kvmdev encode attr --device vgic-v3 --group REDIST_REGS --mpidr 0x100 GICR_TYPER
@@ -343,7 +344,7 @@ def _global_options(p: argparse.ArgumentParser, sub: bool) -> None:
                    "auto: the real /dev/kvm, or the mock where it cannot be opened)", **d)
     p.add_argument("--arch", choices=ARCH_NAMES, help="probe: the architecture (another than this host's "
                    f"{host_arch_name()} is the mock)", **d)
-    p.add_argument("--kernel", help="probe, mock: the emulated kernel series (arm64: 6.12 or 6.1)", **d)
+    p.add_argument("--kernel", help="probe, mock: the emulated kernel series (arm64: 6.1, 6.12, 6.18, 7.3)", **d)
     p.add_argument("--gic", type=int, choices=(2, 3, 5), help="probe, arm64 mock: the host GIC; "
                    "decode: 2 reads GICD_* as a GICv2's", **d)
 
@@ -362,6 +363,8 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = command("probe", "what this KVM supports: device types, attributes (and registers) by name")
     pr.add_argument("--registers", action="store_true", help="also HAS every register of the register groups")
+    pr.add_argument("--discover", action="store_true",
+                    help="HAS every group/attribute and CHECK_EXTENSION every capability by number (kvmdev.discover)")
     de = command("decode", "a register value field by field, or (decode attr ...) an attribute encoding")
     de.add_argument("what", metavar="REGISTER|attr", help="a register name (GICD_*, GICR_*, GICC_*, GITS_*, "
                     "ICC_*), or 'attr' to decode a device-attribute attr value")
@@ -537,7 +540,11 @@ def _fail(parser: argparse.ArgumentParser | None, msg: str, rc: int) -> int:
 def _run(args: argparse.Namespace) -> int:
     _check_applies(args)
     emit: Callable[[Any], None] = (lambda o: print(json.dumps(o, indent=1))) if args.json else (lambda o: None)
-    if args.cmd == "probe":
+    if args.cmd == "probe" and args.discover:
+        from .discover import discover, print_discovery
+        with _open(args) as kvm:
+            emit(discover(kvm)) if args.json else print_discovery(discover(kvm))
+    elif args.cmd == "probe":
         with _open(args) as kvm:
             p = probe(kvm, args.registers, None if args.json else Progress("probing registers"))
         emit(p) if args.json else _print_probe(p)

@@ -13,12 +13,14 @@ KVMDEV_BACKEND=real|mock limits the run to one backend (the guests use it).
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 import kvmdev
 from kvmdev.arch import host_arch_name
+from kvmdev.backends.mock import kernel_facts
+from kvmdev.backends.mock.kernel_facts import ARM64_KERNELS
 
 # kvmdev.open() honours KVMDEV_BACKEND; here it selects which params run instead.
 ONLY = os.environ.pop("KVMDEV_BACKEND", None)
@@ -58,8 +60,8 @@ def kvm(request: pytest.FixtureRequest) -> Iterator[kvmdev.Kvm]:
         yield k
 
 
-# The arm64 mock emulates both kernel series and both host GICs of the guests.
-ARM64_MOCKS = {f"mock-{k}-gic{g}": {"kernel": k, "gic": g} for k in ("6.12", "6.1") for g in (3, 2)}
+# The arm64 mock emulates every kernel series and both host GICs of the guests.
+ARM64_MOCKS = {f"mock-{k}-gic{g}": {"kernel": k, "gic": g} for k in ARM64_KERNELS for g in (3, 2)}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -113,15 +115,23 @@ def arm64_gic(arm64_kvm: kvmdev.Kvm) -> int:
 
 @pytest.fixture
 def arm64_kernel(arm64_kvm: kvmdev.Kvm) -> str:
-    """The kernel series ("6.12" or "6.1") where the real kernels differ: the
+    """The kernel series (one of kernel_facts.ARM64_KERNELS) where the real kernels differ: the
     running kernel's release, the mock's profile."""
     if arm64_kvm.backend == "mock":
         return str(arm64_kvm._backend.host.kernel)  # type: ignore[attr-defined]
     release = os.uname().release
     series = ".".join(release.split(".")[:2])
-    if series not in ("6.12", "6.1"):
-        pytest.fail(f"kernel {release}: the arm64 tests know the 6.12 and 6.1 series")
+    if series not in ARM64_KERNELS:
+        pytest.fail(f"kernel {release}: the arm64 tests know the {', '.join(ARM64_KERNELS)} series "
+                    f"(kvmdev.backends.mock.kernel_facts)")
     return series
+
+
+@pytest.fixture
+def kfact(arm64_kernel: str) -> Callable[[str], Any]:
+    """kernel_facts.fact for the arm64 kernel under test (the real one's series, the
+    mock's profile): where the kernels differ, the one answer this kernel gives."""
+    return lambda name: kernel_facts.fact(name, arm64_kernel)
 
 
 @pytest.fixture

@@ -289,6 +289,9 @@ def _groups(v3: bool) -> list[_attrs.Group]:
                doc="ICC_* registers; attr: affinity << 32 | Op0:Op1:CRn:CRm:Op2"),
             _G("KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO", (), any_attr=_A("mpidr_info_intid", "__u32", "rw"),
                doc="line levels, 32 IRQs per access"),
+            _G("KVM_DEV_ARM_VGIC_GRP_MAINT_IRQ", (), any_attr=_A("intid", "__u32", "rw"),
+               doc="the maintenance interrupt (a PPI) of nested virtualisation; set before init "
+                   "(6.18 and later; the attribute number is not looked at)"),
         ]
     else:
         groups.append(_G("KVM_DEV_ARM_VGIC_GRP_CPU_REGS", (), any_attr=_A("vcpu_offset", "__u32", "rw"),
@@ -316,7 +319,10 @@ _register_errnos({
     (None, "ARM_VGIC_V2", "KVM_DEV_ARM_VGIC_GRP_NR_IRQS", "EBUSY"): "already set, or the VGIC is initialized",
     (None, "ARM_VGIC_V3", "KVM_DEV_ARM_VGIC_GRP_NR_IRQS", "EBUSY"): "already set, or the VGIC is initialized",
     (None, "ARM_VGIC_V3", "KVM_DEV_ARM_VGIC_GRP_DIST_REGS", "EBUSY"):
-        "the VGIC is not initialized (KVM_DEV_ARM_VGIC_CTRL_INIT), or a vCPU is running",
+        "the VGIC is not initialized (KVM_DEV_ARM_VGIC_CTRL_INIT; 6.18+: except for the IIDR and "
+        "TYPER2 registers), a vCPU is running, or (6.18+) a TYPER2 change after init",
+    (None, "ARM_VGIC_V3", "KVM_DEV_ARM_VGIC_GRP_MAINT_IRQ", "EBUSY"): "the VGIC is already initialized",
+    (None, "ARM_VGIC_V3", "KVM_DEV_ARM_VGIC_GRP_MAINT_IRQ", "EINVAL"): "not a PPI (16..31)",
     (None, "ARM_VGIC_V3", "KVM_DEV_ARM_VGIC_GRP_REDIST_REGS", "EBUSY"):
         "the VGIC is not initialized (KVM_DEV_ARM_VGIC_CTRL_INIT), or a vCPU is running",
     (None, "ARM_VGIC_V3", "KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS", "EBUSY"):
@@ -615,6 +621,18 @@ class VgicV3(Vgic):
     def cpu_sysreg(self, vcpu: "Vcpu | int") -> SysRegisters:
         """ICC_* of one vCPU, addressed by its MPIDR affinity."""
         return SysRegisters(self, _affinity(vcpu) << 32)
+
+    @property
+    def maint_irq(self) -> int:
+        """KVM_DEV_ARM_VGIC_GRP_MAINT_IRQ: the maintenance interrupt of a nested
+        guest's virtual GIC (0 until set; 6.18 and later, ENXIO before)."""
+        return int(self.get_attr("KVM_DEV_ARM_VGIC_GRP_MAINT_IRQ", 0))
+
+    @maint_irq.setter
+    def maint_irq(self, intid: int) -> None:
+        if not 16 <= intid < 32:
+            raise ValueError(f"the maintenance interrupt is a PPI (16..31), not {intid}")
+        self.set_attr("KVM_DEV_ARM_VGIC_GRP_MAINT_IRQ", 0, intid)
 
     def save_pending_tables(self) -> None:
         """KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES."""

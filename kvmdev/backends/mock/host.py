@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import kernel_facts
+
 # KVM_CHECK_EXTENSION answers by architecture (names from cdefs)
 _CAPS: dict[str, dict[str, int]] = {
     "x86_64": {
@@ -37,10 +39,28 @@ _CAPS: dict[str, dict[str, int]] = {
 
 # arm64 answers that depend on the kernel series and on the host GIC (QEMU's
 # emulated GIC under the guest kernel): seen on Debian 6.12.117 and 6.1.0-56
+# (6.18.15 and 7.3.4 from trixie-backports too).  Beyond the IPA size, the capabilities
+# that differ between the four kernels (the mock answers them; it does not emulate the
+# features behind them, e.g. guest_memfd or the dirty ring).
+_SINCE_6_12 = {"KVM_CAP_USER_MEMORY2": 1, "KVM_CAP_COUNTER_OFFSET": 1, "KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES": 1,
+               "KVM_CAP_ARM_SUPPORTED_BLOCK_SIZES": 0x40201000, "KVM_CAP_DIRTY_LOG_RING_ACQ_REL": 0x100000,
+               "KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP": 1}
+_SINCE_6_18 = {**_SINCE_6_12, "KVM_CAP_GUEST_MEMFD": 1, "KVM_CAP_GUEST_MEMFD_FLAGS": 3,
+               "KVM_CAP_ARM_WRITABLE_IMP_ID_REGS": 1}
 _ARM64_BY_KERNEL: dict[str, dict[str, int]] = {
-    "6.12": {"KVM_CAP_ARM_VM_IPA_SIZE": 52},
     "6.1": {"KVM_CAP_ARM_VM_IPA_SIZE": 48},
+    "6.12": {"KVM_CAP_ARM_VM_IPA_SIZE": 52, **_SINCE_6_12},
+    "6.18": {"KVM_CAP_ARM_VM_IPA_SIZE": 52, **_SINCE_6_18},
+    "7.3": {"KVM_CAP_ARM_VM_IPA_SIZE": 52, **_SINCE_6_18, "KVM_CAP_ARM_SEA_TO_USER": 1,
+            "KVM_CAP_ARM_PMU_V3_STRICT": 1},
 }
+# every capability named in _ARM64_BY_KERNEL, for the tests that check them on the real kernels
+ARM64_KERNEL_CAPS: frozenset[str] = frozenset(c for caps in _ARM64_BY_KERNEL.values() for c in caps)
+
+
+def arm64_kernel_caps(kernel: str) -> dict[str, int]:
+    """The answers of the capabilities that differ between the arm64 kernels (0: absent)."""
+    return {c: _ARM64_BY_KERNEL[kernel].get(c, 0) for c in sorted(ARM64_KERNEL_CAPS)}
 # kvm_arm_default_max_vcpus(): the host GIC's limit (VGIC_V3_MAX_CPUS / VGIC_V2_MAX_CPUS)
 _ARM64_BY_GIC: dict[int, dict[str, int]] = {
     3: {"KVM_CAP_MAX_VCPUS": 512, "KVM_CAP_MAX_VCPU_ID": 512},
@@ -79,8 +99,10 @@ class HostProfile:
     # arm64: the host CPU has RAS (ARM64_HAS_RAS_EXTN; QEMU -cpu max does): an SError's
     # ESR can be given in KVM_SET_VCPU_EVENTS, and KVM_GET_VCPU_EVENTS says serror_has_esr
     ras: bool = True
-    # arm64: the host PMU's perf type (KVM_ARM_VCPU_PMU_V3_SET_PMU)
+    # arm64: the host PMU's perf type (KVM_ARM_VCPU_PMU_V3_SET_PMU) and its general-purpose
+    # counters (PMCR_EL0.N of QEMU's -cpu max: the SET_NR_COUNTERS limit)
     pmu_type: int = 8
+    pmu_counters: int = 6
     # arm64 GICv5 host (gic=5, no real counterpart here): the userspace-drivable PPIs
     v5_userspace_ppis: int = 0
     # powerpc host: "book3s" (KVM-HV: XICS, as Debian's ppc64el kernel on PowerNV POWER8)
@@ -121,6 +143,10 @@ class HostProfile:
             caps.update(_ARM64_BY_GIC[self.gic])
         caps.update(self.caps)
         self.caps = caps
+
+    def fact(self, name: str) -> object:
+        """This kernel's answer where the arm64 kernels differ (kernel_facts.FACTS)."""
+        return kernel_facts.fact(name, self.kernel)
 
     @property
     def kernel_release(self) -> str:

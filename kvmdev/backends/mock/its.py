@@ -265,9 +265,12 @@ class ItsModel(DeviceModel):
         if group == CTRL:
             if attr == CTRL_INIT:
                 return  # nothing to do
-            # vgic_its_ctrl: an unknown attr does nothing, 0
-            self.vm.with_all_vcpus_locked({ITS_CTRL_RESET: self._reset, ITS_SAVE_TABLES: self._save_tables,
-                                           ITS_RESTORE_TABLES: self._restore_tables}.get(attr, lambda: None))
+            # vgic_its_ctrl: an unknown attr does nothing, 0 (6.18+: ENXIO)
+            op = {ITS_CTRL_RESET: self._reset, ITS_SAVE_TABLES: self._save_tables,
+                  ITS_RESTORE_TABLES: self._restore_tables}.get(attr)
+            if op is None and self.vm.backend.host.fact("its_ctrl_unknown_enxio"):
+                raise Errno(E.ENXIO)
+            self.vm.with_all_vcpus_locked(op or (lambda: None))
             return
         if group == ITS_REGS:
             self._regs_access(attr, self.user.get("__u64", addr))
@@ -566,8 +569,9 @@ class ItsModel(DeviceModel):
         v2 = self.lpis.vcpu_by_rdbase(_cmd_field(cmd, 3, 16, 32))
         if v1 is None or v2 is None:
             raise _CmdError("E_ITS_MOVALL_PROCNUM_OOR")
+        every = self.vm.backend.host.fact("its_movall_moves_every_lpi")   # 6.18.15
         for lpi in self.lpis.irqs.values():
-            if lpi.target == v1:
+            if lpi.target == v1 or every:
                 lpi.target = v2
 
     def _cmd_int(self, cmd: list[int]) -> None:
@@ -705,7 +709,8 @@ class ItsModel(DeviceModel):
         if not d.valid:
             return 1
         # more EventID bits than MAPD takes: refused (6.12.92+; Debian's 6.1 too)
-        if d.size + 1 > ITS_IDBITS or self._check_id(self.baser_device, devid) is None:
+        if d.size + 1 > ITS_IDBITS and self.vm.backend.host.fact("its_dte_eventid_bits_checked") or \
+                self._check_id(self.baser_device, devid) is None:
             raise Errno(E.EINVAL)
         dev = self.devices[devid] = ItsDevice(d.itt_addr, d.size + 1)
         try:
