@@ -414,10 +414,7 @@ class _Vgic(DeviceModel):
                 if d.v3 and group == DIST_REGS and attr & 0xFFFFFFFF in (0x008, 0x00C) \
                         and self.vm.backend.host.fact("gicd_iidr_typer2_pre_init"):
                     # reg_allowed_pre_init: GICD_IIDR and GICD_TYPER2 (6.18+)
-                    out = GicRegs.pre_init_dist(d, attr & 0xFFFFFFFF, value)
-                    if not write:
-                        self.user.put(width, addr, out)
-                    return
+                    return GicRegs.pre_init_dist(d, attr & 0xFFFFFFFF, value)
                 if d.v3:
                     raise Errno(E.EBUSY)
                 d.init()
