@@ -167,7 +167,7 @@ class Arm64Vcpu:
         self.x = [0] * 31
         self.sp = self.pc = 0
         self.pstate = PSTATE_RESET
-        kernel = "6.1" if self.k61 else "6.12"
+        kernel = self.vcpu.backend.host.kernel
         regs = list(arm64_reglist.REGS[kernel])
         if self.has("PMU_V3"):
             regs += arm64_reglist.PMU_REGS[kernel]
