@@ -194,3 +194,18 @@ def test_arm64_common_mistakes(arm64_kvm: kvmdev.Kvm, arm64_gic: int) -> None:
             else:
                 refused(TypeError, "or its index \\(an int\\), not the str 'cpu0'", lambda: gic.cpu("cpu0"))
         assert gic.dist["GICD_CTLR"] == gic.dist["GICD_CTLR"]   # the device still answers
+
+
+def test_attr_batch_values_are_ints(kvm: kvmdev.Kvm) -> None:
+    """bools and floats are not ints in a batch either (struct would pack a bool)."""
+    item = {"x86_64": ("KVM_VCPU_TSC_CTRL", "KVM_VCPU_TSC_OFFSET"),
+            "arm64": ("KVM_ARM_VCPU_TIMER_CTRL", "KVM_ARM_VCPU_TIMER_IRQ_VTIMER")}.get(kvm.arch)
+    if item is None:
+        pytest.skip(f"no integer vCPU attribute in kvmdev's {kvm.arch} table")
+    with kvm.create_vm() as vm:
+        cpu = vm.create_vcpu(0)
+        with no_ioctl(kvm, vm, cpu):
+            refused(TypeError, r"takes an int \(.*\), not bool True \(nothing was written\)",
+                    lambda: cpu.attr_batch("KVM_SET_DEVICE_ATTR", [item], [True]))
+            refused(TypeError, r"not float 1.5", lambda: cpu.attr_batch("KVM_SET_DEVICE_ATTR", [item], [1.5]))
+            refused(ValueError, r"-1 does not fit", lambda: cpu.attr_batch("KVM_SET_DEVICE_ATTR", [item], [-1]))
