@@ -130,7 +130,8 @@ def test_ioeventfd_takes_a_port_write_x86(kvm: kvmdev.Kvm, fds: list[int]) -> No
 @pytest.fixture
 def gic(arm64_kvm: kvmdev.Kvm, arm64_gic: int) -> Iterator[tuple[kvmdev.Vm, VgicV2 | VgicV3]]:
     with arm64_kvm.create_vm() as vm:
-        vm.create_vcpu(0).vcpu_init(["PSCI_0_2"])
+        cpu = vm.create_vcpu(0)
+        cpu.vcpu_init(["PSCI_0_2"])
         g: VgicV2 | VgicV3
         if arm64_gic == 3:
             g = vm.create_device("ARM_VGIC_V3")
