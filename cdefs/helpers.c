@@ -58,3 +58,33 @@ int kvmdev_copy_to_user(uint64_t dst, const void *src, size_t len)
 	ssize_t n = process_vm_writev(getpid(), &local, 1, &remote, 1, 0);
 	return n == (ssize_t)len ? 0 : -EFAULT;
 }
+
+/* Vcpu.request_exit: a signal whose handler does nothing, installed without
+ * SA_RESTART, so that a thread blocked in KVM_RUN (or about to enter it) gets
+ * EINTR; no Python code runs in the handler, and any thread can install it
+ * (signal.signal works only in the main thread).  0, -EBUSY if another
+ * handler owns the signal, or -errno. */
+#include <signal.h>
+#include <string.h>
+
+static void kvmdev_kick_handler(int sig)
+{
+	(void)sig;
+}
+
+int kvmdev_install_kick_handler(int sig)
+{
+	struct sigaction sa, old;
+
+	if (sigaction(sig, NULL, &old) < 0)
+		return -errno;
+	if (old.sa_handler == kvmdev_kick_handler)
+		return 0;
+	if (old.sa_handler != SIG_DFL && old.sa_handler != SIG_IGN)
+		return -EBUSY;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = kvmdev_kick_handler;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = 0;	/* no SA_RESTART: KVM_RUN returns EINTR */
+	return sigaction(sig, &sa, NULL) < 0 ? -errno : 0;
+}

@@ -14,3 +14,4 @@ int kvmdev_attr_batch(int fd, unsigned long request, struct kvm_device_attr *att
 		      int count, int *err);
 int kvmdev_copy_from_user(void *dst, uint64_t src, size_t len);
 int kvmdev_copy_to_user(uint64_t dst, const void *src, size_t len);
+int kvmdev_install_kick_handler(int sig);

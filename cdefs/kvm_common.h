@@ -161,12 +161,68 @@ struct kvm_enable_cap {
 #define KVM_REG_ARM64 0x6000000000000000
 #define KVM_REG_SIZE_SHIFT 52
 #define KVM_REG_SIZE_MASK 0x00f0000000000000
+#define KVM_REG_SIZE_U8 0x0000000000000000
+#define KVM_REG_SIZE_U16 0x0010000000000000
 #define KVM_REG_SIZE_U32 0x0020000000000000
 #define KVM_REG_SIZE_U64 0x0030000000000000
+#define KVM_REG_SIZE_U128 0x0040000000000000
+#define KVM_REG_SIZE_U256 0x0050000000000000
+#define KVM_REG_SIZE_U512 0x0060000000000000
+#define KVM_REG_SIZE_U1024 0x0070000000000000
+#define KVM_REG_SIZE_U2048 0x0080000000000000
 
 struct kvm_one_reg {
 	__u64 id;
 	__u64 addr;
+};
+
+/* KVM_GET_REG_LIST: the kernel's struct ends in __u64 reg[] (a flexible array,
+ * declared here as the n it starts with; kvmdev allocates n + 1 __u64s). */
+struct kvm_reg_list {
+	__u64 n;
+};
+
+/* KVM_{GET,SET}_MP_STATE */
+#define KVM_MP_STATE_RUNNABLE 0
+#define KVM_MP_STATE_UNINITIALIZED 1
+#define KVM_MP_STATE_INIT_RECEIVED 2
+#define KVM_MP_STATE_HALTED 3
+#define KVM_MP_STATE_SIPI_RECEIVED 4
+#define KVM_MP_STATE_STOPPED 5
+#define KVM_MP_STATE_CHECK_STOP 6
+#define KVM_MP_STATE_OPERATING 7
+#define KVM_MP_STATE_LOAD 8
+#define KVM_MP_STATE_AP_RESET_HOLD 9
+#define KVM_MP_STATE_SUSPENDED 10
+
+struct kvm_mp_state {
+	__u32 mp_state;
+};
+
+/* KVM_IRQFD */
+#define KVM_IRQFD_FLAG_DEASSIGN 1
+#define KVM_IRQFD_FLAG_RESAMPLE 2
+
+struct kvm_irqfd {
+	__u32 fd;
+	__u32 gsi;
+	__u32 flags;
+	__u32 resamplefd;
+	__u8  pad[16];
+};
+
+/* KVM_IOEVENTFD */
+#define KVM_IOEVENTFD_FLAG_DATAMATCH 1
+#define KVM_IOEVENTFD_FLAG_PIO 2
+#define KVM_IOEVENTFD_FLAG_DEASSIGN 4
+
+struct kvm_ioeventfd {
+	__u64 datamatch;
+	__u64 addr;
+	__u32 len;
+	__s32 fd;
+	__u32 flags;
+	__u8  pad[36];
 };
 
 /* kvmdev:prefix - the fixed head of the shared kvm_run page and the exit

@@ -67,7 +67,7 @@ class _Fd:
         self._backend = backend
         self._arch: Arch = backend.arch
         self._fd = fd
-        self._users: list[None] = []      # one entry per call in flight
+        self._users: set[object] = set()   # one token per call in flight
         self._deferred: list[int] = []    # the fd close() left to the last of them
         self._generation = _GENERATION[0]
         self._pid = os.getpid()
@@ -76,10 +76,20 @@ class _Fd:
         # close() still reaches every live child first.
         self._children: weakref.WeakValueDictionary[int, _Fd] = weakref.WeakValueDictionary()
         self._lock = threading.RLock()
-        OPEN_FDS[fd] = (next(_SERIAL), weakref.ref(self))
         if parent is not None:
-            parent._children[id(self)] = self
-            parent._child_opened(id(self))
+            # under the parent's lock, which close() holds: a parent closed while this
+            # fd was being created (another thread) does not leave it open behind it
+            with parent._lock:
+                if parent._fd < 0:
+                    self._fd = -1
+                    backend.close(fd)
+                    raise ClosedError(f"{parent._target_label()} was closed while this {self._kind} "
+                                      f"was being created (its fd is closed again)")
+                OPEN_FDS[fd] = (next(_SERIAL), weakref.ref(self))
+                parent._children[id(self)] = self
+                parent._child_opened(id(self))
+        else:
+            OPEN_FDS[fd] = (next(_SERIAL), weakref.ref(self))
 
     # -- lifetime --------------------------------------------------------
     @property
@@ -92,22 +102,36 @@ class _Fd:
             raise ClosedError(f"{self._target_label()} is closed")
         return fd
 
-    # The hand-over between calls in flight and close() uses list append/pop, each
-    # atomic in CPython, rather than a lock: it is on every ioctl's path.
-    def _acquire(self) -> int:
-        """The fd, held for one ioctl (see the class doc); _release() after it."""
+    # The hand-over between calls in flight and close() uses set add/discard,
+    # each atomic in CPython, rather than a lock: it is on every ioctl's path.
+    # Each call holds the fd with its own token, acquired inside its try:
+    #     tok = object()
+    #     try:
+    #         fd = self._acquire(tok)
+    #         ...
+    #     finally:
+    #         self._users.discard(tok)
+    #         if self._deferred and not self._users:
+    #             self._close_deferred()
+    # An asynchronous exception (KeyboardInterrupt from a signal handler) can land
+    # wherever CPython checks for pending signals: at a function's entry and after
+    # each call.  One after the add is released by the finally, whose discard runs
+    # before any such check (no Python call precedes it); one before the add
+    # leaves nothing to discard.
+    def _acquire(self, token: object) -> int:
+        """The fd, held for one ioctl by ``token`` (see above)."""
         fd = self._fd
         if fd < 0 or self._forked and self._process_bound and self._generation != _GENERATION[0]:
             self._refuse(fd)
-        self._users.append(None)
+        self._users.add(token)
         if self._fd < 0:           # closed meanwhile: not this fd any more
-            self._release()
+            self._release(token)
             self._refuse(-1)
         return fd
 
-    def _release(self) -> None:
-        self._users.pop()
-        if not self._users and self._deferred:
+    def _release(self, token: object) -> None:
+        self._users.discard(token)
+        if self._deferred and not self._users:
             self._close_deferred()
 
     def _close_deferred(self) -> None:
@@ -169,6 +193,8 @@ class _Fd:
                 self._backend.close(fd)
                 if self._parent is not None:
                     self._parent._child_gone(id(self))
+            elif self._deferred:   # a close() whose deferred close an interrupt skipped
+                self._close_deferred()
         except Exception:
             pass
 
@@ -182,22 +208,28 @@ class _Fd:
     # -- ioctls ------------------------------------------------------------
     def _ioctl(self, name: str, arg: Any, *, group: str | None = None, attr: str | None = None,
                register: str | None = None) -> int:
-        fd = self._acquire()
+        tok = object()   # this call's hold (see _Fd._acquire)
         try:
+            fd = self._acquire(tok)
             r = self._backend.ioctl(fd, self._arch.request(name), arg)
-        finally:
-            self._release()
+        finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+            self._users.discard(tok)
+            if self._deferred and not self._users:
+                self._close_deferred()
         if r < 0:
             raise KvmError(-r, name, self._target_label(), group=group, attr=attr, target_key=self._target_key(),
                            register=register)
         return int(r)
 
     def _ioctl_val(self, name: str, value: int) -> int:
-        fd = self._acquire()
+        tok = object()   # this call's hold (see _Fd._acquire)
         try:
+            fd = self._acquire(tok)
             r = self._backend.ioctl_val(fd, self._arch.request(name), value)
-        finally:
-            self._release()
+        finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+            self._users.discard(tok)
+            if self._deferred and not self._users:
+                self._close_deferred()
         if r < 0:
             raise KvmError(-r, name, self._target_label(), target_key=self._target_key())
         return int(r)

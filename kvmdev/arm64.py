@@ -86,26 +86,43 @@ SYSREGS: dict[str, tuple[int, int, int, int, int]] = {
     "CNTKCTL_EL1": (3, 0, 14, 1, 0),
 }
 
-# struct kvm_regs starts with struct user_pt_regs { __u64 regs[31], sp, pc, pstate; };
-# a core register's id carries its offset in 32-bit words.
-CORE_OFFSETS = {**{f"x{n}": 2 * n for n in range(31)}, "sp": 62, "pc": 64, "pstate": 66}
+# struct kvm_regs: struct user_pt_regs { __u64 regs[31], sp, pc, pstate; } (words 0-67),
+# sp_el1, elr_el1, spsr[KVM_NR_SPSR = 5], then struct user_fpsimd_state
+# { __uint128_t vregs[32]; __u32 fpsr, fpcr; } at word 84.  A core register's id
+# carries its offset in 32-bit words and its size.
+SPSR_NAMES = ("spsr_el1", "spsr_abt", "spsr_und", "spsr_irq", "spsr_fiq")   # KVM_SPSR_EL1.._FIQ
+CORE_OFFSETS = {**{f"x{n}": 2 * n for n in range(31)}, "sp": 62, "pc": 64, "pstate": 66,
+                "sp_el1": 68, "elr_el1": 70, **{n: 72 + 2 * i for i, n in enumerate(SPSR_NAMES)}}
+VREG_OFFSETS = {f"v{n}": 84 + 4 * n for n in range(32)}
+FP_OFFSETS = {"fpsr": 212, "fpcr": 213}
+# bytes of each core register (core_reg_size_from_offset in arch/arm64/kvm/guest.c)
+CORE_SIZES = {**{off: 8 for off in CORE_OFFSETS.values()}, **{off: 16 for off in VREG_OFFSETS.values()},
+              **{off: 4 for off in FP_OFFSETS.values()}}
 
 
 @lru_cache(maxsize=None)
 def reg_id(name: str) -> int:
-    """ONE_REG id by name: core registers ("x0".."x30", "sp", "pc", "pstate")
-    and the system registers in SYSREGS ("MPIDR_EL1")."""
+    """ONE_REG id by name: core registers ("x0".."x30", "sp", "pc", "pstate",
+    "sp_el1", "elr_el1", "spsr_el1"...), the 128-bit FP/SIMD "v0".."v31" and the
+    32-bit "fpsr", "fpcr"; the system registers in SYSREGS ("MPIDR_EL1"); and the
+    uapi's names of pseudo-registers ("KVM_REG_ARM_TIMER_CNT", "KVM_REG_ARM_PSCI_VERSION")."""
     a = get_arch("arm64")
     c = a.const
-    off = CORE_OFFSETS.get(name.lower())
+    low = name.lower()
+    sizes = {8: "KVM_REG_SIZE_U64", 16: "KVM_REG_SIZE_U128", 4: "KVM_REG_SIZE_U32"}
+    off = CORE_OFFSETS.get(low, VREG_OFFSETS.get(low, FP_OFFSETS.get(low)))
     if off is not None:
-        return c("KVM_REG_ARM64") | c("KVM_REG_SIZE_U64") | c("KVM_REG_ARM_CORE") | off
+        return c("KVM_REG_ARM64") | c(sizes[CORE_SIZES[off]]) | c("KVM_REG_ARM_CORE") | off
+    if name.upper().startswith("KVM_REG_ARM") and a.has_const(name.upper()):
+        return a.const(name.upper())
     enc = SYSREGS.get(name.upper())
     if enc is None:
         from ._check import unknown
-        raise unknown("arm64 register", name, [*CORE_OFFSETS, *SYSREGS], "(KVM_{GET,SET}_ONE_REG)",
-                      "use x0..x30, sp, pc, pstate, a system register named here, or a numeric id "
-                      "(kvmdev.arm64.sysreg())")
+        raise unknown("arm64 register", name, [*CORE_OFFSETS, *VREG_OFFSETS, *FP_OFFSETS, *SYSREGS],
+                      "(KVM_{GET,SET}_ONE_REG)",
+                      f"use x0..x30, sp, pc, pstate, sp_el1, elr_el1, {', '.join(SPSR_NAMES)}, v0..v31, fpsr, "
+                      f"fpcr, {', '.join(SYSREGS)}, KVM_REG_ARM_TIMER_CTL/CNT/CVAL, KVM_REG_ARM_PSCI_VERSION..., "
+                      "or a numeric id (kvmdev.arm64.sysreg())")
     return sysreg(*enc, arch=a)
 
 

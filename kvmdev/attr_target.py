@@ -93,11 +93,14 @@ class _AttrTarget(_Fd):
 
         ENXIO answers False; any other error is raised."""
         g, a, _ = self._resolve(group, attr)
-        fd = self._acquire()
+        tok = object()   # this call's hold (see _Fd._acquire)
         try:
+            fd = self._acquire(tok)
             r = self._attr_fn(fd, self._has_req, g, a, self._null)
-        finally:
-            self._release()
+        finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+            self._users.discard(tok)
+            if self._deferred and not self._users:
+                self._close_deferred()
         if r == 0:
             return True
         if r == -E.ENXIO:
@@ -116,11 +119,14 @@ class _AttrTarget(_Fd):
             buf = _pack(self._arch.ffi, spec.ctype, value_in, self._names(spec.group, spec.attr, spec.given))
         else:
             buf = spec.new() if spec.ctype is not None else self._null
-        fd = self._acquire()
+        tok = object()   # this call's hold (see _Fd._acquire)
         try:
+            fd = self._acquire(tok)
             r = self._attr_fn(fd, self._get_req, spec.group, spec.attr, buf)
-        finally:
-            self._release()
+        finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+            self._users.discard(tok)
+            if self._deferred and not self._users:
+                self._close_deferred()
         if r < 0:
             raise self._attr_error(-r, 1, spec.group, spec.attr, spec.given)
         return spec.decode(buf) if spec.ctype is not None else None
@@ -136,11 +142,14 @@ class _AttrTarget(_Fd):
             buf = self._null
         else:
             buf = _pack(self._arch.ffi, spec.ctype, value, self._names(spec.group, spec.attr, spec.given))
-        fd = self._acquire()
+        tok = object()   # this call's hold (see _Fd._acquire)
         try:
+            fd = self._acquire(tok)
             r = self._attr_fn(fd, self._set_req, spec.group, spec.attr, buf)
-        finally:
-            self._release()
+        finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+            self._users.discard(tok)
+            if self._deferred and not self._users:
+                self._close_deferred()
         if r < 0:
             raise self._attr_error(-r, 2, spec.group, spec.attr, spec.given)
 
@@ -168,11 +177,14 @@ class _AttrTarget(_Fd):
         which = self._IOCTLS.index(ioctl)
         g, a, _ = self._resolve(group, attr)
         req = (self._has_req, self._get_req, self._set_req)[which]
-        fd = self._acquire()
+        tok = object()   # this call's hold (see _Fd._acquire)
         try:
+            fd = self._acquire(tok)
             r = self._attr_fn(fd, req, g, a, self._arch.ffi.cast("void *", addr))
-        finally:
-            self._release()
+        finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+            self._users.discard(tok)
+            if self._deferred and not self._users:
+                self._close_deferred()
         if r < 0:
             raise self._attr_error(-r, which, g, a, (group, attr))
         return int(r)
@@ -265,11 +277,14 @@ class AttrProgram:
                         raise TypeError(f"{gn}/{an} takes an int ({s.ctype}), not {type(values[i]).__name__} "
                                         f"{values[i]!r} (nothing was written)") from None
                     raise ValueError(f"{gn}/{an}: {values[i]!r} does not fit {s.ctype} (nothing was written)") from None
-            fd = t._acquire()
+            tok = object()   # this call's hold (see _Fd._acquire)
             try:
+                fd = t._acquire(tok)
                 done = t._backend.attr_batch(fd, self.request, self.attrs, self.n, self.err)
-            finally:
-                t._release()
+            finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+                t._users.discard(tok)
+                if t._deferred and not t._users:
+                    t._close_deferred()
             if done < self.n:
                 s = self.specs[done]
                 e = t._attr_error(-self.err[0], self.which, s.group, s.attr, s.given)

@@ -179,11 +179,14 @@ class attr_property:
             raise AttributeError(f"{self.key[1]} is write-only")
         spec = obj._specs.get(self.key) or obj._spec(*self.key, None)
         buf = spec.new()
-        fd = obj._acquire()
+        tok = object()   # this call's hold (see _Fd._acquire)
         try:
+            fd = obj._acquire(tok)
             r = obj._attr_fn(fd, obj._get_req, spec.group, spec.attr, buf)
-        finally:
-            obj._release()
+        finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+            obj._users.discard(tok)
+            if obj._deferred and not obj._users:
+                obj._close_deferred()
         if r < 0:
             raise obj._attr_error(-r, 1, spec.group, spec.attr, spec.given)
         return spec.decode(buf)

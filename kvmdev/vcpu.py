@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import errno as E
+import sys
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, cast
 
 from . import _check
@@ -43,6 +47,21 @@ class SystemEvent(NamedTuple):
     type: str  # KVM_SYSTEM_EVENT_SHUTDOWN, ..._RESET, ..._CRASH, or the number
     data: tuple[int, ...]
 
+
+@dataclass(frozen=True)
+class Arm64VcpuEvents:
+    """arm64 struct kvm_vcpu_events (KVM_GET/SET_VCPU_EVENTS): the exception
+    fields.  On a GET, serror_has_esr says whether the host has RAS (an ESR can
+    be given) and serror_esr is only meaningful with a pending SError; on a SET,
+    ext_dabt_pending injects an external data abort at once (a GET never
+    reports it), and serror_pending False does not clear a pending SError."""
+
+    serror_pending: bool = False
+    serror_has_esr: bool = False
+    ext_dabt_pending: bool = False
+    serror_esr: int = 0
+
+
 class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
     """A vCPU fd."""
 
@@ -53,6 +72,12 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         self.id = vcpu_id
         self._run: Any = None
         self._run_map: Any = None
+        # request_exit: a kick stays pending (kvm_run.immediate_exit = 1) until a
+        # run returns KVM_EXIT_INTR; _run_thread is the thread in KVM_RUN
+        self._kick_lock = threading.Lock()
+        self._run_lock = threading.Lock()
+        self._kick_pending = False
+        self._run_thread: int | None = None
 
     def _target_label(self) -> str:
         return f"vCPU {self.id}"
@@ -78,24 +103,102 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         return _enable_cap(self, cap, args, flags)
 
     def get_one_reg(self, reg: int | str) -> int:
-        """KVM_GET_ONE_REG of a 32- or 64-bit register, by id or (arm64) name
-        ("pc", "x0", "MPIDR_EL1"; see kvmdev.arm64.reg_id)."""
+        """KVM_GET_ONE_REG of a register of any size the id encodes (KVM_REG_SIZE_U8
+        .. U2048), by id or (arm64) name ("pc", "x0", "v0", "fpsr", "MPIDR_EL1",
+        "KVM_REG_ARM_TIMER_CNT"; see kvmdev.arm64.reg_id).  Returns an int; wider
+        than 64 bits (V0-V31 are 128) in the host's byte order, as the kernel
+        copies a __uint128_t (little-endian on arm64 and x86)."""
         ffi = self._arch.ffi
         reg_id = self._reg_id(reg)
-        buf = ffi.new(_one_reg_ctype(self._arch, reg_id) + " *")
+        size = one_reg_size(self._arch, reg_id)
+        buf = ffi.new("uint8_t[]", size)          # exactly the register's size
         r = ffi.new("struct kvm_one_reg *", {"id": reg_id, "addr": int(ffi.cast("uintptr_t", buf))})
         self._ioctl("KVM_GET_ONE_REG", r, register=_reg_label(reg))
-        return int(buf[0])
+        return int.from_bytes(ffi.buffer(buf), sys.byteorder)
 
     def set_one_reg(self, reg: int | str, value: int) -> None:
-        """KVM_SET_ONE_REG of a 32- or 64-bit register, by id or (arm64) name."""
+        """KVM_SET_ONE_REG of a register of any size, by id or (arm64) name:
+        ``value`` an int from 0 to 2**bits - 1 (ValueError before the ioctl otherwise)."""
         ffi = self._arch.ffi
         reg_id = self._reg_id(reg)
-        ct = _one_reg_ctype(self._arch, reg_id)
-        buf = ffi.new(ct + " *", _check.uint(f"the value of register {_reg_label(reg)} ({ct})", value,
-                                             64 if ct == "__u64" else 32))
+        size = one_reg_size(self._arch, reg_id)
+        value = _check.uint(f"the value of register {_reg_label(reg)} ({8 * size} bits)", value, 8 * size)
+        buf = ffi.new("uint8_t[]", value.to_bytes(size, sys.byteorder))
         r = ffi.new("struct kvm_one_reg *", {"id": reg_id, "addr": int(ffi.cast("uintptr_t", buf))})
         self._ioctl("KVM_SET_ONE_REG", r, register=_reg_label(reg))
+
+    def get_reg_list(self) -> list[int]:
+        """KVM_GET_REG_LIST: the ONE_REG ids of every register this vCPU has, in
+        the kernel's order (arm64: after KVM_ARM_VCPU_INIT, else ENOEXEC).  The
+        first call, with n = 0, learns the count (E2BIG); the second gets exactly
+        that many (again if the list grew meanwhile)."""
+        ffi = self._arch.ffi
+        n = 0
+        while True:
+            buf = ffi.new("uint64_t[]", n + 1)    # struct kvm_reg_list: n, then reg[n]
+            buf[0] = n
+            try:
+                self._ioctl("KVM_GET_REG_LIST", ffi.cast("struct kvm_reg_list *", buf))
+            except KvmError as e:
+                if e.errno != E.E2BIG or int(buf[0]) <= n:
+                    raise
+                n = int(buf[0])
+                continue
+            return [int(buf[1 + i]) for i in range(int(buf[0]))]
+
+    # -- KVM_{GET,SET}_MP_STATE --------------------------------------------------
+    @property
+    def mp_state(self) -> str:
+        """KVM_GET_MP_STATE: the kernel's name (KVM_MP_STATE_RUNNABLE, _STOPPED,
+        _SUSPENDED, ...).  Assigning a name or number does KVM_SET_MP_STATE (arm64
+        takes RUNNABLE, STOPPED and SUSPENDED, EINVAL for the rest; a STOPPED vCPU's
+        KVM_RUN sleeps until PSCI CPU_ON or a signal, see request_exit)."""
+        st = self._arch.ffi.new("struct kvm_mp_state *")
+        self._ioctl("KVM_GET_MP_STATE", st)
+        return _mp_state_names(self._arch).get(int(st.mp_state), str(int(st.mp_state)))
+
+    @mp_state.setter
+    def mp_state(self, state: int | str) -> None:
+        if isinstance(state, str):
+            name = state.upper()
+            name = name if name.startswith("KVM_MP_STATE_") else "KVM_MP_STATE_" + name
+            if not self._arch.has_const(name):
+                raise ValueError(f"KVM_SET_MP_STATE: unknown state {state!r}; known: "
+                                 f"{', '.join(_mp_state_names(self._arch).values())}")
+            value = self._arch.const(name)
+        elif isinstance(state, int) and not isinstance(state, bool):
+            if not 0 <= state <= 0xFFFFFFFF:
+                raise ValueError(f"KVM_SET_MP_STATE: {state} does not fit struct kvm_mp_state (__u32)")
+            value = state
+        else:
+            raise TypeError(f"KVM_SET_MP_STATE takes a state name or number, not {type(state).__name__}")
+        st = self._arch.ffi.new("struct kvm_mp_state *", {"mp_state": value})
+        self._ioctl("KVM_SET_MP_STATE", st)
+
+    # -- KVM_{GET,SET}_VCPU_EVENTS (arm64) -------------------------------------------
+    def get_vcpu_events(self) -> Arm64VcpuEvents:
+        """KVM_GET_VCPU_EVENTS (arm64): pending SError and its ESR (see Arm64VcpuEvents)."""
+        _need_arch(self, "arm64", "KVM_GET_VCPU_EVENTS (typed)")
+        ev = self._arch.ffi.new("struct kvm_vcpu_events *")
+        self._ioctl("KVM_GET_VCPU_EVENTS", ev)
+        x = ev.exception
+        return Arm64VcpuEvents(bool(x.serror_pending), bool(x.serror_has_esr), bool(x.ext_dabt_pending),
+                               int(x.serror_esr))
+
+    def set_vcpu_events(self, events: Arm64VcpuEvents) -> None:
+        """KVM_SET_VCPU_EVENTS (arm64): make an SError pending (with serror_esr when
+        serror_has_esr: EINVAL without RAS or with bits outside the ISS) and/or
+        inject an external data abort.  pad and reserved are sent as zeros."""
+        _need_arch(self, "arm64", "KVM_SET_VCPU_EVENTS (typed)")
+        if not isinstance(events, Arm64VcpuEvents):
+            raise TypeError(f"KVM_SET_VCPU_EVENTS takes an Arm64VcpuEvents, not {type(events).__name__}")
+        if not isinstance(events.serror_esr, int) or not 0 <= events.serror_esr < 1 << 64:
+            raise ValueError(f"KVM_SET_VCPU_EVENTS: serror_esr {events.serror_esr!r} does not fit __u64")
+        ev = self._arch.ffi.new("struct kvm_vcpu_events *")
+        x = ev.exception
+        x.serror_pending, x.serror_has_esr = bool(events.serror_pending), bool(events.serror_has_esr)
+        x.ext_dabt_pending, x.serror_esr = bool(events.ext_dabt_pending), events.serror_esr
+        self._ioctl("KVM_SET_VCPU_EVENTS", ev)
 
     # -- arm64 ---------------------------------------------------------------
     features: list[str | int] | None = None  # as given to vcpu_init
@@ -126,17 +229,22 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
             with self._lock:        # two threads' first use: one map
                 if self._run is None:
                     size = self.vm._parent.vcpu_mmap_size  # type: ignore[union-attr]
-                    fd = self._acquire()
+                    tok = object()   # this call's hold (see _Fd._acquire)
                     try:
+                        fd = self._acquire(tok)
                         self._run_map = self._backend.mmap(fd, size)
                         self._run = self._arch.ffi.from_buffer("struct kvm_run *", self._run_map)
+                    except KvmError:
+                        raise                   # the refusal of _acquire (closed, fork child)
                     except OSError as e:
                         raise KvmError(e.errno or E.ENOMEM, "mmap", self._target_label(),
                                        target_key=self._target_key(),
                                        detail=meaning(e.errno or E.ENOMEM, "mmap", None, None)
                                        + f" (struct kvm_run, {size} bytes)") from None
-                    finally:
-                        self._release()     # a close meanwhile drops the map again
+                    finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+                        self._users.discard(tok)     # a close meanwhile drops the map again
+                        if self._deferred and not self._users:
+                            self._close_deferred()
         run = self._run
         if run is None or self._fd < 0:     # closed (meanwhile)
             self._refuse(-1)
@@ -145,24 +253,62 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
     def run(self, *, immediate_exit: bool = False) -> str:
         """KVM_RUN; returns the exit reason's kernel name.  With
         ``immediate_exit`` the kernel does its first-run checks and returns at
-        once (EINTR), reported as KVM_EXIT_INTR.  The fd and the kvm_run map stay
-        until this returns, even if another thread closes the vCPU meanwhile."""
+        once (EINTR), reported as KVM_EXIT_INTR; so does a run that
+        request_exit() stopped.  One run per vCPU at a time: a second thread's
+        run() waits for the first to return (the kernel serialises KVM_RUN on
+        vcpu->mutex too).  The fd and the kvm_run map stay until this returns,
+        even if another thread closes the vCPU meanwhile."""
         immediate_exit = _check.flag("immediate_exit", immediate_exit)
-        fd = self._acquire()
+        tok = object()   # this call's hold (see _Fd._acquire)
         try:
+            fd = self._acquire(tok)
             run = self.kvm_run
-            run.immediate_exit = 1 if immediate_exit else 0
-            try:
-                r = self._backend.ioctl_val(fd, self._arch.request("KVM_RUN"), 0)
-            finally:
-                run.immediate_exit = 0
+            with self._run_lock:
+                with self._kick_lock:
+                    if immediate_exit:
+                        run.immediate_exit = 1
+                    self._run_thread = threading.get_ident()
+                r = -E.EINTR
+                try:
+                    r = self._backend.ioctl_val(fd, self._arch.request("KVM_RUN"), 0)
+                finally:
+                    with self._kick_lock:
+                        self._run_thread = None
+                        if r == -E.EINTR:         # this run is what the kick stopped
+                            self._kick_pending = False
+                        # a kick that came after the exit stays for the next run
+                        run.immediate_exit = 1 if self._kick_pending else 0
             if r == -E.EINTR:
                 return "KVM_EXIT_INTR"
             if r < 0:
                 raise KvmError(-r, "KVM_RUN", self._target_label(), target_key=self._target_key())
             return exit_reason_name(self._arch, run.exit_reason)
-        finally:
-            self._release()
+        finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+            self._users.discard(tok)
+            if self._deferred and not self._users:
+                self._close_deferred()
+
+    def request_exit(self) -> None:
+        """Stop this vCPU's KVM_RUN from any thread: sets kvm_run.immediate_exit
+        and sends the thread in KVM_RUN a signal (the real backend's KICK_SIGNAL,
+        a real-time signal whose handler is an empty C function installed without
+        SA_RESTART), so run() returns KVM_EXIT_INTR whether the request lands
+        before the ioctl, during it (the guest running, or a STOPPED vCPU asleep)
+        or after it (then the next run() returns KVM_EXIT_INTR at once).  Requests
+        before that return are one: the run that returns KVM_EXIT_INTR clears it."""
+        run = self.kvm_run
+        tok = object()   # this call's hold (see _Fd._acquire)
+        try:
+            fd = self._acquire(tok)
+            with self._kick_lock:
+                self._kick_pending = True
+                run.immediate_exit = 1
+                if self._run_thread is not None:      # alive: it clears this under the lock first
+                    self._backend.kick(fd, self._run_thread)
+        finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+            self._users.discard(tok)
+            if self._deferred and not self._users:
+                self._close_deferred()
 
     @property
     def mmio(self) -> MmioExit:
@@ -202,21 +348,39 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         super()._after_close()
 
 
-def _one_reg_ctype(arch: Arch, reg_id: int) -> str:
-    size = reg_id & arch.const("KVM_REG_SIZE_MASK")
-    if size == arch.const("KVM_REG_SIZE_U64"):
-        return "__u64"
-    if size == arch.const("KVM_REG_SIZE_U32"):
-        return "__u32"
-    raise ValueError(f"register id {reg_id:#x}: only 32- and 64-bit registers are supported")
+def one_reg_size(arch: Arch, reg_id: int) -> int:
+    """Bytes of the ONE_REG register ``reg_id`` (its KVM_REG_SIZE field: U8 .. U2048)."""
+    if not isinstance(reg_id, int) or isinstance(reg_id, bool):
+        raise TypeError(f"a ONE_REG id is an int, not {type(reg_id).__name__}")
+    if not 0 <= reg_id < 1 << 64:
+        raise ValueError(f"ONE_REG id {reg_id:#x} does not fit __u64")
+    shift = (reg_id & arch.const("KVM_REG_SIZE_MASK")) >> arch.const("KVM_REG_SIZE_SHIFT")
+    if shift > 8:        # KVM_REG_SIZE_U2048
+        raise ValueError(f"ONE_REG id {reg_id:#x}: size field {shift} is beyond KVM_REG_SIZE_U2048")
+    return 1 << shift
 
 
 def _reg_label(reg: int | str) -> str:
     return reg if isinstance(reg, str) else f"{reg:#x}"
 
 
-def exit_reason_name(arch: Arch, reason: int) -> str:
+@lru_cache(maxsize=None)
+def _mp_state_names(arch: Arch) -> dict[int, str]:
+    return {v: n for n, v in arch.constants("KVM_MP_STATE_").items()}
+
+
+@lru_cache(maxsize=None)
+def _exit_names(arch: Arch) -> dict[int, str]:
+    """KVM_EXIT_* by value, built once per Arch (the first name of each value;
+    KVM_EXIT_IO_IN/OUT are KVM_EXIT_IO's direction, not exit reasons)."""
+    names: dict[int, str] = {}
     for name, v in arch.constants("KVM_EXIT_").items():
-        if v == reason and name not in ("KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT"):
-            return name
-    return f"exit reason {reason}"
+        if name not in ("KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT"):
+            names.setdefault(v, name)
+    return names
+
+
+def exit_reason_name(arch: Arch, reason: int) -> str:
+    """The KVM_EXIT_* name of kvm_run.exit_reason (a table per Arch)."""
+    name = _exit_names(arch).get(reason)
+    return name if name is not None else f"exit reason {reason}"

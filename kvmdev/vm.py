@@ -150,6 +150,48 @@ class Vm(_AttrTarget, Arm64VmAttrs):
         r = self._arch.ffi.new("struct kvm_irq_level *", {"irq": irq, "level": level})
         self._ioctl("KVM_IRQ_LINE", r)
 
+    def create_irqchip(self) -> None:
+        """KVM_CREATE_IRQCHIP (x86: the in-kernel PIC, IOAPIC and local APICs; before
+        any vCPU).  arm64 uses the VGIC device instead (create_device)."""
+        self._ioctl_val("KVM_CREATE_IRQCHIP", 0)
+
+    def irqfd(self, fd: int | Any, gsi: int, *, resample_fd: int | Any | None = None,
+              deassign: bool = False) -> None:
+        """KVM_IRQFD: a write to eventfd ``fd`` (an int or an object with fileno())
+        raises GSI ``gsi`` (arm64: SPI gsi + 32, the routing the VGIC's init sets
+        up; x86: needs create_irqchip()).  Each write raises the line: on arm64
+        (6.12, 6.1) it is not lowered again, so use edge-triggered SPIs, or
+        ``resample_fd`` (KVM_IRQFD_FLAG_RESAMPLE: lowered at the guest's EOI,
+        which signals that eventfd) for level ones.  ``deassign`` removes it.
+        Delivery is asynchronous: poll for its effect."""
+        flags = 0
+        if deassign:
+            flags |= self._arch.const("KVM_IRQFD_FLAG_DEASSIGN")
+        if resample_fd is not None:
+            flags |= self._arch.const("KVM_IRQFD_FLAG_RESAMPLE")
+        a = self._arch.ffi.new("struct kvm_irqfd *", {
+            "fd": _fileno("KVM_IRQFD", fd), "gsi": _u32("KVM_IRQFD", "gsi", gsi), "flags": flags,
+            "resamplefd": 0 if resample_fd is None else _fileno("KVM_IRQFD", resample_fd)})
+        self._ioctl("KVM_IRQFD", a)
+
+    def ioeventfd(self, fd: int | Any, addr: int, length: int, *, datamatch: int | None = None,
+                  mmio: bool = True, deassign: bool = False) -> None:
+        """KVM_IOEVENTFD: a guest write of ``length`` bytes (1, 2, 4 or 8; 0: any)
+        to ``addr`` (MMIO, or a port with ``mmio=False``), equal to ``datamatch``
+        if given, signals eventfd ``fd`` instead of exiting to userspace.
+        ``deassign`` removes the one registered with the same arguments (ENOENT if none)."""
+        c = self._arch.const
+        flags = (0 if mmio else c("KVM_IOEVENTFD_FLAG_PIO")) | (c("KVM_IOEVENTFD_FLAG_DEASSIGN") if deassign else 0)
+        if datamatch is not None:
+            flags |= c("KVM_IOEVENTFD_FLAG_DATAMATCH")
+        if not isinstance(addr, int) or isinstance(addr, bool) or not 0 <= addr < 1 << 64:
+            raise ValueError(f"KVM_IOEVENTFD: addr {addr!r} does not fit __u64")
+        a = self._arch.ffi.new("struct kvm_ioeventfd *", {
+            "datamatch": 0 if datamatch is None else _u64("KVM_IOEVENTFD", "datamatch", datamatch),
+            "addr": addr, "len": _u32("KVM_IOEVENTFD", "len", length),
+            "fd": _fileno("KVM_IOEVENTFD", fd), "flags": flags})
+        self._ioctl("KVM_IOEVENTFD", a)
+
     def signal_msi(self, address: int, data: int, devid: int | None = None) -> int:
         """KVM_SIGNAL_MSI: >0 delivered, 0 blocked by the guest.  ``devid``
         (the requester ID) is required by the arm64 ITS."""
@@ -203,11 +245,14 @@ class Vm(_AttrTarget, Arm64VmAttrs):
         cd.type = dtype
         cd.fd = 0xFFFFFFFF
         cd.flags = flags
-        fd = self._acquire()
+        tok = object()   # this call's hold (see _Fd._acquire)
         try:
+            fd = self._acquire(tok)
             r = self._backend.ioctl(fd, self._arch.request("KVM_CREATE_DEVICE"), cd)
-        finally:
-            self._release()
+        finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+            self._users.discard(tok)
+            if self._deferred and not self._users:
+                self._close_deferred()
         if r < 0:
             raise KvmError(-r, "KVM_CREATE_DEVICE", device_type_name(dtype), target_key=device_type_name(dtype))
         return cd
@@ -250,6 +295,25 @@ class Vm(_AttrTarget, Arm64VmAttrs):
         cd = self._create_device_call(t, 0)
         cls = DEVICE_CLASSES.get(device_type_name(t), Device)
         return cls(self._backend, int(cd.fd), self, t)
+
+
+def _fileno(call: str, f: int | Any) -> int:
+    fd = f if isinstance(f, int) and not isinstance(f, bool) else getattr(f, "fileno", lambda: None)()
+    if not isinstance(fd, int) or not 0 <= fd < 1 << 31:
+        raise TypeError(f"{call}: an eventfd is an fd number or has fileno(), not {f!r}")
+    return fd
+
+
+def _u32(call: str, field: str, v: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 1 << 32:
+        raise ValueError(f"{call}: {field} {v!r} does not fit __u32")
+    return v
+
+
+def _u64(call: str, field: str, v: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 1 << 64:
+        raise ValueError(f"{call}: {field} {v!r} does not fit __u64")
+    return v
 
 
 def _devtype(dtype: int | str) -> int:

@@ -9,6 +9,7 @@ import os
 import resource
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -414,3 +415,122 @@ def test_enomem_from_the_kernel() -> None:
     assert out["created"] < 4096                      # the limit came first
     assert out["fds_leaked"] == 0
     assert out["retry"] is True or out["retry"] == out["retry_id"]
+
+
+class _InterruptAfterAdd(set):  # type: ignore[type-arg]
+    """A users set whose next add is followed at once by a KeyboardInterrupt:
+    a signal handler raising just after _acquire's add (CPython checks for
+    pending signals after every call)."""
+
+    armed = True
+
+    def add(self, item: object) -> None:
+        super().add(item)
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+
+
+def test_keyboard_interrupt_right_after_acquire_leaves_no_user(kvm: kvmdev.Kvm) -> None:
+    """Issue 18: a KeyboardInterrupt between _acquire() and its try left a phantom
+    user, and close() then never closed the fd.  Each call now acquires inside
+    its try with its own token."""
+    vm = kvm.create_vm()
+    cpu = vm.create_vcpu(0)
+    fd = cpu.fileno()
+    for call in (lambda: cpu.has_attr(0, 0), lambda: cpu.kvm_run, lambda: vm.check_extension("KVM_CAP_USER_MEMORY")):
+        for obj in (cpu, vm):
+            obj._users = _InterruptAfterAdd()
+        with pytest.raises(KeyboardInterrupt):
+            call()
+        assert not cpu._users and not vm._users
+    cpu.close()
+    assert cpu.closed and _target(fd) is None or not _target(fd).startswith("anon_inode:kvm-vcpu")  # type: ignore[union-attr]
+    vm.close()
+
+
+def test_signals_at_random_points_leave_no_user(kvm: kvmdev.Kvm) -> None:
+    """A signal handler raising at random points inside kvmdev's fd layer, over
+    thousands of ioctls: every interrupted call releases what it held, and
+    close() closes the fd.  (The handler raises only when the signal lands in
+    kvmdev's own code, so the test's loop is never what is interrupted.)"""
+    import signal
+
+    class Interrupt(Exception):
+        pass
+
+    hits: list[str] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if frame is not None and "/kvmdev/" in frame.f_code.co_filename:
+            hits.append(frame.f_code.co_name)
+            raise Interrupt
+
+    vm = kvm.create_vm()
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.00005, 0.00005)
+        for _ in range(20000):
+            try:
+                vm.check_extension("KVM_CAP_USER_MEMORY")
+            except Interrupt:
+                pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        time.sleep(0.01)                 # a last pending SIGALRM lands here, not in SIG_DFL
+        signal.signal(signal.SIGALRM, old)
+    assert len(hits) > 0 and "_acquire" in hits or "_ioctl_val" in hits, hits[:20]
+    assert not vm._users
+    fd = vm.fileno()
+    vm.close()
+    assert "kvm-vm" not in (_target(fd) or "")
+
+
+class _CloseDuringCreate:
+    """A backend that closes ``victim`` right after the kernel created a child of
+    it: what another thread's close() does between the ioctl and the child's
+    registration."""
+
+    def __init__(self, inner: object, victim: object, request: int) -> None:
+        self.inner, self.victim, self.request = inner, victim, request
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def ioctl_val(self, fd: int, request: int, value: int) -> int:
+        r: int = self.inner.ioctl_val(fd, request, value)  # type: ignore[attr-defined]
+        if request == self.request:
+            self.victim.close()  # type: ignore[attr-defined]
+        return r
+
+    def ioctl(self, fd: int, request: int, arg: object) -> int:
+        r: int = self.inner.ioctl(fd, request, arg)  # type: ignore[attr-defined]
+        if request == self.request:
+            self.victim.close()  # type: ignore[attr-defined]
+        return r
+
+
+def _open_fds() -> set[str]:
+    return {f for f in os.listdir("/proc/self/fd")}
+
+
+def test_create_racing_the_parents_close_does_not_survive_it(kvm: kvmdev.Kvm) -> None:
+    """Issue 18: a create_vcpu/create_device/create_vm racing its parent's close()
+    survived it with its fd open while parent.closed was True.  The child is now
+    registered under the parent's lock: the create raises ClosedError and the
+    new fd is closed."""
+    a = kvm._arch
+    before = _open_fds()
+    for make, request in ((lambda vm: vm.create_vcpu(0), "KVM_CREATE_VCPU"),
+                          (lambda vm: vm.create_device("VFIO"), "KVM_CREATE_DEVICE")):
+        vm = kvm.create_vm()
+        vm._backend = _CloseDuringCreate(vm._backend, vm, a.request(request))  # type: ignore[assignment]
+        with pytest.raises(kvmdev.ClosedError, match="was closed while"):
+            make(vm)
+        assert vm.closed and vm._children == {} or len(vm._children) == 0
+    other = kvmdev.open(kvm.backend)
+    other._backend = _CloseDuringCreate(other._backend, other, a.request("KVM_CREATE_VM"))  # type: ignore[assignment]
+    with pytest.raises(kvmdev.ClosedError):
+        other.create_vm()
+    assert other.closed
+    assert _open_fds() <= before | {f for f in _open_fds() if _target(int(f)) in (None, "/proc/self/fd")}

@@ -21,11 +21,40 @@ struct kvm_vcpu_init {
 	__u32 features[7];
 };
 
+/* KVM_{GET,SET}_VCPU_EVENTS */
+struct kvm_vcpu_events {
+	struct {
+		__u8 serror_pending;
+		__u8 serror_has_esr;
+		__u8 ext_dabt_pending;
+		__u8 pad[5];
+		__u64 serror_esr;
+	} exception;
+	__u32 reserved[12];
+};
+
 /* KVM_{GET,SET}_ONE_REG ids: core registers by struct kvm_regs offset / 4,
  * system registers by their Op0/Op1/CRn/CRm/Op2 encoding */
+#define KVM_REG_ARM_COPROC_MASK 0xfff0000
 #define KVM_REG_ARM_COPROC_SHIFT 16
 #define KVM_REG_ARM_CORE 0x100000
+#define KVM_REG_ARM_DEMUX 0x110000
 #define KVM_REG_ARM64_SYSREG 0x130000
+#define KVM_REG_ARM_FW 0x140000
+#define KVM_REG_ARM64_SVE 0x150000
+#define KVM_REG_ARM_FW_FEAT_BMAP 0x160000
+/* firmware pseudo-registers and the bitmaps of the SMCCC services */
+#define KVM_REG_ARM_PSCI_VERSION 0x6030000000140000
+#define KVM_REG_ARM_SMCCC_ARCH_WORKAROUND_1 0x6030000000140001
+#define KVM_REG_ARM_SMCCC_ARCH_WORKAROUND_2 0x6030000000140002
+#define KVM_REG_ARM_SMCCC_ARCH_WORKAROUND_3 0x6030000000140003
+#define KVM_REG_ARM_STD_BMAP 0x6030000000160000
+#define KVM_REG_ARM_STD_HYP_BMAP 0x6030000000160001
+#define KVM_REG_ARM_VENDOR_HYP_BMAP 0x6030000000160002
+/* the virtual timer (CNT and CVAL have each other's encodings: the uapi keeps it) */
+#define KVM_REG_ARM_TIMER_CTL 0x603000000013df19
+#define KVM_REG_ARM_TIMER_CNT 0x603000000013df1a
+#define KVM_REG_ARM_TIMER_CVAL 0x603000000013df02
 #define KVM_REG_ARM64_SYSREG_OP0_MASK 0xc000
 #define KVM_REG_ARM64_SYSREG_OP0_SHIFT 14
 #define KVM_REG_ARM64_SYSREG_OP1_MASK 0x3800

@@ -12,6 +12,9 @@ same request to an in-process emulator.  Both have this contract:
   the first failure; returns how many succeeded, ``err[0]`` its -errno or 0;
 - ``close(fd)`` closes an fd the backend gave out;
 - ``mmap(fd, length)`` maps an fd the way mmap(2) on a vCPU fd does;
+- ``kick(fd, thread_ident)``: interrupt the KVM_RUN of vCPU ``fd`` that thread
+  ``thread_ident`` is in or about to enter (real: the kick signal to that
+  thread; mock: a flag its run loop checks);
 - ``kernel_release``: the release of the kernel behind it (uname -r).
 """
 from __future__ import annotations
@@ -33,3 +36,4 @@ class Backend(Protocol):
     def attr_batch(self, fd: int, request: int, attrs: Any, count: int, err: Any) -> int: ...
     def close(self, fd: int) -> None: ...
     def mmap(self, fd: int, length: int) -> Any: ...
+    def kick(self, fd: int, thread_ident: int) -> None: ...

@@ -4,10 +4,16 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import threading
 from ..arch import Arch, get_arch, host_arch_name
 from ..errors import KvmUnavailable
 
 KVM_PATH = "/dev/kvm"
+# Vcpu.request_exit's signal: a real-time one (SIGRTMIN + 2; None: not chosen yet)
+# with an empty C handler installed without SA_RESTART on the first kick
+KICK_SIGNAL: int | None = None
+_kick_installed: list[int] = []
+_kick_lock = threading.Lock()
 
 
 class RealBackend:
@@ -40,3 +46,19 @@ class RealBackend:
 
     def mmap(self, fd: int, length: int) -> mmap.mmap:
         return mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def kick(self, fd: int, thread_ident: int) -> None:
+        """KICK_SIGNAL to the thread in (or entering) KVM_RUN: EINTR in the ioctl."""
+        import signal   # here: a process that dropped privileges may not read the stdlib later
+        global KICK_SIGNAL
+        if not _kick_installed:
+            with _kick_lock:
+                if not _kick_installed:
+                    sig = KICK_SIGNAL if KICK_SIGNAL is not None else signal.SIGRTMIN + 2
+                    r = self.arch.lib.kvmdev_install_kick_handler(sig)
+                    if r < 0:
+                        raise OSError(-r, f"kvmdev: cannot install the vCPU kick handler for signal {sig}: "
+                                          + (os.strerror(-r) if r != -errno.EBUSY else "another handler owns it"))
+                    KICK_SIGNAL = sig
+                    _kick_installed.append(sig)
+        signal.pthread_kill(thread_ident, _kick_installed[0])

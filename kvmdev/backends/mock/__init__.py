@@ -106,6 +106,13 @@ class MockBackend:
         obj.run_map = mmap.mmap(-1, length)
         return obj.run_map
 
+    def kick(self, fd: int, thread_ident: int) -> None:
+        """What the kick signal does to a thread in KVM_RUN: the mock vCPU's run
+        loop sees the flag between guest instructions and while it sleeps."""
+        obj = self._objects.get(fd)
+        if isinstance(obj, MockVcpu):
+            obj.kick()
+
     # -- helpers for the kernel objects ----------------------------------------
     def cap_name(self, cap: int) -> str:
         return self._caps.get(cap, "")

@@ -73,6 +73,9 @@ class HostProfile:
     # arm64 GICv3 host CPU interface (ICH_VTR_EL2): priority bits (5..7) and ID bits (16 or 24)
     pri_bits: int = 5
     id_bits: int = 24
+    # arm64: the host CPU has RAS (ARM64_HAS_RAS_EXTN; QEMU -cpu max does): an SError's
+    # ESR can be given in KVM_SET_VCPU_EVENTS, and KVM_GET_VCPU_EVENTS says serror_has_esr
+    ras: bool = True
     # arm64: the host PMU's perf type (KVM_ARM_VCPU_PMU_V3_SET_PMU)
     pmu_type: int = 8
     # arm64 GICv5 host (gic=5, no real counterpart here): the userspace-drivable PPIs

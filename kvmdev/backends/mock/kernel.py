@@ -10,16 +10,11 @@ import struct
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
+from .errno_ import Errno
+from .eventfds import EventFds
+
 if TYPE_CHECKING:
     from . import MockBackend
-
-
-class Errno(Exception):
-    """Raised inside the mock where the kernel returns -errno."""
-
-    def __init__(self, errno: int) -> None:
-        super().__init__(errno)
-        self.errno = errno
 
 
 class UserMemory:
@@ -88,6 +83,9 @@ class KernelObject:
         vm = self.owner_vm()
         if vm is not None and vm.dead:
             raise Errno(E.EIO)  # kvm_vm_dead(): every VM, vCPU and device ioctl fails
+        if vm is not None and vm.eventfds.irqfds:
+            with vm.lock:       # irqfd writes since the last ioctl (see eventfds.py)
+                vm.eventfds.poll()
         handler = getattr(self, "ioctl_" + name, None) or getattr(self.part, "ioctl_" + name, None)
         if handler is None:
             raise Errno(self.unknown_ioctl_errno)
@@ -194,6 +192,12 @@ class ArchModel:
     def irq_line(self, vm: "MockVm", irq: int, level: int) -> int:
         raise Errno(E.ENXIO)  # no in-kernel irqchip
 
+    def irqfd_allowed(self, vm: "MockVm", resample: bool) -> None:
+        """kvm_arch_irqfd_allowed (generic: always)."""
+
+    def irqfd_inject(self, vm: "MockVm", gsi: int) -> None:
+        """irqfd_inject through the GSI routing: nothing modelled here."""
+
     def signal_msi(self, vm: "MockVm", msi: Any) -> int:
         raise Errno(E.EINVAL)  # kvm_set_msi without an in-kernel irqchip
 
@@ -256,6 +260,7 @@ class MockVm(KernelObject):
         self.dead = False  # kvm_vm_dead(): an unrecoverable error; ioctls answer EIO
         self.attrs = backend.arch_model.vm_attrs(self)
         self.part = backend.arch_model.vm_part(self)
+        self.eventfds = EventFds(self)
         # kvm->lock: the kernel takes it for vCPU/device creation and device
         # attribute access, so threads racing these see one at a time (and a
         # register access trylocks the vCPUs only under it: no EBUSY between two).
@@ -267,6 +272,21 @@ class MockVm(KernelObject):
     def ioctl(self, name: str, arg: int) -> int:
         with self.lock:
             return super().ioctl(name, arg)
+
+    def release(self) -> None:
+        self.eventfds.release()
+
+    def ioctl_KVM_IRQFD(self, arg: int) -> int:
+        a = self.user.read_struct("struct kvm_irqfd", arg)
+        if any(a.pad):
+            raise Errno(E.EINVAL)
+        self.eventfds.irqfd(int(a.fd), int(a.gsi), int(a.flags), int(a.resamplefd))
+        return 0
+
+    def ioctl_KVM_IOEVENTFD(self, arg: int) -> int:
+        a = self.user.read_struct("struct kvm_ioeventfd", arg)
+        self.eventfds.ioeventfd(int(a.datamatch), int(a.addr), int(a.len), int(a.fd), int(a.flags))
+        return 0
 
     def memslot_uaddr(self, gpa: int, n: int, write: bool) -> int | None:
         """The user address of guest RAM [gpa, gpa+n), or None outside the memslots
@@ -409,7 +429,22 @@ class MockVcpu(KernelObject):
         self.attrs = backend.arch_model.vcpu_attrs(self)
         self.run_map: Any = None  # the mmap of struct kvm_run the caller made
         self.mutex = threading.Lock()  # vcpu->mutex, held for the length of each vCPU ioctl
+        # a signal to the thread in KVM_RUN (MockBackend.kick): checked by the run loop
+        self.kicked = threading.Event()
         self.part = backend.arch_model.vcpu_part(self)
+
+    def kick(self) -> None:
+        self.kicked.set()
+        wake = getattr(self.part, "wake", None)
+        if wake is not None:
+            wake()
+
+    def signal_pending(self) -> bool:
+        """signal_pending(current) in the run loop: consumes the kick."""
+        if self.kicked.is_set():
+            self.kicked.clear()
+            return True
+        return False
 
     def ioctl(self, name: str, arg: int) -> int:
         with self.mutex:
@@ -428,6 +463,9 @@ class MockVcpu(KernelObject):
     def ioctl_KVM_RUN(self, arg: int) -> int:
         if arg:
             raise Errno(E.EINVAL)
+        # a kick before this point is seen through immediate_exit (set before the signal),
+        # as a signal that lands before the ioctl is lost
+        self.kicked.clear()
         immediate = bool(self.run_map is not None and self.run_map[1])  # kvm_run.immediate_exit
         return self.backend.arch_model.vcpu_run(self, immediate)
 

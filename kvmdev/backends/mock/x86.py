@@ -5,7 +5,7 @@ import errno as E
 
 from . import vfio  # noqa: F401  (registers the VFIO model)
 from .kernel import ArchModel as _Base
-from .kernel import AttrModel, Errno, MockVcpu
+from .kernel import AttrModel, Errno, MockVcpu, MockVm
 
 
 class SystemAttrs(AttrModel):
@@ -52,6 +52,37 @@ class VcpuAttrs(AttrModel):
             self.tsc_offset = value
 
 
+class X86Vcpu:
+    """vcpu->arch: the ioctls of kvm_arch_vcpu_ioctl the mock models."""
+
+    def __init__(self, vcpu: MockVcpu) -> None:
+        self.vcpu = vcpu
+
+    def ioctl_KVM_GET_REG_LIST(self, arg: int) -> int:
+        """6.18 (kvm_get_reg_list): no register without CET in the guest's CPUID,
+        so n = 0 succeeds and nothing is copied."""
+        self.vcpu.user.get("__u64", arg)
+        self.vcpu.user.put("__u64", arg, 0)
+        return 0
+
+
+class X86Vm:
+    """kvm->arch: the in-kernel irqchip (KVM_CREATE_IRQCHIP: PIC, IOAPIC, LAPICs)."""
+
+    def __init__(self, vm: MockVm) -> None:
+        self.vm = vm
+        self.irqchip = False
+
+    def ioctl_KVM_CREATE_IRQCHIP(self, arg: int) -> int:
+        """kvm_arch_vm_ioctl: EEXIST for a second one, EINVAL once a vCPU exists."""
+        if self.irqchip:
+            raise Errno(E.EEXIST)
+        if self.vm.vcpus:
+            raise Errno(E.EINVAL)
+        self.irqchip = True
+        return 0
+
+
 class ArchModel(_Base):
     system_attr_errno = E.EINVAL   # kvm_arch_dev_ioctl default (SET on /dev/kvm)
     vm_attr_errno = E.ENOTTY       # kvm_arch_vm_ioctl has no device-attr ioctls here
@@ -61,3 +92,14 @@ class ArchModel(_Base):
 
     def vcpu_attrs(self, vcpu: MockVcpu) -> AttrModel:
         return VcpuAttrs(vcpu)
+
+    def vcpu_part(self, vcpu: MockVcpu) -> X86Vcpu:
+        return X86Vcpu(vcpu)
+
+    def vm_part(self, vm: MockVm) -> X86Vm:
+        return X86Vm(vm)
+
+    def irqfd_allowed(self, vm: MockVm, resample: bool) -> None:
+        """kvm_arch_irqfd_allowed: an in-kernel irqchip (EINVAL without)."""
+        if not vm.part.irqchip:
+            raise Errno(E.EINVAL)
