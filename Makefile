@@ -10,7 +10,7 @@ STAMP := $(VENV)/.kvmdev-install.stamp
 # the tools/guests scripts take the host interpreter (cffi, pip download) from PYTHON
 GUESTS := PYTHON=$(abspath $(VPY))
 
-.PHONY: install venv test test-guarded example bench bench-arm64 test-arm64 test-arm64-guarded test-ppc64 test-vmm docs fuzz clean distclean
+.PHONY: install venv test test-guarded example bench bench-arm64 test-arm64 test-arm64-guarded test-ppc64 test-vmm docs fuzz fuzz-chaos dist test-wheel test-arm64-wheel clean distclean
 
 # a venv whose interpreter is gone (a removed pyenv version) is made anew
 ifneq ($(shell $(VPY) -c 'import sys' 2>/dev/null && echo ok),ok)
@@ -25,7 +25,8 @@ venv:
 	    "package (Debian/Ubuntu: python3-venv) or set PYTHON=/path/to/python3.10+" >&2; rm -rf $(VENV); exit 1; }; \
 	fi
 
-$(STAMP): pyproject.toml setup.py $(wildcard cdefs/*.h cdefs/*.c cdefs/*.ioctls cdefs/arch/* cdefs/build.py)
+# kvmdev/_version.py: the editable install writes the version into its metadata
+$(STAMP): pyproject.toml setup.py kvmdev/_version.py $(wildcard cdefs/*.h cdefs/*.c cdefs/*.ioctls cdefs/arch/* cdefs/build.py)
 	@$(MAKE) --no-print-directory venv
 	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
@@ -48,19 +49,51 @@ bench: $(STAMP)
 	$(GUESTS) bash tools/guests/bench-arm64.sh
 
 # 100,000 operations per device type on each mock (arm64: each kernel and host GIC; powerpc:
-# book3s and e500), 10,000 on the real x86 kernel and per device in each real arm64 guest and
-# the ppc64el guest, differential against the mock there
+# book3s and e500), 10,000 on the real x86 kernel (per device, and of the VM/vCPU ioctls:
+# KVM_IOCTLS) and per device in each real arm64 guest and the ppc64el guest, differential
+# against the mock there; then fuzz-chaos
 fuzz: $(STAMP)
 	for a in x86_64 s390; do $(VPY) -m kvmdev.fuzz --backend mock --arch $$a --ops 100000 || exit 1; done
 	for p in book3s e500; do $(VPY) -m kvmdev.fuzz --backend mock --arch powerpc --ppc-platform $$p --ops 100000 || exit 1; done
-	for k in 6.12 6.1; do for g in 3 2 5; do \
+	for k in 6.12 6.1 6.18 7.3; do for g in 3 2 5; do \
 	  $(VPY) -m kvmdev.fuzz --backend mock --arch arm64 --kernel $$k --gic $$g --ops 100000 || exit 1; done; done
 	$(VPY) -m kvmdev.fuzz --backend real --ops 10000 --differential
+	$(MAKE) --no-print-directory fuzz-chaos
 	$(GUESTS) bash tools/guests/fuzz-guests.sh --ops 10000 --differential
 	$(GUESTS) bash tools/guests/fuzz-guests.sh --arch ppc64el --ops 10000 --differential
 
+# signals and forks at random points (kvmdev.chaos), about 2 minutes: 3,000 operations on the
+# mocks each with a SIGALRM whose handler raises KeyboardInterrupt (~45 s), 300 forks with three
+# threads running kvmdev calls on the arm64 mock (~40 s) and, on an x86 host, the real kernel (~15 s)
+fuzz-chaos: $(STAMP)
+	$(VPY) -m kvmdev.chaos signals --rounds 3000
+	$(VPY) -m kvmdev.chaos forks --rounds 300
+	if [ "$$(uname -m)" = x86_64 ] && [ -w /dev/kvm ]; then $(VPY) -m kvmdev.chaos forks --rounds 300 --arch x86_64 --backend real; fi
+
 docs: $(STAMP)
 	$(VPY) tools/api_doc.py
+
+# the release files in dist/: the sdist, and cp310-abi3 manylinux wheels for x86_64 and
+# aarch64 (built from the sdist; aarch64 with the arm64 guests' cross toolchain)
+DIST_STAMP := $(VENV)/.kvmdev-dist.stamp
+$(DIST_STAMP): $(STAMP)
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test,dist]'
+	touch $(DIST_STAMP)
+
+dist: $(DIST_STAMP)
+	PYTHON=$(abspath $(VPY)) bash tools/build-dist.sh
+
+# the suite against the installed x86_64 wheel, in a fresh venv per CPython 3.10-3.13
+# (pyenv's); TEST_WHEEL_ARGS=--smoke: the full suite on the first, a smoke subset on the rest
+test-wheel: dist
+	bash tools/test-wheel.sh $(TEST_WHEEL_ARGS)
+
+# the arm64-marked tests in the real arm64 guests from the aarch64 wheel (6.12, GIC v3;
+# ARM64_COMBOS="6.12/3 6.1/2" for more)
+ARM64_WHEEL_COMBOS ?= 6.12/3
+test-arm64-wheel: dist
+	$(GUESTS) bash tools/guests/test-guests.sh --jobs 1 --wheel "$$(ls dist/kvmdev-*-cp310-abi3-*manylinux*_aarch64.whl | tail -1)" \
+	  $(foreach c,$(ARM64_WHEEL_COMBOS),--combo $(c))
 
 test-arm64: $(STAMP)
 	$(GUESTS) bash tools/guests/test-guests.sh
@@ -78,7 +111,7 @@ test-ppc64: $(STAMP)
 	$(GUESTS) bash tools/guests/test-guests.sh --arch ppc64el
 
 clean:
-	rm -rf build *.egg-info kvmdev/_kvm_*.so kvmdev/_kvm_*.c $(STAMP) .install.stamp .pytest_cache
+	rm -rf build dist *.egg-info kvmdev/_kvm_*.so kvmdev/_kvm_*.c $(STAMP) $(DIST_STAMP) .install.stamp .pytest_cache
 
 # clean, and the virtual environment too
 distclean: clean

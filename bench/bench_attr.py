@@ -480,14 +480,12 @@ def main(argv: list[str] | None = None) -> int:
     kvm = None
     if args.mock:
         reason = "--mock given"
+    elif os.environ.get("KVMDEV_BACKEND") == "mock":
+        reason = "KVMDEV_BACKEND=mock selects the mock backend"
     else:
         try:
             kvm = kvmdev.open("real")
             reason = ""
-            if kvm.backend != "real":  # KVMDEV_BACKEND overrides the argument
-                reason = f"KVMDEV_BACKEND={os.environ.get('KVMDEV_BACKEND')} selects the {kvm.backend} backend"
-                kvm.close()
-                kvm = None
         except (kvmdev.KvmUnavailable, OSError) as e:
             reason = f"/dev/kvm is not usable: {e}"
     if kvm is None:

@@ -14,6 +14,7 @@ from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
 ARCHES = ("x86_64", "arm64", "powerpc", "s390")
+LIMITED_API = 0x030A0000   # Py_LIMITED_API: CPython 3.10, the oldest supported (the wheel is cp310-abi3)
 
 _PRELUDE = """
 #include <stdint.h>
@@ -68,7 +69,9 @@ def make_ffi(arch: str) -> FFI:
     ffi.set_source(
         f"kvmdev._kvm_{arch}",
         _PRELUDE + decls + helpers + _read("helpers.c") + _IOCTL_TABLE % ioctls,
-        extra_compile_args=["-O2", "-std=gnu11"],
+        # the limited API of CPython 3.10 (cffi would define a bare Py_LIMITED_API
+        # itself): the modules are abi3, one build for 3.10 and every later 3.x
+        extra_compile_args=["-O2", "-std=gnu11", f"-DPy_LIMITED_API=0x{LIMITED_API:08X}"],
     )
     return ffi
 

@@ -13,46 +13,67 @@ import os
 from typing import Any
 
 from .arch import ARCH_NAMES, DeviceType, get_arch, host_arch_name
-from .errors import ClosedError, KvmError, KvmUnavailable, SequenceError
+from .errors import ArchError, ClosedError, KvmError, KvmUnavailable, SequenceError, UnknownNameError
+from ._version import __version__
 from .fd import Device, GuestMemory, Kvm, Vcpu, Vm
 # register every device family's tables and classes
 from .devices import arm64_vcpu, flic, its, mpic, s390_vm, vfio, vgic, vgic_v5, x86, xics  # noqa: F401,E402
 
 __all__ = ["open", "BACKENDS", "Kvm", "Vm", "Vcpu", "Device", "DeviceType", "GuestMemory", "KvmError",
-           "KvmUnavailable", "ClosedError", "SequenceError", "ARCH_NAMES", "get_arch"]
-__version__ = "0.1.0"
+           "KvmUnavailable", "ClosedError", "SequenceError", "UnknownNameError", "ArchError", "ARCH_NAMES", "get_arch"]
+
+from ._ipython import load_ipython_extension, register as _register_ipython  # noqa: E402
+
+_register_ipython()
 
 BACKENDS = ("auto", "real", "mock")
 # open("/dev/kvm") errnos that mean "no KVM for this process here": "auto" then uses the mock
 NO_KVM_ERRNOS = frozenset({errno.ENOENT, errno.ENXIO, errno.ENODEV, errno.EACCES, errno.EPERM, errno.EROFS})
 
 
-def open(backend: str = "auto", arch: str | None = None, *, guard_buffers: bool | None = None,  # noqa: A001
+def open(backend: str | None = None, arch: str | None = None, *, guard_buffers: bool | None = None,  # noqa: A001
          **mock_host: Any) -> Kvm:
     """Open a system handle.
 
     ``backend``: "real" (/dev/kvm), "mock" (in-process emulator) or "auto" (real
     when /dev/kvm opens and ``arch`` is the host's; the mock when /dev/kvm is
-    missing, not permitted or KVM is disabled (NO_KVM_ERRNOS), or ``arch`` is
-    another; any other failure to open /dev/kvm is raised).  ``Kvm.backend_reason``
-    says why.  The environment
-    variable KVMDEV_BACKEND overrides it.  ``arch`` picks the mock's architecture
-    (x86_64, arm64, powerpc, s390); ``mock_host`` overrides fields of the mock's
-    HostProfile.  ``guard_buffers`` (or KVMDEV_GUARD_BUFFERS=1): debug mode in
+    missing, not permitted or KVM is disabled (NO_KVM_ERRNOS), when ``arch`` is
+    another, or when a mock profile (``mock_host``) is asked for; any other
+    failure to open /dev/kvm is raised).  Not given (None): the environment
+    variable KVMDEV_BACKEND, else "auto"; an explicit ``backend`` is never
+    overridden.  ``Kvm.backend_reason`` says why this backend answers.
+    ``arch`` picks the mock's architecture (x86_64, arm64, powerpc, s390);
+    ``mock_host`` sets fields of the mock's HostProfile (kernel="6.1", gic=2,
+    ...): an error with the real backend, or for a field of another
+    architecture.  ``guard_buffers`` (or KVMDEV_GUARD_BUFFERS=1): debug mode in
     which every GET buffer sits between guard bytes and every SET buffer ends
     at a guard page (kvmdev.backends.guard.BufferOverrun if the kernel wrote or
     read past it).
     """
-    backend = os.environ.get("KVMDEV_BACKEND", backend)
+    chosen = "requested"
+    if backend is None:
+        env = os.environ.get("KVMDEV_BACKEND")
+        backend, chosen = (env, f"KVMDEV_BACKEND={env}") if env else ("auto", "")
+        if env and env not in BACKENDS:
+            raise ValueError(f"KVMDEV_BACKEND must be one of {', '.join(BACKENDS)}, not {env!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if arch is not None and arch not in ARCH_NAMES:
+        from ._check import unknown
+        raise unknown("architecture", arch, ARCH_NAMES, "(kvmdev.open arch=)")
+    profile = ", ".join(f"{k}={v!r}" for k, v in mock_host.items())
+    if mock_host and backend == "real":
+        raise ValueError(f"{profile}: a mock profile; the real backend is this host's kernel "
+                         f"({os.uname().release}{', ' + chosen if chosen.startswith('KVMDEV') else ''})")
     reason = ""
-    if backend in ("real", "auto"):
+    if backend == "auto" and mock_host:
+        reason = f"a mock profile was asked for ({profile})"
+    elif backend in ("real", "auto"):
         from .backends.real import RealBackend
         if backend == "real" or arch in (None, host_arch_name()):
             try:
                 kvm = Kvm(_guarded(RealBackend(arch), guard_buffers))
-                kvm.backend_reason = "requested" if backend == "real" else "/dev/kvm opened"
+                kvm.backend_reason = chosen or "/dev/kvm opened"
                 return kvm
             except KvmUnavailable as e:
                 # "auto" takes the mock only where this host has no usable KVM;
@@ -64,7 +85,9 @@ def open(backend: str = "auto", arch: str | None = None, *, guard_buffers: bool 
             reason = f"arch {arch} is not the host's ({host_arch_name()})"
     from .backends.mock import MockBackend
     kvm = Kvm(_guarded(MockBackend(arch, **mock_host), guard_buffers))
-    kvm.backend_reason = reason or "requested"
+    kvm.backend_reason = reason or chosen
+    if chosen.startswith("KVMDEV") and reason:
+        kvm.backend_reason = f"{chosen}: {reason}"
     return kvm
 
 

@@ -8,12 +8,14 @@ a fork child's VM/vCPU/device fds are refused (the kernel would answer EIO).
 from __future__ import annotations
 
 import errno as E
+import itertools
 import os
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .arch import Arch
+from . import _check
+from .arch import Arch, capability
 from .errors import ClosedError, KvmError
 
 if TYPE_CHECKING:
@@ -21,6 +23,13 @@ if TYPE_CHECKING:
 
 # bumped in a fork child: VM, vCPU and device fds then belong to the parent
 _GENERATION = [0]
+
+
+# Every fd a kvmdev object holds, by number: (serial, the object).  The pytest
+# plugin's leak check reads it (only kvmdev's fds, not a VMM's own eventfds);
+# the serial tells a reused number apart.
+OPEN_FDS: dict[int, tuple[int, "weakref.ref[_Fd]"]] = {}
+_SERIAL = itertools.count()
 
 
 def _after_fork_in_child() -> None:
@@ -34,6 +43,8 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def _enable_cap(target: "_Fd", cap: int | str, args: Sequence[int], flags: int) -> int:
     if len(args) > 4:
         raise ValueError(f"KVM_ENABLE_CAP takes at most 4 args, not {len(args)}")
+    args = [_check.u64(f"args[{i}] of KVM_ENABLE_CAP", a) for i, a in enumerate(args)]
+    flags = _check.u32("flags of KVM_ENABLE_CAP", flags)
     number = _cap(target._arch, cap)
     ec = target._arch.ffi.new("struct kvm_enable_cap *", {"cap": number, "flags": flags, "args": list(args)})
     return target._ioctl("KVM_ENABLE_CAP", ec, attr=cap if isinstance(cap, str) else None)
@@ -65,6 +76,7 @@ class _Fd:
         # close() still reaches every live child first.
         self._children: weakref.WeakValueDictionary[int, _Fd] = weakref.WeakValueDictionary()
         self._lock = threading.RLock()
+        OPEN_FDS[fd] = (next(_SERIAL), weakref.ref(self))
         if parent is not None:
             # under the parent's lock, which close() holds: a parent closed while this
             # fd was being created (another thread) does not leave it open behind it
@@ -126,6 +138,7 @@ class _Fd:
             fd = self._deferred.pop()
         except IndexError:
             return
+        OPEN_FDS.pop(fd, None)
         self._backend.close(fd)
         self._after_close()
 
@@ -174,6 +187,7 @@ class _Fd:
         try:
             if self._fd >= 0:
                 fd, self._fd = self._fd, -1
+                OPEN_FDS.pop(fd, None)
                 self._backend.close(fd)
                 if self._parent is not None:
                     self._parent._child_gone(id(self))
@@ -228,9 +242,8 @@ class _Fd:
 
 
 def _cap(arch: Arch, cap: int | str) -> int:
-    if isinstance(cap, str):
-        return arch.const(cap if cap.startswith("KVM_CAP_") else "KVM_CAP_" + cap)
-    return cap
+    # by name (UnknownNameError with the nearest ones) or number; see arch.capability
+    return capability(arch, cap)
 
 
 def _need_arch(obj: _Fd, arch: str, ioctl: str) -> None:

@@ -158,3 +158,41 @@ def device_type_name(t: int) -> str:
         return DeviceType(t).name
     except ValueError:
         return f"device type {t}"
+
+
+# the command line's short spellings (kvmdev --device), accepted wherever a device type is
+DEVICE_ALIASES = {"vgic-v2": "ARM_VGIC_V2", "vgic-v3": "ARM_VGIC_V3", "its": "ARM_VGIC_ITS",
+                  "vgic-its": "ARM_VGIC_ITS", "vgic-v5": "ARM_VGIC_V5", "vfio": "VFIO",
+                  "mpic-20": "FSL_MPIC_20", "mpic-42": "FSL_MPIC_42", "xics": "XICS", "xive": "XIVE",
+                  "flic": "FLIC"}
+
+
+def device_type(dtype: Any) -> int:
+    """A KVM_CREATE_DEVICE type from a DeviceType, its number, its name
+    ("ARM_VGIC_V3", "KVM_DEV_TYPE_ARM_VGIC_V3") or the CLI's spelling ("vgic-v3").
+    UnknownNameError (with the nearest names) for another name, TypeError for a
+    float/bool, ValueError for a number outside __u32."""
+    from ._check import name_lookup, uint
+    if isinstance(dtype, str):
+        key = dtype.upper().replace("-", "_")
+        key = key[len("KVM_DEV_TYPE_"):] if key.startswith("KVM_DEV_TYPE_") else key
+        table = {n: int(v) for n, v in DeviceType.__members__.items()}
+        if key in table:
+            return table[key]
+        return name_lookup("device type", dtype, table, "(enum kvm_device_type)", aliases=DEVICE_ALIASES)
+    return uint("device type of KVM_CREATE_DEVICE", dtype, 32)
+
+
+def capability(arch: "Arch", cap: Any) -> int:
+    """A KVM_CAP_* number from its name (with or without the prefix) or number."""
+    from ._check import integer, unknown
+    if isinstance(cap, str):
+        name = cap.upper()
+        name = name if name.startswith("KVM_CAP_") else "KVM_CAP_" + name
+        if arch.has_const(name):
+            return arch.const(name)
+        raise unknown("capability", cap, arch.constants("KVM_CAP_"), f"on {arch.name} (linux/kvm.h KVM_CAP_*)")
+    v = integer("capability", cap)
+    if not 0 <= v < 1 << 31:
+        raise ValueError(f"capability is a non-negative int (KVM_CAP_*), not {v}")
+    return v

@@ -13,7 +13,8 @@ from .arch import Arch, get_arch
 from .errnos import register as register_errnos
 
 # KVM_ARM_VCPU_INIT feature bit names (KVM_ARM_VCPU_<name> in asm/kvm.h)
-FEATURES = ("POWER_OFF", "EL1_32BIT", "PSCI_0_2", "PMU_V3", "SVE", "PTRAUTH_ADDRESS", "PTRAUTH_GENERIC")
+FEATURES = ("POWER_OFF", "EL1_32BIT", "PSCI_0_2", "PMU_V3", "SVE", "PTRAUTH_ADDRESS", "PTRAUTH_GENERIC",
+            "HAS_EL2", "HAS_EL2_E2H0", "PMU_V3_STRICT")
 
 # KVM_IRQ_LINE irq types (KVM_ARM_IRQ_TYPE_<name>)
 IRQ_TYPES = ("CPU", "SPI", "PPI")
@@ -34,16 +35,17 @@ def _a(arch: Arch | None) -> Arch:
 
 def feature_bits(features: Iterable[int | str], arch: Arch | None = None) -> list[int]:
     """struct kvm_vcpu_init.features[] words from feature names or bit numbers."""
+    from ._check import int_list, integer, unknown
     a = _a(arch)
     words = [0] * len(a.ffi.new("struct kvm_vcpu_init *").features)
-    for f in features:
+    for f in int_list("features of KVM_ARM_VCPU_INIT", features):
         if isinstance(f, str):
             name = f.upper().removeprefix("KVM_ARM_VCPU_")
             if name not in FEATURES:
-                raise ValueError(f"unknown KVM_ARM_VCPU_INIT feature {f!r}; known: {', '.join(FEATURES)}")
+                raise unknown("KVM_ARM_VCPU_INIT feature", f, FEATURES)
             bit = a.const("KVM_ARM_VCPU_" + name)
         else:
-            bit = int(f)
+            bit = integer("a KVM_ARM_VCPU_INIT feature (a name or a bit number)", f)
         if not 0 <= bit < 32 * len(words):
             raise ValueError(f"feature bit {bit} does not fit struct kvm_vcpu_init.features")
         words[bit // 32] |= 1 << (bit % 32)
@@ -116,10 +118,11 @@ def reg_id(name: str) -> int:
         return a.const(name.upper())
     enc = SYSREGS.get(name.upper())
     if enc is None:
-        raise ValueError(f"unknown arm64 register {name!r}: use x0..x30, sp, pc, pstate, sp_el1, elr_el1, "
-                         f"{', '.join(SPSR_NAMES)}, v0..v31, fpsr, fpcr, {', '.join(SYSREGS)}, "
-                         f"KVM_REG_ARM_TIMER_CTL/CNT/CVAL, KVM_REG_ARM_PSCI_VERSION..., "
-                         f"or a numeric id (kvmdev.arm64.sysreg())")
+        from ._check import unknown
+        raise unknown("arm64 register", name, [*CORE_OFFSETS, *SYSREGS], "(KVM_{GET,SET}_ONE_REG)",
+                      f"use x0..x30, sp, pc, pstate, sp_el1, elr_el1, {', '.join(SPSR_NAMES)}, v0..v31, "
+                      "fpsr, fpcr, a system register named here, KVM_REG_ARM_TIMER_CTL/CNT/CVAL, "
+                      "KVM_REG_ARM_PSCI_VERSION..., or a numeric id (kvmdev.arm64.sysreg())")
     return sysreg(*enc, arch=a)
 
 
@@ -132,8 +135,11 @@ def irq(irq_type: int | str, num: int, vcpu: int = 0, arch: Arch | None = None) 
     if isinstance(irq_type, str):
         name = irq_type.upper().removeprefix("KVM_ARM_IRQ_TYPE_")
         if name not in IRQ_TYPES:
-            raise ValueError(f"unknown KVM_IRQ_LINE type {irq_type!r}; known: {', '.join(IRQ_TYPES)}")
+            from ._check import unknown
+            raise unknown("KVM_IRQ_LINE type", irq_type, IRQ_TYPES)
         irq_type = c("KVM_ARM_IRQ_TYPE_" + name)
+    from ._check import integer
+    irq_type, num, vcpu = integer("irq_type", irq_type), integer("num", num), integer("vcpu", vcpu)
     if not 0 <= num <= c("KVM_ARM_IRQ_NUM_MASK"):
         raise ValueError(f"irq number {num} does not fit KVM_ARM_IRQ_NUM_MASK")
     vcpu_lo = c("KVM_ARM_IRQ_VCPU_MASK")

@@ -33,6 +33,19 @@ class _AttrTarget(_Fd):
         # (group, attr) as the caller names them -> resolved values and buffer type
         self._specs: dict[tuple[int | str, int | str], _Spec] = {}
 
+    def __init_subclass__(cls, **kw: Any) -> None:
+        # IPython's pretty printer takes the first of __repr__/_repr_pretty_ along
+        # the MRO: a class with its own __repr__ keeps the attribute table display
+        super().__init_subclass__(**kw)
+        if "__repr__" in vars(cls) and "_repr_pretty_" not in vars(cls):
+            cls._repr_pretty_ = _AttrTarget._repr_pretty_   # type: ignore[method-assign]
+
+    def __dir__(self) -> list[str]:
+        """Without the members of other architectures (vcpu.tsc_offset on arm64),
+        so completion (IPython, jedi) offers only what exists here."""
+        other = _attrs.other_arch_names(type(self), self._arch.name)
+        return [n for n in super().__dir__() if n not in other]
+
     @property
     def attr_table(self) -> _attrs.AttrTable:
         return _attrs.table(self._arch, self._target_key())

@@ -8,8 +8,11 @@ kvmdev.devices register their tables on import.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
+
+from .errors import ArchError
 
 if TYPE_CHECKING:
     from .arch import Arch
@@ -57,18 +60,20 @@ class AttrTable:
     other_arch: set[str] = field(default_factory=set)
 
     def group_value(self, group: int | str) -> int:
-        if isinstance(group, int):
-            return group
+        from ._check import uint, unknown
+        if not isinstance(group, str):
+            return uint("group of struct kvm_device_attr", group, 32)
         try:
             return self.group_values[group]
         except KeyError:
             if self.arch.has_const(group):
                 return self.arch.const(group)
-            raise ValueError(f"{group} is not a group of {self.target} on {self.arch.name}") from None
+            raise unknown("group", group, self.group_values, f"of {self.target} on {self.arch.name}") from None
 
     def attr_value(self, group: int, attr: int | str) -> int:
-        if isinstance(attr, int):
-            return attr
+        if not isinstance(attr, str):
+            from ._check import u64
+            return u64("attr of struct kvm_device_attr", attr)
         named = self.attr_values.get(group, {})
         if attr in named:
             return named[attr]
@@ -76,8 +81,9 @@ class AttrTable:
         # attribute to see what the kernel answers); unknown names are errors
         if self.arch.has_const(attr) and attr not in self.other_arch:
             return self.arch.const(attr)
-        raise ValueError(f"{attr} is not an attribute of group {self.group_name(group)} "
-                         f"of {self.target} on {self.arch.name}")
+        from ._check import unknown
+        raise unknown("attribute", attr, named, f"of group {self.group_name(group)} of {self.target} "
+                      f"on {self.arch.name}")
 
     def group_name(self, group: int) -> str:
         g = self.groups.get(group)
@@ -154,6 +160,8 @@ class attr_property:
     KVM_SET_DEVICE_ATTR on assignment (read-only/write-only per ``access``).
     The fast path is one dict lookup, one buffer and one C call."""
 
+    arches: tuple[str, ...] = ()   # set by arch_only: the architectures it exists on
+
     def __init__(self, group: str, attr: str, access: str = "rw", doc: str = "") -> None:
         self.key = (group, attr)
         self.access = access
@@ -165,6 +173,8 @@ class attr_property:
     def __get__(self, obj: _AttrTarget | None, owner: type | None = None) -> Any:
         if obj is None:
             return self
+        if self.arches and obj._arch.name not in self.arches:
+            raise _arch_error(obj, self.name, self.arches, f" ({self.key[0]}/{self.key[1]})")
         if "r" not in self.access:
             raise AttributeError(f"{self.key[1]} is write-only")
         spec = obj._specs.get(self.key) or obj._spec(*self.key, None)
@@ -182,7 +192,79 @@ class attr_property:
         return spec.decode(buf)
 
     def __set__(self, obj: _AttrTarget, value: Any) -> None:
+        if self.arches and obj._arch.name not in self.arches:
+            raise _arch_error(obj, self.name, self.arches, f" ({self.key[0]}/{self.key[1]})")
         if "w" not in self.access:
             raise AttributeError(f"{self.key[1]} is read-only")
         obj.set_attr(*self.key, value)
 
+
+
+# -- members of one architecture ----------------------------------------------------------
+C = TypeVar("C", bound=type)
+ARCH_NAMES_ATTR = "_kvmdev_arch_names"   # per class: member name -> the architectures it exists on
+
+
+def _arch_error(obj: Any, name: str, arches: tuple[str, ...], what: str = "") -> ArchError:
+    return ArchError(f"{name}{what} exists on {' and '.join(arches)} only; this {obj._target_label()} is "
+                     f"{obj._arch.name}")
+
+
+def arch_member(arches: tuple[str, ...], name: str, member: Any) -> Any:
+    """``member`` (a function, property or attr_property) checking, when reached,
+    that its object is of one of ``arches`` (ArchError otherwise)."""
+    if isinstance(member, attr_property):
+        member.arches = arches
+        return member
+    if isinstance(member, property):
+        def wrap(f: Callable[..., Any] | None) -> Callable[..., Any] | None:
+            return None if f is None else arch_member(arches, name, f)
+        return property(wrap(member.fget), wrap(member.fset), wrap(member.fdel), member.__doc__)
+    if callable(member):
+        @functools.wraps(member)
+        def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if self._arch.name not in arches:
+                raise _arch_error(self, name, arches)
+            return member(self, *args, **kwargs)
+        return checked
+    return member
+
+
+def arch_only(*arches: str) -> Callable[[C], C]:
+    """Class decorator for a mixin of Kvm/Vm/Vcpu whose members exist on
+    ``arches`` only: on another architecture they are left out of dir() (so
+    IPython and jedi do not offer them) and reaching one raises ArchError
+    naming both architectures.  Type checkers still see them."""
+    def deco(cls: C) -> C:
+        names = {}
+        for name, member in list(vars(cls).items()):
+            if name.startswith("__") or not (callable(member) or isinstance(member, (property, attr_property))):
+                continue
+            setattr(cls, name, arch_member(arches, name, member))
+            names[name] = arches
+        setattr(cls, ARCH_NAMES_ATTR, names)
+        return cls
+    return deco
+
+
+def add_arch_member(cls: type, name: str, arches: tuple[str, ...], member: Any) -> None:
+    """Attach one member of ``arches`` to an fd class (as arch_only does for a mixin)."""
+    setattr(cls, name, arch_member(arches, name, member))
+    names = dict(vars(cls).get(ARCH_NAMES_ATTR, {}))
+    names[name] = arches
+    setattr(cls, ARCH_NAMES_ATTR, names)
+
+
+def other_arch_names(cls: type, arch: str) -> frozenset[str]:
+    """The members of ``cls`` that do not exist on ``arch`` (for __dir__)."""
+    key = (cls, arch)
+    hit = _OTHER_ARCH.get(key)
+    if hit is None:
+        out: set[str] = set()
+        for c in cls.__mro__:
+            out |= {n for n, a in vars(c).get(ARCH_NAMES_ATTR, {}).items() if arch not in a}
+        hit = _OTHER_ARCH[key] = frozenset(out)
+    return hit
+
+
+_OTHER_ARCH: dict[tuple[type, str], frozenset[str]] = {}

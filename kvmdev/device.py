@@ -33,11 +33,19 @@ class Device(_AttrTarget):
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"
-        return f"<kvmdev.{type(self).__name__} {self.type_name} {self.backend} {self.arch} {state}>"
+        return f"<{class_path(type(self))} {self.type_name} {self.backend} {self.arch} {state}>"
 
     @property
     def vm(self) -> Vm:
         return cast("Vm", self._parent)   # created by a Vm (not imported: it imports this module)
+
+
+def class_path(cls: type) -> str:
+    """The name a class is imported by: kvmdev.Device, kvmdev.devices.vgic.VgicV3."""
+    import kvmdev
+    if getattr(kvmdev, cls.__name__, None) is cls:
+        return f"kvmdev.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 # device type name -> typed class; kvmdev.devices modules register theirs

@@ -53,6 +53,14 @@ ERRNO_MEANINGS: dict[_K, str] = {
     # vCPU / VM creation (api.rst)
     ("KVM_CREATE_VCPU", None, None, "EEXIST"): "a vCPU with this id already exists in the VM",
     ("KVM_CREATE_VCPU", None, None, "EINVAL"): "vCPU id out of range (>= KVM_CAP_MAX_VCPU_ID) or too many vCPUs",
+    # memory slots (virt/kvm/kvm_main.c kvm_set_memory_region)
+    ("KVM_SET_USER_MEMORY_REGION", None, None, "EINVAL"):
+        "guest_phys_addr, memory_size or userspace_addr is not page-aligned, the range wraps or is too large, "
+        "the slot id is beyond KVM_CAP_NR_MEMSLOTS, or the flags are unknown (or change an existing slot's "
+        "read-only flag)",
+    ("KVM_SET_USER_MEMORY_REGION", None, None, "EEXIST"):
+        "the range overlaps another memory slot: pick a free guest_phys_addr range, or delete that slot first "
+        "(memory_size 0)",
     ("KVM_CREATE_VM", None, None, "EINVAL"):
         "unsupported machine type (on arm64: IPA size outside what the host supports)",
     ("open", None, None, "ENOENT"):

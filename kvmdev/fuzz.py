@@ -16,6 +16,7 @@ any ioctl, ValueError/TypeError; no KVM fd left open after the case.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import random
 from dataclasses import dataclass, field
@@ -44,10 +45,19 @@ class Case:
         return cls(d["device"], [tuple(o) for o in d["ops"]])
 
 
+# the pseudo-device of the VM- and vCPU-level ioctls (x86): memslots, vCPU creation,
+# CHECK_EXTENSION, ENABLE_CAP, ONE_REG, IRQ_LINE, SIGNAL_MSI with random arguments
+IOCTLS_CASE = "KVM_IOCTLS"
+MAP_PAGES = 16                      # the case's own memory for memslots (a mmap per run)
+
+
 def _machine(kvm: Kvm, device: str) -> tuple[Any, dict[str, Any]]:
     """A VM (vCPU 0, and on arm64 and powerpc vCPU 1, initialized) with the device
     created; an XICS gets both vCPUs connected (PAPR mode, servers 0 and 1), so
     sources can reach ICPs."""
+    if device == IOCTLS_CASE:
+        vm = kvm.create_vm()
+        return vm, {"vm": vm, "vcpu": vm.create_vcpu(0), "kvm": kvm}
     vm = kvm.create_vm()
     cpus = [vm.create_vcpu(i) for i in range(2 if kvm.arch in ("arm64", "powerpc") else 1)]
     if kvm.arch == "arm64":
@@ -79,8 +89,92 @@ def _xics_value(label: str, rng: random.Random) -> int:
 TYPED_VALUES: list[Any] = [0, 1, -1, 1 << 64, 1.5, "0x1", None, True, [1, 2], {"bogus": 1}, {}]
 
 
+def _ioctl_ops(kvm: Kvm, n: int, rng: random.Random) -> Case:
+    """Random VM/vCPU ioctls with random arguments, among values where the kernel's
+    limits lie.  ENABLE_CAP: capabilities the host's record does not enable (any
+    args), or flags != 0 (the enabled ones change the VM in ways the mock does not model)."""
+    from .backends.mock.x86_hosts import DEFAULT_RELEASE, x86_host
+    rec = x86_host(kvm.kernel_release) or x86_host(DEFAULT_RELEASE)
+    assert rec is not None
+    top = rec.max_gpa_bits
+    case = Case(IOCTLS_CASE)
+    u64 = (1 << 64) - 1
+    for _ in range(n):
+        kind = rng.choice(["memslot"] * 4 + ["vcpu", "cap", "enable", "onereg", "onereg", "irq", "msi"])
+        if kind == "memslot":
+            gpa = rng.choice([0, 0x1000, 0x10000, 1 << 32, (1 << top) - 0x1000, 1 << top, (1 << 64) - 0x2000,
+                              rng.getrandbits(40) << 12, rng.getrandbits(64), 0x800])
+            # sizes the kernel accepts stay small: it allocates per-page metadata (rmap,
+            # dirty bitmap) for a slot; the huge ones are refused before (KVM_MEM_MAX_NR_PAGES)
+            size = rng.choice([0, 0x1000, 0x2000, MAP_PAGES * 0x1000, 1 << 43, 1 << 50, 0x800,
+                               rng.getrandbits(12) << 12, rng.getrandbits(64) | 1 << 63])
+            uaddr = rng.choice([("buf", rng.randrange(MAP_PAGES) * 0x1000), ("buf", 0x10), ("abs", 0),
+                                ("abs", 0xFFFF800000000000), ("abs", rec.user_addr_max - 0x1000),
+                                ("abs", rec.user_addr_max), ("abs", rng.getrandbits(64))])
+            flags = rng.choice([0, 0, 1, 2, 3, 4, rng.getrandbits(32)])
+            slot = rng.choice([0, 1, 2, 3, 0x10000, 32763, 32764, rng.getrandbits(32)])
+            if rng.random() < 0.5:       # plausible: create, move, resize, flag and delete slots
+                slot, flags = rng.randrange(4), rng.choice([0, 0, 1, 2, 3])
+                gpa = rng.choice([0, 0x1000, 0x4000, 0x8000, 0x10000, (1 << top) - 0x2000])
+                size = rng.choice([0, 0x1000, 0x2000, 0x4000])
+                uaddr = ("buf", rng.choice([0, 0x1000, 0x4000, 0x8000]))
+            case.ops.append(("memslot", slot, flags, gpa, size, uaddr[0], uaddr[1]))
+        elif kind == "vcpu":
+            case.ops.append(("vcpu", rng.choice([1, 2, 3, 4095, 4096, 1 << 31, 1 << 32 | 1, u64, rng.getrandbits(64)])))
+        elif kind == "cap":
+            case.ops.append(("cap", rng.choice(["kvm", "vm"]), rng.choice([rng.randrange(300), rng.getrandbits(64)])))
+        elif kind == "enable":
+            target = rng.choice(["vm", "vcpu"])
+            enabled = rec.enable_cap_vm if target == "vm" else rec.enable_cap_vcpu
+            cap = rng.choice([c for c in range(300) if c not in enabled] + [rng.getrandbits(32)])
+            flags = 0
+            if rng.random() < 0.2:
+                cap, flags = rng.choice(sorted(enabled) or [0]), rng.choice([1, 2, 1 << 31])
+            args = [rng.choice([0, 0, 1, rng.getrandbits(64)]) for _ in range(4)]
+            case.ops.append(("enable", target, cap, flags, args))
+        elif kind == "onereg":
+            lo, hi = rng.choice(rec.one_reg_msrs)
+            rid = rng.choice([0x2030000200000000 | rng.randint(lo, hi), 0x2030000200000000 | rng.getrandbits(32),
+                              0x2030000300000000 | rng.getrandbits(2), 0x2020000200000000 | lo,
+                              0x2030000000000000 | rng.getrandbits(32), rng.getrandbits(64) & ~(0xF << 52) | 3 << 52])
+            case.ops.append(("onereg", rid))
+        elif kind == "irq":
+            case.ops.append(("irq", rng.choice([0, 1, 15, 16, 23, 24, rng.getrandbits(32)]), rng.choice([0, 1, 2])))
+        else:
+            case.ops.append(("msi", rng.choice([0xFEE00000, 0, rng.getrandbits(64)]), rng.getrandbits(32),
+                             rng.choice([None, 0, rng.getrandbits(32)])))
+    return case
+
+
+def _ioctl_op(targets: dict[str, Any], op: Op, mem: int) -> str:
+    """One operation of an IOCTLS_CASE; its outcome (errors are the caller's)."""
+    vm, cpu = targets["vm"], targets["vcpu"]
+    if op[0] == "memslot":
+        _, slot, flags, gpa, size, where, uaddr = op
+        vm.set_user_memory_region(slot, gpa, size, (mem + uaddr) if where == "buf" else uaddr, flags)
+        return "ok"
+    if op[0] == "vcpu":
+        vm.create_vcpu(op[1]).close()         # the vCPU stays in the VM, its fd goes
+        return "ok"
+    if op[0] == "cap":
+        return f"ok {(targets[op[1]]).check_extension(op[2])}"
+    if op[0] == "enable":
+        _, target, cap, flags, args = op
+        return f"ok {targets[target].enable_cap(cap, *args, flags=flags)}"
+    if op[0] == "onereg":
+        cpu.get_one_reg(op[1])                # the value is vCPU state (a TSC...): the answer only
+        return "ok"
+    if op[0] == "irq":
+        vm.irq_line(op[1], op[2])
+        return "ok"
+    _, address, data, devid = op
+    return f"ok {vm.signal_msi(address, data, devid)}"
+
+
 def generate(kvm: Kvm, device: str, n: int, rng: random.Random) -> Case:
     """A random case of ``n`` operations against this KVM's tables."""
+    if device == IOCTLS_CASE:
+        return _ioctl_ops(kvm, n, rng)
     vm, targets = _machine(kvm, device)
     tables = {name: t.attr_table for name, t in targets.items()}
     frames = _frames(targets["dev"], targets["vcpu"])
@@ -220,10 +314,14 @@ def run(kvm: Kvm, case: Case) -> list[str]:
     ffi = kvm._arch.ffi
     buf = ffi.new("unsigned char[]", BUF)
     addr = int(ffi.cast("uintptr_t", buf))
+    mem_map = mmap.mmap(-1, MAP_PAGES * 0x1000) if case.device == IOCTLS_CASE else None
+    mem = int(ffi.cast("uintptr_t", ffi.from_buffer(mem_map))) if mem_map is not None else 0
     try:
         for i, op in enumerate(case.ops):
             try:
-                if op[0] == "create":
+                if case.device == IOCTLS_CASE:
+                    out.append(_ioctl_op(targets, op, mem))
+                elif op[0] == "create":
                     vm.create_device(case.device).close()
                     out.append("ok")
                 elif op[0] == "typed":
@@ -332,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--case-len", type=int, default=50)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--differential", action="store_true")
+    ap.add_argument("--only", default=None, help="comma-separated device types (KVM_IOCTLS: the x86 VM/vCPU ioctls)")
     ap.add_argument("--corpus", default=None,
                     help="write each diverging case, with the real kernel's outcomes, to this directory (- : stdout)")
     ap.add_argument("--record", default=None, metavar="JSONL",
@@ -349,7 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     mock = kvm_open("mock", arch=kvm.arch, **host) if args.differential else None
     rng = random.Random(args.seed)
     failures, divergences = 0, 0
-    for device in devices(kvm):
+    kinds = devices(kvm) + ([IOCTLS_CASE] if kvm.arch == "x86_64" else [])
+    if args.only:
+        kinds = [k for k in kinds if k in args.only.split(",")]
+    for device in kinds:
         t0, done, cases = time.monotonic(), 0, 0
         seen: set[tuple[str, str, str, str]] = set()
         while done < args.ops:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from . import _check
 from ._fd import _cap
 from .attr_target import _AttrTarget
 from .devices.x86 import X86SystemAttrs
@@ -55,7 +56,9 @@ class Kvm(_AttrTarget, X86SystemAttrs):
     def create_vm(self, machine_type: int = 0, *, ipa_bits: int | None = None) -> "Vm":
         """KVM_CREATE_VM.  ``ipa_bits`` (arm64, KVM_CAP_ARM_VM_IPA_SIZE) sets the
         guest physical address size in the machine type's low byte."""
+        machine_type = _check.u64("machine_type of KVM_CREATE_VM", machine_type)
         if ipa_bits is not None:
+            ipa_bits = _check.integer("ipa_bits", ipa_bits)
             if self.arch != "arm64":
                 raise ValueError("ipa_bits is an arm64 machine type (KVM_VM_TYPE_ARM_IPA_SIZE)")
             mask = self._arch.const("KVM_VM_TYPE_ARM_IPA_SIZE_MASK")

@@ -1,8 +1,17 @@
 """pytest plugin for kernel regression suites (entry point ``pytest11``: active
 wherever kvmdev is installed).
 
+Options
+    --kvmdev-backend real|mock|auto  the KVM the fixtures open (default: KVMDEV_BACKEND, else auto);
+                                     real fails the run at once when /dev/kvm cannot be opened
+    --kvmdev-arch ARCH               the architecture (another than the host's is the mock)
+    --kvmdev-kernel 6.1              the mock's kernel series  } a mock profile: with auto,
+    --kvmdev-gic 2                   the arm64 mock's host GIC } they choose the mock
+    --kvmdev-mock FIELD=VALUE        any other field of the mock's HostProfile (repeatable)
+The header line names the backend, architecture, kernel and why that backend
+(``backend_reason``: e.g. auto fell back to the mock because /dev/kvm is missing).
 Fixtures
-    kvm              a kvmdev.Kvm of --kvmdev-backend (real | mock | auto) and --kvmdev-arch
+    kvm              a kvmdev.Kvm of those options
     kvm_vm           a VM of it
     kvm_arm64_gic    an arm64 VM with N vCPUs (marker kvmdev_vcpus(N), default 2) and an
                      initialized VGIC v3 + ITS (v2 on a GICv2 host): .vm .vcpus .gic .its
@@ -11,30 +20,58 @@ Markers
     requires_device("ARM_VGIC_V3")      skip unless KVM_CREATE_DEVICE_TEST says it can be created
     requires_cap("KVM_CAP_...", min=1)  skip unless KVM_CHECK_EXTENSION answers at least min
     kvmdev_allow_fd_leak                no fd-leak check for this test
-Every test is checked for leaked KVM file descriptors (psutil): a test whose
-set-up, call and tear-down leave a /dev/kvm, VM, vCPU, device or eventfd open
-fails at tear-down, naming them.
+Leak check: a test after whose tear-down a KVM fd that kvmdev opened during it is
+still open (a /dev/kvm, VM, vCPU or device object not closed) fails, naming
+them.  Only kvmdev's own fds count (kvmdev._fd.OPEN_FDS: not the eventfds or
+KVM fds of other code), and fds opened by the set-up of a module-, class-,
+package- or session-scoped fixture belong to that fixture, not to the test.
 """
 from __future__ import annotations
 
+import ast
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Generator, Iterator
 
-import psutil  # type: ignore[import-untyped]  # no stubs in the dependency set
 import pytest
 
 import kvmdev
+from kvmdev import _fd
 
-_FD_KINDS = ("anon_inode:kvm", "/dev/kvm", "anon_inode:[eventfd]")
+_KEY = pytest.StashKey[dict]()          # an item's fds before its set-up
+_SCOPED = pytest.StashKey[set]()        # (fd, serial) owned by a wider-scoped fixture
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("kvmdev")
-    g.addoption("--kvmdev-backend", default=os.environ.get("KVMDEV_BACKEND", "auto"), choices=kvmdev.BACKENDS,
-                help="the KVM the kvm fixtures open (default: auto, or KVMDEV_BACKEND)")
+    g.addoption("--kvmdev-backend", default=None, choices=kvmdev.BACKENDS,
+                help="the KVM the kvm fixtures open (default: KVMDEV_BACKEND, else auto); "
+                     "real: the run fails at once if /dev/kvm cannot be opened")
     g.addoption("--kvmdev-arch", default=None, choices=kvmdev.ARCH_NAMES,
-                help="the mock's architecture (default: this host's)")
+                help="the architecture (default: this host's; another one is the mock)")
+    g.addoption("--kvmdev-kernel", default=None, help="the mock's kernel series (arm64: 6.12 or 6.1)")
+    g.addoption("--kvmdev-gic", default=None, type=int, choices=(2, 3, 5),
+                help="the arm64 mock's host GIC (3, 2; 5: mock only)")
+    g.addoption("--kvmdev-mock", default=[], action="append", metavar="FIELD=VALUE",
+                help="another field of the mock's HostProfile, e.g. pri_bits=7 (repeatable)")
+
+
+def mock_profile(config: pytest.Config) -> dict[str, Any]:
+    """The mock profile the options ask for."""
+    out: dict[str, Any] = {}
+    if config.getoption("--kvmdev-kernel") is not None:
+        out["kernel"] = config.getoption("--kvmdev-kernel")
+    if config.getoption("--kvmdev-gic") is not None:
+        out["gic"] = config.getoption("--kvmdev-gic")
+    for item in config.getoption("--kvmdev-mock"):
+        name, eq, text = item.partition("=")
+        if not eq or not name:
+            raise pytest.UsageError(f"--kvmdev-mock {item!r}: write FIELD=VALUE (e.g. pri_bits=7)")
+        try:
+            out[name.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[name.strip()] = text     # a bare word: a string (ppc_platform=e500)
+    return out
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -44,46 +81,76 @@ def pytest_configure(config: pytest.Config) -> None:
                  "kvmdev_vcpus(n): vCPUs of the kvm_arm64_gic fixture",
                  "kvmdev_allow_fd_leak: no fd-leak check"):
         config.addinivalue_line("markers", line)
+    config.stash[_SCOPED] = set()
+    if config.getoption("--kvmdev-backend") is None and not os.environ.get("KVMDEV_BACKEND"):
+        return   # auto: nothing to insist on
+    # an explicit backend (option or KVMDEV_BACKEND), and a bad profile, fail the run at once
+    try:
+        open_kvm(config).close()
+    except (kvmdev.KvmError, ValueError, TypeError) as e:
+        raise pytest.UsageError(f"kvmdev: cannot open the KVM the options ask for: {e}") from None
 
 
-def _kvm_fds() -> dict[int, str]:
-    """The KVM-ish fds this process has open, by number (psutil's fd count, then
-    /proc for what each one is)."""
-    out: dict[int, str] = {}
-    if psutil.Process().num_fds() == 0:
-        return out
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith(_FD_KINDS):
-            out[int(fd)] = target
-    return out
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
-    item._kvmdev_fds = _kvm_fds()  # type: ignore[attr-defined]
-    yield
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
-    yield
-    before = getattr(item, "_kvmdev_fds", None)
-    if before is None or item.get_closest_marker("kvmdev_allow_fd_leak"):
-        return
-    leaked = {fd: t for fd, t in _kvm_fds().items() if before.get(fd) != t}
-    if leaked:
-        pytest.fail(f"{item.nodeid} leaked {len(leaked)} KVM file descriptor(s): "
-                    + ", ".join(f"{fd} -> {t}" for fd, t in sorted(leaked.items())), pytrace=False)
+def pytest_report_header(config: pytest.Config) -> str:
+    try:
+        with open_kvm(config) as k:
+            return (f"kvmdev: backend {k.backend} ({k.backend_reason}), arch {k.arch}, "
+                    f"kernel {k.kernel_release}")
+    except (kvmdev.KvmError, ValueError, TypeError) as e:
+        return f"kvmdev: no KVM: {e}"
 
 
 def open_kvm(config: pytest.Config) -> kvmdev.Kvm:
-    return kvmdev.open(config.getoption("--kvmdev-backend"), arch=config.getoption("--kvmdev-arch"))
+    return kvmdev.open(config.getoption("--kvmdev-backend"), arch=config.getoption("--kvmdev-arch"),
+                       **mock_profile(config))
 
 
+# -- the fd-leak check ------------------------------------------------------------------
+def _open_fds() -> dict[int, int]:
+    """kvmdev's open fds: number -> serial (a cheap copy of kvmdev._fd.OPEN_FDS)."""
+    return {fd: entry[0] for fd, entry in list(_fd.OPEN_FDS.items())}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Generator[None, Any, Any]:
+    """fds a wider-scoped fixture's set-up opens are that fixture's, not a leak of
+    the test that happened to set it up."""
+    if fixturedef.scope == "function":
+        return (yield)
+    before = _open_fds()
+    try:
+        return (yield)
+    finally:
+        request.config.stash[_SCOPED].update((fd, s) for fd, s in _open_fds().items() if before.get(fd) != s)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    item.stash[_KEY] = _open_fds()
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    result = yield
+    before = item.stash.get(_KEY, None)
+    if before is None or item.get_closest_marker("kvmdev_allow_fd_leak") or not _fd.OPEN_FDS:
+        return result
+    scoped = item.config.stash[_SCOPED]
+    leaked = {fd: s for fd, s in _open_fds().items() if before.get(fd) != s and (fd, s) not in scoped}
+    if leaked:
+        names = []
+        for fd in sorted(leaked):
+            entry = _fd.OPEN_FDS.get(fd)
+            obj = entry[1]() if entry else None
+            names.append(f"{fd} -> {obj!r}" if obj is not None else str(fd))
+        pytest.fail(f"{item.nodeid} leaked {len(leaked)} KVM file descriptor(s) opened by kvmdev: "
+                    + ", ".join(names) + " (close them, use `with`, or mark the test kvmdev_allow_fd_leak)",
+                    pytrace=False)
+    return result
+
+
+# -- fixtures -------------------------------------------------------------------------------
 def _requirements(item: pytest.Item, kvm: kvmdev.Kvm) -> str | None:
     """Why this test cannot run on this KVM (None: it can)."""
     for m in item.iter_markers("requires_arch"):
@@ -109,8 +176,8 @@ def _requirements(item: pytest.Item, kvm: kvmdev.Kvm) -> str | None:
 
 @pytest.fixture
 def kvm(request: pytest.FixtureRequest) -> Iterator[kvmdev.Kvm]:
-    """A kvmdev.Kvm of --kvmdev-backend; tests with requires_* markers it cannot
-    meet are skipped with the reason."""
+    """A kvmdev.Kvm of the --kvmdev-* options; tests with requires_* markers it
+    cannot meet are skipped with the reason."""
     k = open_kvm(request.config)
     why = _requirements(request.node, k)
     if why:

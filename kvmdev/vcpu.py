@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, cast
 
+from . import _check
 from . import arm64 as _arm64
 from ._fd import _enable_cap, _need_arch
 from .arch import Arch
@@ -90,8 +91,8 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         return cast("Vm", self._parent)   # created by a Vm (not imported: it imports this module)
 
     def _reg_id(self, reg: int | str) -> int:
-        if isinstance(reg, int):
-            return reg
+        if not isinstance(reg, str):
+            return _check.u64("register id of KVM_{GET,SET}_ONE_REG", reg)
         if self._arch.name == "arm64":
             return _arm64.reg_id(reg)
         raise ValueError(f"kvmdev names no {self._arch.name} registers: pass a numeric ONE_REG id")
@@ -121,11 +122,8 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         ffi = self._arch.ffi
         reg_id = self._reg_id(reg)
         size = one_reg_size(self._arch, reg_id)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"KVM_SET_ONE_REG {_reg_label(reg)}: the value is an int, not {type(value).__name__}")
-        if not 0 <= value < 1 << 8 * size:
-            raise ValueError(f"KVM_SET_ONE_REG: {value} does not fit register {_reg_label(reg)} "
-                             f"({8 * size} bits, unsigned)")
+        value = _check.uint(f"the value of register {_reg_label(reg)} (KVM_SET_ONE_REG, {8 * size} bits)",
+                            value, 8 * size)
         buf = ffi.new("uint8_t[]", value.to_bytes(size, sys.byteorder))
         r = ffi.new("struct kvm_one_reg *", {"id": reg_id, "addr": int(ffi.cast("uintptr_t", buf))})
         self._ioctl("KVM_SET_ONE_REG", r, register=_reg_label(reg))
@@ -214,6 +212,7 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         words = _arm64.feature_bits(features, self._arch)
         if target is None:
             target = self.vm.preferred_target().target
+        target = _check.u32("target of KVM_ARM_VCPU_INIT", target)
         init = self._arch.ffi.new("struct kvm_vcpu_init *", {"target": target, "features": words})
         self._ioctl("KVM_ARM_VCPU_INIT", init)
         self.features = _arm64.feature_names(words, self._arch)
@@ -260,6 +259,7 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         run() waits for the first to return (the kernel serialises KVM_RUN on
         vcpu->mutex too).  The fd and the kvm_run map stay until this returns,
         even if another thread closes the vCPU meanwhile."""
+        immediate_exit = _check.flag("immediate_exit", immediate_exit)
         tok = object()   # this call's hold (see _Fd._acquire)
         try:
             fd = self._acquire(tok)

@@ -5,9 +5,10 @@ import errno as E
 import mmap
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+from . import _check
 from . import arm64 as _arm64
 from ._fd import _Fd, _cap, _enable_cap, _need_arch
-from .arch import DeviceType, device_type_name
+from .arch import DeviceType, device_type, device_type_name
 from .attr_target import _AttrTarget
 from .device import DEVICE_CLASSES, Device
 # typed VM attributes (a mixin; the module imports nothing of the fd layer)
@@ -112,6 +113,9 @@ class Vm(_AttrTarget, Arm64VmAttrs):
     def set_user_memory_region(self, slot: int, guest_phys_addr: int, memory_size: int,
                                userspace_addr: int, flags: int = 0) -> None:
         """KVM_SET_USER_MEMORY_REGION (raw; see add_memory)."""
+        slot, flags = _check.u32("slot", slot), _check.u32("flags", flags)
+        guest_phys_addr, memory_size = _check.u64("guest_phys_addr", guest_phys_addr), _check.u64("memory_size", memory_size)
+        userspace_addr = _check.u64("userspace_addr", userspace_addr)
         r = self._arch.ffi.new("struct kvm_userspace_memory_region *", {
             "slot": slot, "flags": flags, "guest_phys_addr": guest_phys_addr,
             "memory_size": memory_size, "userspace_addr": userspace_addr})
@@ -119,9 +123,23 @@ class Vm(_AttrTarget, Arm64VmAttrs):
 
     def add_memory(self, guest_phys_addr: int, size: int, *, slot: int | None = None,
                    readonly: bool = False) -> GuestMemory:
-        """Map ``size`` bytes of fresh anonymous memory at ``guest_phys_addr``."""
+        """Map ``size`` bytes of fresh anonymous memory at ``guest_phys_addr``
+        (KVM_SET_USER_MEMORY_REGION).  Both are page-aligned and the size is not 0
+        (ValueError before the ioctl); a range that overlaps another slot is the
+        kernel's EEXIST."""
+        guest_phys_addr, size = _check.u64("guest_phys_addr", guest_phys_addr), _check.u64("size", size)
+        readonly = _check.flag("readonly", readonly)
+        if size == 0:
+            raise ValueError("add_memory: size 0 (KVM_SET_USER_MEMORY_REGION with size 0 deletes a slot: "
+                             "use set_user_memory_region for that)")
+        for name, v in (("guest_phys_addr", guest_phys_addr), ("size", size)):
+            if v % mmap.PAGESIZE:
+                raise ValueError(f"add_memory: {name} {v:#x} is not a multiple of the {mmap.PAGESIZE}-byte page "
+                                 f"(KVM_SET_USER_MEMORY_REGION answers EINVAL): round to {v & -mmap.PAGESIZE:#x} "
+                                 f"or {(v + mmap.PAGESIZE - 1) & -mmap.PAGESIZE:#x}")
         if slot is None:
             slot = max(self.memory, default=-1) + 1
+        slot = _check.u32("slot", slot)
         mem = GuestMemory(self, slot, guest_phys_addr, size, readonly)
         try:
             self.set_user_memory_region(slot, guest_phys_addr, size, mem.userspace_addr,
@@ -140,6 +158,7 @@ class Vm(_AttrTarget, Arm64VmAttrs):
 
     def irq_line(self, irq: int, level: int) -> None:
         """KVM_IRQ_LINE (on arm64 ``irq`` is encoded: see kvmdev.arm64.irq)."""
+        irq, level = _check.u32("irq of KVM_IRQ_LINE", irq), _check.u32("level of KVM_IRQ_LINE", level)
         r = self._arch.ffi.new("struct kvm_irq_level *", {"irq": irq, "level": level})
         self._ioctl("KVM_IRQ_LINE", r)
 
@@ -188,6 +207,8 @@ class Vm(_AttrTarget, Arm64VmAttrs):
     def signal_msi(self, address: int, data: int, devid: int | None = None) -> int:
         """KVM_SIGNAL_MSI: >0 delivered, 0 blocked by the guest.  ``devid``
         (the requester ID) is required by the arm64 ITS."""
+        address, data = _check.u64("address of KVM_SIGNAL_MSI", address), _check.u32("data of KVM_SIGNAL_MSI", data)
+        devid = None if devid is None else _check.u32("devid of KVM_SIGNAL_MSI", devid)
         m = self._arch.ffi.new("struct kvm_msi *", {
             "address_lo": address & 0xFFFFFFFF, "address_hi": address >> 32, "data": data,
             "flags": 0 if devid is None else self._arch.const("KVM_MSI_VALID_DEVID"),
@@ -219,6 +240,7 @@ class Vm(_AttrTarget, Arm64VmAttrs):
 
     def create_vcpu(self, vcpu_id: int) -> "Vcpu":
         """KVM_CREATE_VCPU."""
+        vcpu_id = _check.u64("vcpu_id of KVM_CREATE_VCPU", vcpu_id)
         fd = self._ioctl_val("KVM_CREATE_VCPU", vcpu_id)
         return Vcpu(self._backend, fd, self, vcpu_id)
 
@@ -307,11 +329,5 @@ def _u64(call: str, field: str, v: int) -> int:
 
 
 def _devtype(dtype: int | str) -> int:
-    if isinstance(dtype, str):
-        name = dtype.upper().replace("-", "_")
-        name = name[len("KVM_DEV_TYPE_"):] if name.startswith("KVM_DEV_TYPE_") else name
-        try:
-            return int(DeviceType[name])
-        except KeyError:
-            raise ValueError(f"unknown device type {dtype!r}; known: {', '.join(DeviceType.__members__)}") from None
-    return int(dtype)
+    # a DeviceType, its number, its name, or the CLI's spelling ("vgic-v3"); see arch.device_type
+    return device_type(dtype)

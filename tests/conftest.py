@@ -13,12 +13,14 @@ KVMDEV_BACKEND=real|mock limits the run to one backend (the guests use it).
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 import kvmdev
 from kvmdev.arch import host_arch_name
+from kvmdev.backends.mock import kernel_facts
+from kvmdev.backends.mock.kernel_facts import ARM64_KERNELS
 
 # kvmdev.open() honours KVMDEV_BACKEND; here it selects which params run instead.
 ONLY = os.environ.pop("KVMDEV_BACKEND", None)
@@ -58,8 +60,8 @@ def kvm(request: pytest.FixtureRequest) -> Iterator[kvmdev.Kvm]:
         yield k
 
 
-# The arm64 mock emulates both kernel series and both host GICs of the guests.
-ARM64_MOCKS = {f"mock-{k}-gic{g}": {"kernel": k, "gic": g} for k in ("6.12", "6.1") for g in (3, 2)}
+# The arm64 mock emulates every kernel series and both host GICs of the guests.
+ARM64_MOCKS = {f"mock-{k}-gic{g}": {"kernel": k, "gic": g} for k in ARM64_KERNELS for g in (3, 2)}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -113,15 +115,23 @@ def arm64_gic(arm64_kvm: kvmdev.Kvm) -> int:
 
 @pytest.fixture
 def arm64_kernel(arm64_kvm: kvmdev.Kvm) -> str:
-    """The kernel series ("6.12" or "6.1") where the real kernels differ: the
+    """The kernel series (one of kernel_facts.ARM64_KERNELS) where the real kernels differ: the
     running kernel's release, the mock's profile."""
     if arm64_kvm.backend == "mock":
         return str(arm64_kvm._backend.host.kernel)  # type: ignore[attr-defined]
     release = os.uname().release
     series = ".".join(release.split(".")[:2])
-    if series not in ("6.12", "6.1"):
-        pytest.fail(f"kernel {release}: the arm64 tests know the 6.12 and 6.1 series")
+    if series not in ARM64_KERNELS:
+        pytest.fail(f"kernel {release}: the arm64 tests know the {', '.join(ARM64_KERNELS)} series "
+                    f"(kvmdev.backends.mock.kernel_facts)")
     return series
+
+
+@pytest.fixture
+def kfact(arm64_kernel: str) -> Callable[[str], Any]:
+    """kernel_facts.fact for the arm64 kernel under test (the real one's series, the
+    mock's profile): where the kernels differ, the one answer this kernel gives."""
+    return lambda name: kernel_facts.fact(name, arm64_kernel)
 
 
 @pytest.fixture
@@ -132,3 +142,49 @@ def vm(kvm: kvmdev.Kvm) -> kvmdev.Vm:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     real = "usable" if not REAL_UNUSABLE else f"UNUSABLE ({REAL_UNUSABLE})"
     return [f"kvmdev: host arch {HOST}; real /dev/kvm {real}; backends: {ONLY or 'real+mock'}"]
+
+
+# --- the checkout, and runs against an installed kvmdev (tools/test-wheel.sh, --wheel of
+# tools/guests/test-guests.sh), where tests/ is a copy beside the installed package
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# tests marked source_tree read the checkout itself (cdefs/ against kernel headers, README
+# and docs/ execution, tools/, packaging): they run in the in-tree run and skip elsewhere
+SOURCE_TREE = all(os.path.exists(os.path.join(ROOT, p))
+                  for p in ("pyproject.toml", "cdefs/build.py", "README.md", "docs", "tools/api_doc.py"))
+
+
+class _InstalledCheck:
+    """KVMDEV_EXPECT_FROM=DIR: kvmdev (and its compiled modules) must have been imported from
+    under DIR (the wheel's install), or the run stops before any test."""
+
+    def __init__(self, where: str) -> None:
+        import importlib
+        base = os.path.realpath(where) + os.sep
+        mods = [kvmdev, importlib.import_module(f"kvmdev._kvm_{HOST}")]
+        bad = [f"{m.__name__} from {m.__file__}" for m in mods if not os.path.realpath(m.__file__ or "").startswith(base)]
+        if bad:
+            raise pytest.UsageError(f"KVMDEV_EXPECT_FROM={where}: imported {', '.join(bad)}")
+        self.line = f"kvmdev {kvmdev.__version__} imported from {os.path.dirname(kvmdev.__file__ or '')} " \
+                    f"(KVMDEV_EXPECT_FROM checked; {os.path.basename(mods[1].__file__ or '')})"
+
+    def pytest_report_header(self) -> str:
+        return self.line
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:   # also under -q (no header there)
+        terminalreporter.write_line(self.line)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    where = os.environ.get("KVMDEV_EXPECT_FROM")
+    if where:
+        config.pluginmanager.register(_InstalledCheck(where), "kvmdev-installed-check")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if SOURCE_TREE:
+        return
+    skip = pytest.mark.skip(reason=f"source_tree: needs the checkout (cdefs/, README.md, docs/, tools/); {ROOT} "
+                                   f"holds a copy of the tests beside an installed kvmdev; runs in the in-tree run")
+    for item in items:
+        if item.get_closest_marker("source_tree"):
+            item.add_marker(skip)

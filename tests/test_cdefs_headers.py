@@ -12,6 +12,12 @@ kvmdev's own numbers:
   field, against cffi's layout in the compiled ``kvmdev._kvm_<arch>``;
 * every ioctl of ``get_arch(arch).ioctls`` against the header's request macro,
   which checks kvmdev's own _IOC encoding (powerpc's included).
+
+Each check runs twice per architecture: against the host's linux-libc-dev (6.1)
+and against the newest Debian uapi headers (linux-libc-dev from trixie-backports,
+7.3 today), which tools/guests/uapi-headers.sh extracts to the guests' cache
+(~/.cache/arm64kvm/uapi/<version>; KVMDEV_NEWEST_UAPI names another directory).
+A name the 6.1 headers lack is checked against the newest ones instead.
 """
 from __future__ import annotations
 
@@ -31,6 +37,12 @@ from kvmdev.arch import Arch, get_arch, host_arch_name
 
 ROOT = Path(__file__).resolve().parent.parent
 U64 = (1 << 64) - 1
+
+# cdefs/ is the checkout's, not the installed package's
+pytestmark = pytest.mark.source_tree
+if not (ROOT / "cdefs" / "build.py").exists():
+    pytest.skip(f"source_tree: needs the checkout's cdefs/ (not in {ROOT}); runs in the in-tree run",
+                allow_module_level=True)
 
 
 def _load_build() -> ModuleType:
@@ -78,6 +90,20 @@ NEWER_THAN_HEADERS: dict[str, str] = {
     "struct kvm_smccc_filter": "v6.4, arch/arm64/include/uapi/asm/kvm.h",
 }
 
+# Names in cdefs/ that even the newest headers (NEWEST_UAPI) do not define.
+NEWER_THAN_NEWEST: dict[str, str] = {
+    # enum kvm_smccc_filter_action in asm/kvm.h: never a macro the probe could see
+    "KVM_SMCCC_FILTER_HANDLE": "an enum constant in arch/arm64/include/uapi/asm/kvm.h",
+    "KVM_SMCCC_FILTER_DENY": "an enum constant in arch/arm64/include/uapi/asm/kvm.h",
+    "KVM_SMCCC_FILTER_FWD_TO_USER": "an enum constant in arch/arm64/include/uapi/asm/kvm.h",
+}
+# Structs whose newest layout differs from 6.1's, which cdefs/ keeps (the 6.1 headers
+# are checked field by field); against the newest headers only the size is compared.
+NEWEST_LAYOUT_DIFFERS: dict[str, str] = {
+    "kvm_s390_vm_cpu_subfunc": "pfcr[16] (STFLE.201) inserted before reserved[], which shrinks to 1712: "
+                               "the size (2048) is unchanged",
+}
+
 
 @dataclass(frozen=True)
 class Target:
@@ -101,8 +127,35 @@ TARGETS: dict[str, Target] = {
 }
 
 
-def _gcc_flags(arch: str) -> tuple[Path, list[str], str]:
+SOURCES = ("libc-dev", "newest")
+
+
+def _version_key(v: str) -> list[int]:
+    return [int(x) for x in re.findall(r"\d+", v)]
+
+
+def _newest_uapi() -> Path | None:
+    """The newest extracted linux-libc-dev (tools/guests/uapi-headers.sh), or None."""
+    env = os.environ.get("KVMDEV_NEWEST_UAPI")
+    if env:
+        return Path(env)
+    cache = Path(os.environ.get("ARM64KVM_CACHE") or
+                 Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "arm64kvm")
+    found = [d for d in (cache / "uapi").glob("*") if (d / ".complete").is_file()]
+    if not found:
+        return None
+    return max(found, key=lambda d: _version_key((d / "version").read_text()))
+
+
+def _gcc_flags(arch: str, source: str = "libc-dev") -> tuple[Path, list[str], str]:
     """(include dir, gcc flags, Debian package) for arch's <linux/kvm.h>."""
+    if source == "newest":
+        root = _newest_uapi()
+        inc = (root or Path("/nonexistent")) / "usr" / "include"
+        t = TARGETS[arch]
+        # linux-libc-dev (all architectures): asm/ under <triple>/, the rest shared
+        return inc, ["-nostdinc", "-isystem", str(inc / t.triple), "-isystem", str(inc),
+                     *(f"-D{d}" for d in t.defines)], "linux-libc-dev (trixie-backports; tools/guests/uapi-headers.sh)"
     if arch == host_arch_name():
         return Path("/usr/include"), [], "linux-libc-dev"
     t = TARGETS[arch]
@@ -216,6 +269,7 @@ def _parse_asm(asm: str) -> dict[str, int]:
 @dataclass(frozen=True)
 class ArchProbe:
     arch: Arch
+    source: str   # "libc-dev" (the host's headers) or "newest"
     header: Path  # the <linux/kvm.h> compiled against, for messages
     defines: list[str]
     structs: list[StructDecl]
@@ -225,36 +279,63 @@ class ArchProbe:
         return self.kernel.get(_macro_label(name))
 
 
-@pytest.fixture(scope="module", params=ARCHES)
-def probe(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ArchProbe:
-    """Compile every probe of one architecture in a single gcc run (module-scoped,
-    so the checks of that architecture share it; hence tmp_path_factory, not tmp_path)."""
-    name: str = request.param
-    include, flags, package = _gcc_flags(name)
+_PROBES: dict[tuple[str, str], "ArchProbe | str"] = {}
+
+
+def _compile(name: str, source: str, tmp: Path) -> "ArchProbe | str":
+    """The probe of one architecture's headers, or why there is none (cached: the
+    host-header checks consult the newest headers' probe too)."""
+    if (name, source) in _PROBES:
+        return _PROBES[(name, source)]
+    include, flags, package = _gcc_flags(name, source)
     header = include / "linux" / "kvm.h"
-    if not header.is_file():
-        # .ci/run installs every header package: a missing one there is a failure
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(
-            f"{name}: {header} is missing; install the Debian package {package}")
+    result: ArchProbe | str
     gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip(f"{name}: gcc is not on PATH; it is needed to evaluate {header}")
-    arch = get_arch(name)
-    defines = _define_names(name)
-    structs = [st for st in _struct_decls(arch) if f"struct {st.name}" not in NEWER_THAN_HEADERS]
-    macros = list(dict.fromkeys([*defines, *arch.ioctls]))
-    source, required = _probe_source(macros, structs)
-    c_file = tmp_path_factory.mktemp(f"headers-{name}") / "probe.c"
-    c_file.write_text(source)
-    proc = subprocess.run([gcc, "-S", "-O0", "-o", "-", *flags, str(c_file)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        pytest.fail(f"{name}: gcc could not evaluate cdefs/ against {header} "
-                    f"(a struct or field the header lacks?):\n{proc.stderr}")
-    kernel = _parse_asm(proc.stdout)
-    unparsed = [label for label in required if label not in kernel]
-    assert not unparsed, f"{name}: no value found in gcc's assembly for {len(unparsed)} labels, e.g. {unparsed[:5]}"
-    return ArchProbe(arch, header, defines, structs, kernel)
+    if not header.is_file():
+        result = f"{name}: {header} is missing; install the Debian package {package}"
+    elif gcc is None:
+        result = f"{name}: gcc is not on PATH; it is needed to evaluate {header}"
+    else:
+        arch = get_arch(name)
+        defines = _define_names(name)
+        skip = NEWER_THAN_NEWEST if source == "newest" else NEWER_THAN_HEADERS
+        structs = [st for st in _struct_decls(arch) if f"struct {st.name}" not in skip]
+        macros = list(dict.fromkeys([*defines, *arch.ioctls]))
+        code, required = _probe_source(macros, structs)
+        c_file = tmp / f"probe-{name}-{source}.c"
+        c_file.write_text(code)
+        proc = subprocess.run([gcc, "-S", "-O0", "-o", "-", *flags, str(c_file)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            pytest.fail(f"{name}: gcc could not evaluate cdefs/ against {header} "
+                        f"(a struct or field the header lacks?):\n{proc.stderr}")
+        kernel = _parse_asm(proc.stdout)
+        unparsed = [label for label in required if label not in kernel]
+        assert not unparsed, f"{name}: no value found in gcc's assembly for {len(unparsed)} labels, e.g. {unparsed[:5]}"
+        result = ArchProbe(arch, source, header, defines, structs, kernel)
+    _PROBES[(name, source)] = result
+    return result
+
+
+def _need(result: "ArchProbe | str") -> ArchProbe:
+    if isinstance(result, str):
+        # .ci/run installs every header package and runs uapi-headers.sh: a missing one there is a failure
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(result)
+    assert isinstance(result, ArchProbe)
+    return result
+
+
+@pytest.fixture(scope="module", params=[(a, src) for src in SOURCES for a in ARCHES],
+                ids=[f"{a}-{src}" for src in SOURCES for a in ARCHES])
+def probe(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ArchProbe:
+    """Compile every probe of one architecture and header set in a single gcc run
+    (module-scoped, so the checks of that architecture share it; hence tmp_path_factory)."""
+    name, source = request.param
+    return _need(_compile(name, source, tmp_path_factory.mktemp(f"headers-{name}-{source}")))
+
+
+def _newest_probe(name: str, tmp_path_factory: pytest.TempPathFactory) -> "ArchProbe | str":
+    return _compile(name, "newest", tmp_path_factory.mktemp(f"headers-{name}-newest"))
 
 
 def _fmt(v: int) -> str:
@@ -263,18 +344,31 @@ def _fmt(v: int) -> str:
 
 # --- the checks --------------------------------------------------------------
 
-def test_defines_match_kernel(probe: ArchProbe) -> None:
+def test_defines_match_kernel(probe: ArchProbe, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every #define against the headers; one the 6.1 headers lack must be in the
+    newest headers (whose run checks its value) or allow-listed."""
     a = probe.arch.name
     stale = [n for n in probe.defines if not probe.arch.has_const(n)]
     assert not stale, (f"{a}: kvmdev._kvm_{a} predates cdefs/, which declares {stale}; "
                        "rebuild it (make install, or pip install -e .)")
     problems = []
+    allowed = NEWER_THAN_NEWEST if probe.source == "newest" else NEWER_THAN_HEADERS
+    newest: ArchProbe | str | None = None
     for name in probe.defines:
         ours = probe.arch.const(name) & U64  # the probe casts to unsigned long long too
         kernel = probe.macro(name)
         if kernel is None:
-            if name not in NEWER_THAN_HEADERS:
-                problems.append(f"{a}: {name}: ours {_fmt(ours)}, kernel: not defined in {probe.header}")
+            if name in allowed:
+                continue
+            if probe.source == "libc-dev":
+                newest = newest or _newest_probe(a, tmp_path_factory)
+                if isinstance(newest, ArchProbe) and newest.macro(name) is not None:
+                    continue   # newer than 6.1: checked in the newest headers' run
+                if isinstance(newest, str):
+                    problems.append(f"{a}: {name}: not defined in {probe.header}, and the newest "
+                                    f"headers are unavailable ({newest}; run tools/guests/uapi-headers.sh)")
+                    continue
+            problems.append(f"{a}: {name}: ours {_fmt(ours)}, kernel: not defined in {probe.header}")
         elif ours != kernel:
             problems.append(f"{a}: {name}: ours {_fmt(ours)}, kernel {_fmt(kernel)}")
     assert not problems, "\n".join(problems)
@@ -282,14 +376,16 @@ def test_defines_match_kernel(probe: ArchProbe) -> None:
 
 def test_allow_listed_names_are_absent(probe: ArchProbe) -> None:
     a = probe.arch.name
-    present = [f"{a}: {n} is allow-listed ({NEWER_THAN_HEADERS[n]}) but {probe.header} defines it "
-               f"as {_fmt(v)}; drop it from NEWER_THAN_HEADERS so its value is checked"
-               for n in probe.defines if n in NEWER_THAN_HEADERS and (v := probe.macro(n)) is not None]
+    allowed, listname = ((NEWER_THAN_NEWEST, "NEWER_THAN_NEWEST") if probe.source == "newest"
+                         else (NEWER_THAN_HEADERS, "NEWER_THAN_HEADERS"))
+    present = [f"{a}: {n} is allow-listed ({allowed[n]}) but {probe.header} defines it "
+               f"as {_fmt(v)}; drop it from {listname} so its value is checked"
+               for n in probe.defines if n in allowed and (v := probe.macro(n)) is not None]
     headers = [probe.header, probe.header.parent.parent / "asm" / "kvm.h"]
     text = "".join(h.read_text() for h in headers if h.is_file())
-    present += [f"{a}: {n} is allow-listed ({NEWER_THAN_HEADERS[n]}) but {probe.header} declares it; "
-                "drop it from NEWER_THAN_HEADERS so its layout is checked"
-                for n in NEWER_THAN_HEADERS if n.startswith("struct ")
+    present += [f"{a}: {n} is allow-listed ({allowed[n]}) but {probe.header} declares it; "
+                f"drop it from {listname} so its layout is checked"
+                for n in allowed if n.startswith("struct ")
                 and f"{n} {{" in _declarations(a) and re.search(rf"\b{n}\s*\{{", text)]
     assert not present, "\n".join(present)
 
@@ -297,7 +393,7 @@ def test_allow_listed_names_are_absent(probe: ArchProbe) -> None:
 def test_allow_list_is_current() -> None:
     declared = {n for a in ARCHES for n in _define_names(a)}
     declared |= {f"struct {n}" for a in ARCHES for n in _STRUCT.findall(_declarations(a))}
-    unused = sorted(set(NEWER_THAN_HEADERS) - declared)
+    unused = sorted((set(NEWER_THAN_HEADERS) | set(NEWER_THAN_NEWEST)) - declared)
     assert not unused, f"NEWER_THAN_HEADERS names no longer in cdefs/: {unused}"
 
 
@@ -313,6 +409,8 @@ def test_struct_layouts_match_kernel(probe: ArchProbe) -> None:
                                 f"larger than the kernel's {size}")
         elif s.size != size:
             problems.append(f"{a}: sizeof(struct {s.name}): ours {s.size}, kernel {size}")
+        if probe.source == "newest" and s.name in NEWEST_LAYOUT_DIFFERS:
+            continue
         for field, offset, fsize in s.fields:
             k_offset = k[_offset_label(s.name, field)]
             k_fsize = k[_field_size_label(s.name, field)]

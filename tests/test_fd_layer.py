@@ -10,6 +10,7 @@ import pytest
 
 import kvmdev
 from kvmdev import ClosedError, DeviceType, KvmError
+from kvm_asserts import python_child
 
 
 def nfds() -> int:
@@ -183,12 +184,16 @@ def test_mock_can_be_any_arch() -> None:
             assert vm.supports_device("VFIO")
 
 
-def test_backend_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backend_env_chooses_only_the_unchosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KVMDEV_BACKEND picks the backend of open() without one; an explicit
+    backend argument is never overridden."""
     monkeypatch.setenv("KVMDEV_BACKEND", "mock")
-    with kvmdev.open("real") as k:
-        assert k.backend == "mock"
+    with kvmdev.open() as k:
+        assert k.backend == "mock" and k.backend_reason == "KVMDEV_BACKEND=mock"
+    with kvmdev.open("mock", arch="arm64", gic=2) as k:
+        assert k.backend == "mock" and k.backend_reason == "requested"
     monkeypatch.setenv("KVMDEV_BACKEND", "bogus")
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="KVMDEV_BACKEND must be one of"):
         kvmdev.open()
 
 
@@ -258,8 +263,6 @@ def test_auto_with_foreign_arch_is_mock() -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/kvm"), reason="needs root to drop to nobody")
 def test_no_permission_message() -> None:
-    import subprocess
-    import sys
     if os.stat("/dev/kvm").st_mode & 0o006:
         pytest.skip("/dev/kvm is world-accessible here")
     # Import as root, then drop to nobody: the interpreter's own files may not be
@@ -269,7 +272,7 @@ def test_no_permission_message() -> None:
             "with kvmdev.open('auto') as k:\n    print(k.backend, k.backend_reason)\n"
             "try:\n    kvmdev.open('real')\n"
             "except kvmdev.KvmUnavailable as e:\n    print(e.errno_name, e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = python_child(code, timeout=60)
     assert out.returncode == 0, out.stderr
     auto, real = out.stdout.splitlines()[:2]
     assert auto.startswith("mock /dev/kvm unusable (EACCES): no permission to open /dev/kvm")   # auto's choice

@@ -15,6 +15,7 @@ import pytest
 
 import kvmdev
 from a64 import spin_guest
+from kvm_asserts import python_child
 
 RAM = 0x61000000
 
@@ -165,10 +166,7 @@ def test_kvm_run_view_outlives_close(kvm: kvmdev.Kvm) -> None:
     stays valid memory: close() drops the map rather than unmapping it under the
     view, and the map goes with the last view.  The vCPU's accessors refuse
     (ClosedError).  In a child process, so that a crash is a failure, not the end."""
-    import subprocess
-    import sys
-    p = subprocess.run([sys.executable, "-c", _KVM_RUN_AFTER_CLOSE, kvm.backend], capture_output=True,
-                       text=True, timeout=120)
+    p = python_child(_KVM_RUN_AFTER_CLOSE, kvm.backend, timeout=120)
     assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
     lines = p.stdout.split()
     assert lines[1:4] == ["ClosedError"] * 3 and lines[-1] == "raced", p.stdout
@@ -311,10 +309,7 @@ def test_enomem_mapping_kvm_run(kvm: kvmdev.Kvm) -> None:
     KvmError naming mmap, the vCPU, ENOMEM and its meaning; the vCPU is intact
     and maps once the limit is lifted."""
     import json
-    import subprocess
-    import sys
-    p = subprocess.run([sys.executable, "-c", _RLIMIT_AS_CHILD, kvm.backend], capture_output=True,
-                       text=True, timeout=60)
+    p = python_child(_RLIMIT_AS_CHILD, kvm.backend, timeout=60)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["errno"] == E.ENOMEM and out["ioctl"] == "mmap" and out["target"] == "vCPU 0"
@@ -389,8 +384,6 @@ def test_enomem_from_the_kernel() -> None:
     meaning; no fd is left behind and the same call succeeds once memory is
     available (the kernel rolled the failed creation back)."""
     import json
-    import subprocess
-    import sys
     try:                  # the real kernel's ENOMEM: the mock does not model kernel memory
         kvmdev.open("real").close()
     except kvmdev.KvmError as e:
@@ -402,7 +395,7 @@ def test_enomem_from_the_kernel() -> None:
     cg = os.path.join(parent, f"kvmdev-enomem-{os.getpid()}")
     os.mkdir(cg)
     try:
-        p = subprocess.run([sys.executable, "-c", _MEMCG_CHILD, cg], capture_output=True, text=True, timeout=120)
+        p = python_child(_MEMCG_CHILD, cg, timeout=120)
     finally:
         with open(os.path.join(cg, "memory.limit_in_bytes"), "w") as f:   # if the child hung
             f.write("-1")

@@ -10,9 +10,14 @@ module, else on ``pkg`` itself.
 from __future__ import annotations
 
 import ast
+import importlib.util
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent / "kvmdev"
+# the kvmdev package this run imports (the checkout's, or an installed wheel's), found
+# without importing it
+_SPEC = importlib.util.find_spec("kvmdev")
+assert _SPEC is not None and _SPEC.origin is not None
+ROOT = Path(_SPEC.origin).resolve().parent
 
 
 def _modules() -> dict[str, Path]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+import kvmdev
+
 pytest_plugins = ["pytester"]
 
 SUITE = '''
@@ -49,7 +51,7 @@ def test_plugin_fixtures_markers_and_leak_check(pytester: pytest.Pytester) -> No
     out = r.stdout.str()
     assert "requires arch s390; this KVM (mock) is arm64" in out
     assert "requires KVM_CAP_MAX_VCPUS >= 1073741824; KVM_CHECK_EXTENSION answers 512" in out
-    assert "test_leaks leaked 1 KVM file descriptor(s)" in out and "anon_inode:[eventfd]" in out
+    assert "test_leaks leaked 1 KVM file descriptor(s) opened by kvmdev" in out and f"<kvmdev.Kvm mock {kvmdev.arch.host_arch_name()} fd=" in out
 
 
 def test_plugin_on_x86_mock(pytester: pytest.Pytester) -> None:

@@ -35,7 +35,7 @@ def test_register_values_and_frames() -> None:
         typer = g.dist["GICD_TYPER"]
         assert typer == 0x480007 and repr(typer) == "GICD_TYPER=0x480007 (ITLinesNumber=0x7, IDbits=0x9)"
         assert "  ITLinesNumber    0x7" in pretty(typer)
-        assert repr(g.dist).startswith("<Registers GICD (GICv3) of <kvmdev.VgicV3")
+        assert repr(g.dist).startswith("<kvmdev.devices.vgic.Registers GICD (GICv3) of <kvmdev.devices.vgic.VgicV3")
         assert "GICD_IROUTER<n>  +0x6100  64 bits" in pretty(g.dist)
         assert "GICD_IROUTER40" in g.dist._ipython_key_completions_()
         assert "ICC_PMR_EL1" in g.cpu_sysreg(c)._ipython_key_completions_()

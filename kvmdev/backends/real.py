@@ -1,10 +1,12 @@
 """The real backend: /dev/kvm through the compiled module's ioctl wrappers."""
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import os
 import threading
+from typing import Any
 from ..arch import Arch, get_arch, host_arch_name
 from ..errors import KvmUnavailable
 
@@ -44,8 +46,12 @@ class RealBackend:
     def close(self, fd: int) -> None:
         os.close(fd)
 
-    def mmap(self, fd: int, length: int) -> mmap.mmap:
-        return mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    def mmap(self, fd: int, length: int) -> Any:
+        """mmap(2) of the fd, shared, read-write; unmapped when the last reference
+        goes.  Not Python's mmap.mmap: before 3.13 (trackfd=False) it dup()s the fd,
+        so a vCPU's first run() failed with EMFILE in a full fd table."""
+        return _map_fd(fd, length)
+
 
     def kick(self, fd: int, thread_ident: int) -> None:
         """KICK_SIGNAL to the thread in (or entering) KVM_RUN: EINTR in the ioctl."""
@@ -62,3 +68,25 @@ class RealBackend:
                     KICK_SIGNAL = sig
                     _kick_installed.append(sig)
         signal.pthread_kill(thread_ident, _kick_installed[0])
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_MAP_TYPES: dict[int, type] = {}
+
+
+def _map_fd(fd: int, length: int) -> Any:
+    """A ctypes char array over mmap(fd) that munmaps itself when freed (cffi's
+    from_buffer keeps it alive as long as a view of it is)."""
+    addr = _libc.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+    if addr is None or addr == _MAP_FAILED:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    t = _MAP_TYPES.get(length)
+    if t is None:
+        t = _MAP_TYPES[length] = type("kvm_run_map", (ctypes.c_char * length,),
+                                      {"__del__": lambda self: _libc.munmap(ctypes.addressof(self), length)})
+    return t.from_address(addr)

@@ -17,7 +17,7 @@ rule; set_attr() is the raw path, for what the kernel itself answers.
 """
 from __future__ import annotations
 
-from ..attrs import RW, WO, AttrOps, Attr, Group, VcpuOps, register
+from ..attrs import RW, WO, AttrOps, Attr, Group, VcpuOps, arch_only, register
 from ..errnos import register as _register_errnos
 from ..errors import KvmError
 
@@ -42,6 +42,9 @@ register("vcpu", [
              "allow or deny a range of PMU events for the VM (before any vCPU runs)"),
         Attr("KVM_ARM_VCPU_PMU_V3_SET_PMU", "int", WO,
              "the host PMU (its perf event source type) backing the VM's PMU"),
+        Attr("KVM_ARM_VCPU_PMU_V3_SET_NR_COUNTERS", "unsigned int", WO,
+             "the number of general-purpose counters (PMCR_EL0.N) of the VM's PMU, at most the "
+             "host PMU's (6.18 and later)"),
     )),
     Group(TIMER, arches=ARM64, doc="the architected timers' interrupts (PPIs)", attrs=tuple(
         Attr(f"KVM_ARM_VCPU_TIMER_IRQ_{t}", "int", RW, f"the {t} interrupt, a PPI (default {ppi})")
@@ -71,7 +74,8 @@ _register_errnos({
     ("KVM_SET_DEVICE_ATTR", "vcpu", PMU, "EBUSY"):
         "the PMU is already initialized, the interrupt already set, or (FILTER, SET_PMU) the VM has run",
     ("KVM_SET_DEVICE_ATTR", "vcpu", PMU, "EINVAL"):
-        "no in-kernel irqchip, an interrupt that is no PPI/SPI or breaks the PPI/SPI rule, or a bad filter",
+        "no in-kernel irqchip, an interrupt that is no PPI/SPI or breaks the PPI/SPI rule, a bad filter, "
+        "or (SET_NR_COUNTERS) more counters than the host PMU has",
     ("KVM_SET_DEVICE_ATTR", "vcpu", PMU, "ENXIO"):
         "(INIT) the interrupt is not set; (SET_PMU) no host PMU of that type; or no such attribute",
     ("KVM_SET_DEVICE_ATTR", "vcpu", PMU, "EEXIST"): "(INIT) the interrupt is owned by another device (a timer)",
@@ -108,6 +112,7 @@ def _pmu_irq_rule(vcpu: VcpuOps, irq: int) -> None:
                              "the same PPI on every vCPU, or a different SPI per vCPU (vcpu.rst)")
 
 
+@arch_only(*ARM64)
 class Arm64VcpuAttrs:
     """Typed arm64 vCPU attributes (mixed into Vcpu)."""
 
@@ -137,6 +142,13 @@ class Arm64VcpuAttrs:
         """KVM_ARM_VCPU_PMU_V3_SET_PMU: the host PMU by its perf type
         (/sys/bus/event_source/devices/<pmu>/type)."""
         self.set_attr(PMU, "KVM_ARM_VCPU_PMU_V3_SET_PMU", pmu_type)
+
+    def set_pmu_nr_counters(self: AttrOps, n: int) -> None:
+        """KVM_ARM_VCPU_PMU_V3_SET_NR_COUNTERS: the PMU's general-purpose counters
+        (PMCR_EL0.N), VM-wide, before any vCPU runs (6.18 and later)."""
+        if not 0 <= n < 1 << 32:
+            raise ValueError(f"the counter count is an unsigned int, not {n}")
+        self.set_attr(PMU, "KVM_ARM_VCPU_PMU_V3_SET_NR_COUNTERS", n)
 
     def timer_irq(self: AttrOps, timer: str) -> int:
         """KVM_ARM_VCPU_TIMER_IRQ_<timer>: VTIMER, PTIMER, HVTIMER, HPTIMER."""
@@ -177,6 +189,7 @@ class Arm64VcpuAttrs:
         self.set_attr(PVTIME, "KVM_ARM_VCPU_PVTIME_IPA", ipa)
 
 
+@arch_only(*ARM64)
 class Arm64VmAttrs:
     """Typed arm64 VM attributes (mixed into Vm)."""
 

@@ -82,8 +82,44 @@ def _irq_dict(ffi: Any, irq: Any) -> dict[str, Any]:
     return out
 
 
+# groups whose attr is the byte length the kernel copies at attr.addr
+# (get_all_floating_irqs copies up to attr bytes; enqueue_floating_irqs reads attr bytes)
+LENGTH_IN_ATTR = frozenset({"KVM_DEV_FLIC_GET_ALL_IRQS", "KVM_DEV_FLIC_ENQUEUE"})
+
+
 class Flic(Device):
     """KVM_DEV_TYPE_FLIC."""
+
+    def _length_ctype(self, group: int | str, attr: int | str, ctype: str | None) -> str | None:
+        """For a group whose attr is a length, the buffer the kernel copies:
+        ``__u8[attr]`` whatever ``ctype`` says (a ``ctype`` of another size is a
+        ValueError before the ioctl); no buffer where the kernel refuses the length
+        before copying (0, or above KVM_S390_FLIC_MAX_BUFFER: EINVAL)."""
+        g, a, _ = self._resolve(group, attr)
+        if self.attr_table.group_name(g) not in LENGTH_IN_ATTR:
+            return ctype
+        if ctype is not None and ctype != "void" and ctype != f"__u8[{a}]":
+            try:
+                size = self._arch.ffi.sizeof(ctype)
+            except Exception:   # noqa: BLE001 - cffi's parse errors: not a C type
+                size = -1
+            if size != a:
+                raise ValueError(f"FLIC {self.attr_table.group_name(g)}: the kernel copies attr = {a} bytes at "
+                                 f"attr.addr; ctype {ctype!r} is {size if size >= 0 else 'no C type'} "
+                                 "(leave ctype out: the buffer is sized from attr)")
+        return f"__u8[{a}]" if 0 < a <= MAX_BUFFER else "void"
+
+    def get_attr(self, group: int | str, attr: int | str, *, ctype: str | None = None,
+                 value_in: Any = None) -> Any:
+        """KVM_GET_DEVICE_ATTR; for KVM_DEV_FLIC_GET_ALL_IRQS the buffer has attr bytes."""
+        return super().get_attr(group, attr, ctype=self._length_ctype(group, attr, ctype), value_in=value_in)
+
+    def set_attr(self, group: int | str, attr: int | str, value: Any = None, *, ctype: str | None = None) -> None:
+        """KVM_SET_DEVICE_ATTR; for KVM_DEV_FLIC_ENQUEUE ``value`` is attr bytes."""
+        ct = self._length_ctype(group, attr, ctype)
+        if ct == "void" and value is not None:
+            ct = ctype   # the kernel refuses the length first; the fd layer checks value against ctype
+        super().set_attr(group, attr, value, ctype=ct)
 
     def _raw(self, ioctl: str, group: str, attr: int, addr: int = 0) -> int:
         return self.attr_ioctl(ioctl, group, attr, addr)

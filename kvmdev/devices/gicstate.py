@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from ..arm64 import Affinity
-from ..errors import KvmError, SequenceError, add_note
+from ..errors import SequenceError, add_note
 from .its import GITS, RESTORE_ORDER, Its, ItsState
 from .vgic import Registers, Vgic, VgicV2, VgicV3
 
@@ -242,10 +242,11 @@ def _runs(w: _Walk) -> list[tuple[int, int, int, Any]]:
              (lambda d, n=names[0]: (d[n],))) for sec, kind, mask, names in runs]
 
 
-def _write(gic: Vgic, key: tuple[Any, ...], build: Any, sections: list[dict[str, int]],
-           labels: list[str]) -> None:
-    """The values of every section into the compiled batch.  A value that is no
-    integer of its register's width stops it here, before the first ioctl."""
+def _pack(gic: Vgic, key: tuple[Any, ...], build: Any, sections: list[dict[str, int]],
+          labels: list[str]) -> tuple[Any, list[int]]:
+    """The values of every section for the compiled batch, and the batch.  A
+    value that is no integer of its register's width is a SnapshotError here:
+    no ioctl has been issued."""
     prog, w = _cached(gic, key, build)
     runs = w.__dict__.get("runs")
     if runs is None:
@@ -263,12 +264,12 @@ def _write(gic: Vgic, key: tuple[Any, ...], build: Any, sections: list[dict[str,
             else:   # LOW: each 64-bit value as its two halves
                 for v in vs:
                     values += (v & 0xFFFFFFFF, v >> 32)
-        prog.run(values)
-    except (TypeError, ValueError) as e:
-        if isinstance(e, KvmError):
-            raise
+        if any(not 0 <= v < lim for v, lim in zip(values, prog.limits)):
+            raise ValueError("out of range")
+    except (TypeError, ValueError):
         _bad_value(prog, w, sections, labels)
         raise
+    return prog, values
 
 
 def _bad_value(prog: Any, w: _Walk, sections: list[dict[str, int]], labels: list[str]) -> None:
@@ -299,6 +300,7 @@ def save(gic: Vgic, vcpus: Sequence[Any] | None = None, its: Iterable[Its] = ())
         gic.save_pending_tables()
     its_states = [i.save() for i in its]
     mpidrs = [c.mpidr for c in vcpus]
+    _by_mpidr(vcpus, mpidrs)
     if isinstance(gic, VgicV3):
         g3 = gic
         entries = [{"id": c.id, "redist": {}, "icc": {}} for c in vcpus]
@@ -329,6 +331,21 @@ def save(gic: Vgic, vcpus: Sequence[Any] | None = None, its: Iterable[Its] = ())
     doc["its"] = [{"base": s.base, "regs": s.regs} for s in its_states]
     doc["memory"] = _memory(doc, its_states)
     return seal(doc)
+
+
+def _by_mpidr(vcpus: list[Any], mpidrs: list[int] | None = None) -> dict[str, Any]:
+    """The vCPUs by MPIDR key; two with one MPIDR are a ValueError (a document is
+    keyed by MPIDR: one of them would be lost)."""
+    mpidrs = [c.mpidr for c in vcpus] if mpidrs is None else mpidrs
+    out = {_mpidr_key(m): c for m, c in zip(mpidrs, vcpus)}
+    if len(out) != len(vcpus):
+        seen: dict[str, Any] = {}
+        for m, c in zip(mpidrs, vcpus):
+            if _mpidr_key(m) in seen:
+                raise SnapshotError(f"vCPUs {seen[_mpidr_key(m)].id} and {c.id} have the same MPIDR {m:#x}: "
+                                    "a GIC document is keyed by MPIDR")
+            seen[_mpidr_key(m)] = c
+    return out
 
 
 def _digest(doc: dict[str, Any]) -> str:
@@ -411,20 +428,43 @@ def restore(gic: Vgic, doc: dict[str, Any], vcpus: Sequence[Any] | None = None, 
     fresh VM that is discarded on failure)."""
     vcpus = list(gic.vm.vcpus if vcpus is None else vcpus)
     its = list(its)
-    by_mpidr = {_mpidr_key(c.mpidr): c for c in vcpus}
+    by_mpidr = _by_mpidr(vcpus)
     _validate(gic, doc, by_mpidr, its)
+    packed = _pack_doc(gic, doc, vcpus, by_mpidr)     # every value checked: still nothing written
     if not rollback:
-        _write_doc(gic, doc, vcpus, its, by_mpidr)
+        _write_doc(gic, doc, its, packed, [])
         return
     before = _registers(gic, vcpus, its)
+    touched: list[int] = []
     try:
-        _write_doc(gic, doc, vcpus, its, by_mpidr)
+        _write_doc(gic, doc, its, packed, touched)
     except BaseException as e:
-        add_note(e, _roll_back(gic, vcpus, its, by_mpidr, before))
+        add_note(e, _roll_back(gic, vcpus, its, by_mpidr, before, touched))
         raise
 
 
-def _write_doc(gic: Vgic, doc: dict[str, Any], vcpus: list[Any], its: list[Its], by_mpidr: dict[str, Any]) -> None:
+def _write_doc(gic: Vgic, doc: dict[str, Any], its: list[Its], packed: tuple[Any, list[int]],
+               touched: list[int]) -> None:
+    """The GIC batch, then each ITS: reset first where it has a frame (a live
+    ITS: RESTORE_TABLES adds to what the ITS holds, and answers EEXIST for a
+    collection it has, vgic_its_restore_cte; CTRL_RESET empties it, vgic_its_reset,
+    as arm-vgic-its.rst's ITS Reset State says), then the documented sequence.
+    ``touched`` gets the index of each ITS before its first write."""
+    prog, values = packed
+    prog.run(values)
+    for n, (dev, st) in enumerate(zip(its, doc.get("its", []))):
+        touched.append(n)
+        if dev.base != UNDEF:
+            dev.reset()
+        dev.restore(ItsState(st["base"], dict(st["regs"])))
+
+
+UNDEF = (1 << 64) - 1   # VGIC_ADDR_UNDEF
+
+
+def _pack_doc(gic: Vgic, doc: dict[str, Any], vcpus: list[Any], by_mpidr: dict[str, Any]) -> tuple[Any, list[int]]:
+    """The GIC registers' batch and values (SnapshotError for a value that is
+    not an integer of its register's width)."""
     nr = doc["nr_irqs"]
     keys = list(doc["vcpus"])
     entries = [doc["vcpus"][k] for k in keys]
@@ -435,17 +475,16 @@ def _write_doc(gic: Vgic, doc: dict[str, Any], vcpus: list[Any], its: list[Its],
         sections = [doc["dist"]] + [d for e in entries for d in (e["redist"], e["icc"])]
         regs = _v3_walk(g3, nr, mps, iccs, True)
         labels = ["dist"] + [f"vCPU {k} {part}" for k in keys for part in ("redist", "icc")]
-        _write(g3, ("restore", nr, tuple(mps), iccs), regs, sections, labels)
-        for dev, st in zip(its, doc.get("its", [])):
-            dev.restore(ItsState(st["base"], dict(st["regs"])))
-    elif isinstance(gic, VgicV2):
+        return _pack(g3, ("restore", nr, tuple(mps), iccs), regs, sections, labels)
+    if isinstance(gic, VgicV2):
         g2 = gic
         cs = [by_mpidr[k] for k in keys]
         gicc = tuple(tuple(e["gicc"]) for e in entries)
         sections = [doc["dist"]] + [d for e in entries for d in (e["dist"], e["gicc"])]
         regs = _v2_walk(g2, nr, cs, gicc, True)
         labels = ["dist"] + [f"vCPU {k} {part}" for k in keys for part in ("dist", "gicc")]
-        _write(g2, ("restore", nr, tuple(c.id for c in cs), gicc), regs, sections, labels)
+        return _pack(g2, ("restore", nr, tuple(c.id for c in cs), gicc), regs, sections, labels)
+    raise TypeError(f"gicstate restores a VGIC v2 or v3, not {type(gic).__name__}")
 
 
 def _registers(gic: Vgic, vcpus: list[Any], its: list[Its]) -> tuple[dict[str, Any], list[dict[str, int] | None]]:
@@ -457,13 +496,19 @@ def _registers(gic: Vgic, vcpus: list[Any], its: list[Its]) -> tuple[dict[str, A
 
 
 def _roll_back(gic: Vgic, vcpus: list[Any], its: list[Its], by_mpidr: dict[str, Any],
-               before: tuple[dict[str, Any], list[dict[str, int] | None]]) -> str:
-    """Put the registers back as ``before``; say what is still different."""
+               before: tuple[dict[str, Any], list[dict[str, int] | None]], touched: list[int]) -> str:
+    """Put the registers back as ``before`` (an ITS only if the restore reached
+    it); say what is still different."""
     doc, its_regs = before
     failed: list[str] = []
     for n, (dev, regs) in enumerate(zip(its, its_regs)):
-        if regs is None:
+        if regs is None or n not in touched:
             continue
+        if any(regs[f"GITS_BASER{i}"] >> 63 for i in range(8)):
+            # its mappings are gone with the reset: KVM shows them only through
+            # SAVE_TABLES, which writes guest RAM the document's own tables may occupy
+            failed.append(f"ITS {n}: the device, event and collection mappings it held were dropped by "
+                          "KVM_DEV_ARM_ITS_CTRL_RESET and are not put back (its registers are)")
         try:        # CTRL_RESET: disabled, the tables unmapped, GITS_CBASER/CREADR/CWRITER 0
             dev.reset()
             for name in RESTORE_ORDER:
@@ -476,7 +521,7 @@ def _roll_back(gic: Vgic, vcpus: list[Any], its: list[Its], by_mpidr: dict[str, 
     # GICR_PROPBASER/PENDBASER fixed while it is set; they go back on the second
     for _ in range(2):
         try:
-            _write_doc(gic, doc, vcpus, [], by_mpidr)
+            _write_doc(gic, doc, [], _pack_doc(gic, doc, vcpus, by_mpidr), [])
         except Exception as e:      # noqa: BLE001
             failed.append(f"the GIC registers: {e}")
             break
@@ -572,6 +617,12 @@ def _validate(gic: Vgic, doc: Any, by_mpidr: dict[str, Any], its: list[Its]) -> 
             # the GICC registers this kernel implements (HAS), as a save here would have them
             _check_regs(problems, f"vCPU {key} gicc", entry.get("gicc"),
                         set(_gicc_names(gic, by_mpidr[key])) if isinstance(gic, VgicV2) else set())
+    for n, dev in enumerate(its):
+        if dev.base != UNDEF and dev.regs["GITS_CTLR"] & 1:
+            raise SequenceError(f"ITS {n} is enabled: restore into a disabled ITS, GITS_CTLR last "
+                                "(arm-vgic-its.rst, ITS Restore Sequence); nothing was written")
+    if v3 and not problems:
+        _check_icc_ctlr(problems, gic, vc)
     saved_its = doc.get("its", [])
     if not isinstance(saved_its, list) or len(saved_its) != len(its):
         n = len(saved_its) if isinstance(saved_its, list) else saved_its
@@ -584,8 +635,10 @@ def _validate(gic: Vgic, doc: Any, by_mpidr: dict[str, Any], its: list[Its]) -> 
             bad = [k for k, v in st["regs"].items()
                    if k not in ITS_REGS or type(v) is not int or not 0 <= v < 1 << GITS.lookup(k)[0].width]
             bad += sorted(ITS_REGS - set(st["regs"]))   # every GITS_* register is in a saved ITS
-            if bad or not isinstance(st.get("base"), int):
-                problems.append(f"ITS {n}: bad registers {', '.join(map(str, bad[:6])) or '(base)'}")
+            b = st.get("base")
+            if bad or type(b) is not int or not 0 <= b < UNDEF or b % 0x10000:
+                problems.append(f"ITS {n}: bad registers {', '.join(map(str, bad[:6]))}" if bad else
+                                f"ITS {n}: base {b!r} is not a 64K-aligned guest physical address")
                 continue
             rev = st["regs"].get("GITS_IIDR", 0) >> 12 & 0xF
             base = dev.base
@@ -598,6 +651,21 @@ def _validate(gic: Vgic, doc: Any, by_mpidr: dict[str, Any], its: list[Its]) -> 
     if problems:
         raise SnapshotError("the GIC document cannot be restored here (nothing was written):\n  "
                             + "\n  ".join(problems))
+
+
+def _check_icc_ctlr(problems: list[str], gic: Vgic, vc: dict[str, Any]) -> None:
+    """ICC_CTLR_EL1 as set_gic_ctlr checks it against the vCPU's current value:
+    PRIbits and IDbits no higher, SEIS and A3V equal (else EINVAL part-way)."""
+    for key, entry in vc.items():
+        want = entry["icc"]["ICC_CTLR_EL1"]
+        if type(want) is not int:
+            continue                     # named by the value check (_pack)
+        have = int(gic.cpu_sysreg(int(key, 16))["ICC_CTLR_EL1"])   # type: ignore[attr-defined]
+        f = {"PRIbits": (8, 7), "IDbits": (11, 7), "SEIS": (14, 1), "A3V": (15, 1)}
+        w, h = ({k: v >> sh & m for k, (sh, m) in f.items()} for v in (want, have))
+        if w["PRIbits"] > h["PRIbits"] or w["IDbits"] > h["IDbits"] or (w["SEIS"], w["A3V"]) != (h["SEIS"], h["A3V"]):
+            problems.append(f"vCPU {key} icc ICC_CTLR_EL1 {want:#x}: this vCPU has {have:#x} (PRIbits and IDbits "
+                            "cannot grow, SEIS and A3V are the host's)")
 
 
 def _check_memory(problems: list[str], gic: Vgic, doc: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from .. import attrs as _attrs
 from ..errnos import register as _register_errnos
@@ -167,10 +167,13 @@ class Its(Device):
     def base(self, base: int) -> None:
         self.set_attr(self.GRP_ADDR, "KVM_VGIC_ITS_ADDR_TYPE", base)
 
-    @property
-    def regs(self) -> Registers:
-        """GITS_* by name; every access one u64, whatever the register's width."""
-        return Registers(self, GITS, _REGS, 0, halves=False)
+    # GITS_* by name, every access one u64 whatever the register's width: an
+    # attribute, not a property, so IPython completes its keys (its.regs["GITS_<TAB>)
+    regs: Registers
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.regs = Registers(self, GITS, _REGS, 0, halves=False, weak=True)
 
     def init(self) -> None:
         """KVM_DEV_ARM_VGIC_CTRL_INIT."""

@@ -146,4 +146,4 @@ class S390VmAttrs:
         return int(self.vm.get_attr(MIG, "KVM_S390_VM_MIGRATION_STATUS"))
 
 
-Vm.s390 = property(lambda self: S390VmAttrs(self), doc="s390 VM attributes")  # type: ignore[attr-defined]
+_attrs.add_arch_member(Vm, "s390", ("s390",), property(lambda self: S390VmAttrs(self), doc="s390 VM attributes"))

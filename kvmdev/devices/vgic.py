@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import errno as _E
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .. import attrs as _attrs
 from ..arm64 import Affinity
 from ..errnos import register as _register_errnos
-from ..errors import KvmError
+from .. import _check
+from ..errors import ClosedError, KvmError, UnknownNameError
 from ..device import DEVICE_CLASSES, Device
 
 if TYPE_CHECKING:
@@ -48,10 +50,11 @@ class Reg:
         """The byte offset of element ``index``."""
         if self.count == 1:
             if index is not None:
-                raise KeyError(f"{self.name} is not an array")
+                raise UnknownNameError("register", f"{self.name}{index}", f"({self.name} is not an array)")
             return self.offset
         if index is None or not self.first <= index < self.first + self.count:
-            raise KeyError(f"{self.name}<n>: n is {self.first}..{self.first + self.count - 1}")
+            raise UnknownNameError("register", f"{self.name}{'' if index is None else index}",
+                                   hint=f"{self.name}<n>: n is {self.first}..{self.first + self.count - 1}")
         return self.offset + (index - self.first) * self.stride
 
 
@@ -63,6 +66,8 @@ class Frame:
         self.regs = {r.name: r for r in regs}
 
     def lookup(self, name: str) -> tuple[Reg, int]:
+        if not isinstance(name, str):
+            raise TypeError(f"a {self.name} register is named by a str, not {type(name).__name__} {name!r}")
         r = self.regs.get(name)
         if r is not None and r.count == 1:
             return r, r.offset
@@ -70,7 +75,7 @@ class Frame:
         if m and m.group(1) in self.regs:
             r = self.regs[m.group(1)]
             return r, r.element(int(m.group(2)))
-        raise KeyError(f"{name} is not a register of the {self.name} frame; known: {', '.join(self.regs)}")
+        raise UnknownNameError("register", name, f"of the {self.name} frame", self.names())
 
     def name_at(self, offset: int) -> tuple[str, int] | None:
         """The register at a byte offset and the offset into it (``("GICD_IROUTER40",
@@ -284,6 +289,9 @@ def _groups(v3: bool) -> list[_attrs.Group]:
                doc="ICC_* registers; attr: affinity << 32 | Op0:Op1:CRn:CRm:Op2"),
             _G("KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO", (), any_attr=_A("mpidr_info_intid", "__u32", "rw"),
                doc="line levels, 32 IRQs per access"),
+            _G("KVM_DEV_ARM_VGIC_GRP_MAINT_IRQ", (), any_attr=_A("intid", "__u32", "rw"),
+               doc="the maintenance interrupt (a PPI) of nested virtualisation; set before init "
+                   "(6.18 and later; the attribute number is not looked at)"),
         ]
     else:
         groups.append(_G("KVM_DEV_ARM_VGIC_GRP_CPU_REGS", (), any_attr=_A("vcpu_offset", "__u32", "rw"),
@@ -311,7 +319,10 @@ _register_errnos({
     (None, "ARM_VGIC_V2", "KVM_DEV_ARM_VGIC_GRP_NR_IRQS", "EBUSY"): "already set, or the VGIC is initialized",
     (None, "ARM_VGIC_V3", "KVM_DEV_ARM_VGIC_GRP_NR_IRQS", "EBUSY"): "already set, or the VGIC is initialized",
     (None, "ARM_VGIC_V3", "KVM_DEV_ARM_VGIC_GRP_DIST_REGS", "EBUSY"):
-        "the VGIC is not initialized (KVM_DEV_ARM_VGIC_CTRL_INIT), or a vCPU is running",
+        "the VGIC is not initialized (KVM_DEV_ARM_VGIC_CTRL_INIT; 6.18+: except for the IIDR and "
+        "TYPER2 registers), a vCPU is running, or (6.18+) a TYPER2 change after init",
+    (None, "ARM_VGIC_V3", "KVM_DEV_ARM_VGIC_GRP_MAINT_IRQ", "EBUSY"): "the VGIC is already initialized",
+    (None, "ARM_VGIC_V3", "KVM_DEV_ARM_VGIC_GRP_MAINT_IRQ", "EINVAL"): "not a PPI (16..31)",
     (None, "ARM_VGIC_V3", "KVM_DEV_ARM_VGIC_GRP_REDIST_REGS", "EBUSY"):
         "the VGIC is not initialized (KVM_DEV_ARM_VGIC_CTRL_INIT), or a vCPU is running",
     (None, "ARM_VGIC_V3", "KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS", "EBUSY"):
@@ -333,8 +344,19 @@ class Registers:
     ``halves``: 64-bit registers go as two 32-bit accesses (the VGIC groups);
     otherwise every access is one u64 (the ITS group)."""
 
-    def __init__(self, dev: Device, frame: Frame, group: str, prefix: int, halves: bool = True) -> None:
-        self.dev, self.frame, self.group, self.prefix, self.halves = dev, frame, group, prefix, halves
+    def __init__(self, dev: Device, frame: Frame, group: str, prefix: int, halves: bool = True,
+                 weak: bool = False) -> None:
+        self.frame, self.group, self.prefix, self.halves = frame, group, prefix, halves
+        # weak: the device's own attribute (gic.dist), which must not keep it alive in a cycle
+        self._dev: Device | None = None if weak else dev
+        self._ref = weakref.ref(dev) if weak else None
+
+    @property
+    def dev(self) -> Device:
+        d = self._dev if self._ref is None else self._ref()
+        if d is None:
+            raise ClosedError(f"the device of these {self.frame.name} registers is gone (closed and collected)")
+        return d
 
     def _word(self, offset: int) -> int:
         return int(self.dev.get_attr(self.group, self.prefix | offset))
@@ -346,7 +368,7 @@ class Registers:
         return RegValue(self._word(off), name, r.fields)
 
     def __repr__(self) -> str:
-        return (f"<Registers {self.frame.name} of {self.dev!r} via {self.group}"
+        return (f"<kvmdev.devices.vgic.Registers {self.frame.name} of {self.dev!r} via {self.group}"
                 f"{f' (prefix {self.prefix:#x})' if self.prefix else ''}: {len(self.frame.regs)} kinds>")
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
@@ -360,8 +382,7 @@ class Registers:
 
     def __setitem__(self, name: str, value: int) -> None:
         r, off = self.frame.lookup(name)
-        if not 0 <= value < 1 << r.width:
-            raise ValueError(f"{name} is {r.width} bits wide: {value:#x} does not fit")
+        value = _check.uint(f"{name} ({r.width} bits)", value, r.width)
         if r.width == 64 and self.halves:
             self.dev.set_attr(self.group, self.prefix | off, value & 0xFFFFFFFF)
             self.dev.set_attr(self.group, self.prefix | (off + 4), value >> 32)
@@ -395,8 +416,7 @@ class Registers:
         b = Batch(self.dev)
         for n, v in values.items():
             r, _ = self.frame.lookup(n)
-            if not 0 <= v < 1 << r.width:
-                raise ValueError(f"{n} is {r.width} bits wide: {v:#x} does not fit")
+            v = _check.uint(f"{n} ({r.width} bits)", v, r.width)
             b.set(self.group, self.attrs_of(n), v)
         b.run()
 
@@ -454,20 +474,21 @@ class SysRegisters:
     def _attr(self, name: str) -> int:
         r = ICC.get(name)
         if r is None:
-            raise KeyError(f"{name} is not an ICC register; known: {', '.join(ICC)}")
+            raise UnknownNameError("ICC register", name, "(KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS)", ICC)
         return self.prefix | r.instr
 
     def __getitem__(self, name: str) -> int:
         return RegValue(int(self.dev.get_attr(self.group, self._attr(name))), name, ICC[name].fields)
 
     def __repr__(self) -> str:
-        return f"<ICC system registers of {self.dev!r} (mpidr prefix {self.prefix:#x})>"
+        return f"<kvmdev.devices.vgic.SysRegisters ICC_* of {self.dev!r} (mpidr prefix {self.prefix:#x})>"
 
     def _ipython_key_completions_(self) -> list[str]:
         return list(ICC)
 
     def __setitem__(self, name: str, value: int) -> None:
-        self.dev.set_attr(self.group, self._attr(name), value)
+        attr = self._attr(name)
+        self.dev.set_attr(self.group, attr, _check.u64(f"{name} (64 bits)", value))
 
     def fields(self, name: str) -> dict[str, int]:
         return decode(ICC[name].fields, self[name])
@@ -530,9 +551,13 @@ class VgicV2(Vgic):
         """GICD_* as vCPU ``vcpu`` sees them (the banked ITARGETSR0-7, private IRQ state)."""
         return Registers(self, GICD_V2, self.GRP_DIST, _index(vcpu) << 32)
 
-    @property
-    def dist(self) -> Registers:
-        return self.dist_as(0)
+    # GICD_* as vCPU 0 sees them: an attribute, not a property, so that IPython's
+    # completer (which evaluates no property) reaches its keys: gic.dist["GICD_IS<TAB>
+    dist: Registers
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.dist = Registers(self, GICD_V2, self.GRP_DIST, 0, weak=True)
 
     def cpu(self, vcpu: "Vcpu | int") -> Registers:
         """GICC_* of one vCPU (KVM_DEV_ARM_VGIC_GRP_CPU_REGS, by vCPU index)."""
@@ -582,9 +607,12 @@ class VgicV3(Vgic):
                     return out
                 raise
 
-    @property
-    def dist(self) -> Registers:
-        return Registers(self, GICD_V3, self.GRP_DIST, 0)
+    # GICD_*: an attribute, not a property (see VgicV2.dist)
+    dist: Registers
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.dist = Registers(self, GICD_V3, self.GRP_DIST, 0, weak=True)
 
     def redist(self, vcpu: "Vcpu | int") -> Registers:
         """GICR_* of one vCPU (RD and SGI frames), addressed by its MPIDR affinity."""
@@ -593,6 +621,18 @@ class VgicV3(Vgic):
     def cpu_sysreg(self, vcpu: "Vcpu | int") -> SysRegisters:
         """ICC_* of one vCPU, addressed by its MPIDR affinity."""
         return SysRegisters(self, _affinity(vcpu) << 32)
+
+    @property
+    def maint_irq(self) -> int:
+        """KVM_DEV_ARM_VGIC_GRP_MAINT_IRQ: the maintenance interrupt of a nested
+        guest's virtual GIC (0 until set; 6.18 and later, ENXIO before)."""
+        return int(self.get_attr("KVM_DEV_ARM_VGIC_GRP_MAINT_IRQ", 0))
+
+    @maint_irq.setter
+    def maint_irq(self, intid: int) -> None:
+        if not 16 <= intid < 32:
+            raise ValueError(f"the maintenance interrupt is a PPI (16..31), not {intid}")
+        self.set_attr("KVM_DEV_ARM_VGIC_GRP_MAINT_IRQ", 0, intid)
 
     def save_pending_tables(self) -> None:
         """KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES."""
@@ -617,13 +657,22 @@ def _level_attr(vcpu: "Vcpu | int", intid: int) -> int:
 
 
 def _index(vcpu: "Vcpu | int") -> int:
-    return vcpu if isinstance(vcpu, int) else vcpu.id
+    if hasattr(vcpu, "id") and not isinstance(vcpu, (int, str)):
+        return vcpu.id
+    return _check.uint("vCPU (a Vcpu, or its index)", _vcpu_arg(vcpu, "its index"), 8)
 
 
 def _affinity(vcpu: "Vcpu | int") -> int:
     """The packed Aff3.Aff2.Aff1.Aff0 of a vCPU (its MPIDR) or of an MPIDR value."""
-    mpidr = vcpu if isinstance(vcpu, int) else vcpu.mpidr
-    return Affinity.of(mpidr).packed()
+    if hasattr(vcpu, "mpidr") and not isinstance(vcpu, (int, str)):
+        return Affinity.of(vcpu.mpidr).packed()
+    return Affinity.of(_check.u64("vCPU (a Vcpu, or its MPIDR_EL1 value)", _vcpu_arg(vcpu, "its MPIDR"))).packed()
+
+
+def _vcpu_arg(vcpu: Any, what: str) -> Any:
+    if isinstance(vcpu, str):
+        raise TypeError(f"a vCPU is given as a kvmdev Vcpu (vm.vcpus[0]) or {what} (an int), not the str {vcpu!r}")
+    return vcpu
 
 
 DEVICE_CLASSES["ARM_VGIC_V2"] = VgicV2

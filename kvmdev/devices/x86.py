@@ -1,7 +1,7 @@
 """x86 system-fd and vCPU attributes (vcpu.rst 4.; api.rst KVM_GET_DEVICE_ATTR on /dev/kvm)."""
 from __future__ import annotations
 
-from ..attrs import RO, RW, Attr, Group, attr_property, register
+from ..attrs import RO, RW, Attr, Group, arch_only, attr_property, register
 
 X86 = ("x86_64",)
 
@@ -25,6 +25,7 @@ register("vcpu", [
 ])
 
 
+@arch_only(*X86)
 class X86SystemAttrs:
     """Typed x86 attributes of the system fd (mixed into Kvm)."""
 
@@ -33,6 +34,7 @@ class X86SystemAttrs:
         "XSAVE components (XCR0 bits) that KVM can expose to guests (x86)")
 
 
+@arch_only(*X86)
 class X86VcpuAttrs:
     """Typed x86 vCPU attributes (mixed into Vcpu)."""
 

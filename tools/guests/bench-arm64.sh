@@ -27,7 +27,7 @@ trap 'rm -rf "$STAGE"' EXIT
 EXT=$("$HERE/build-ext.sh" | tail -1)
 tar -C "$ROOT" --exclude=__pycache__ -cf - kvmdev bench | tar -C "$STAGE" -xf -
 find "$STAGE/kvmdev" -name '*.so' -delete
-cp "$EXT"/_kvm_*.cpython-311-aarch64-linux-gnu.so "$STAGE/kvmdev/"
+cp "$EXT"/_kvm_*.abi3.so "$STAGE/kvmdev/"
 aarch64-linux-gnu-gcc -O2 -Wall -shared -fPIC -o "$STAGE/bench/gic_replay.aarch64.so" "$ROOT/bench/gic_replay.c"
 
 rc=0

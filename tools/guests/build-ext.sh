@@ -1,13 +1,14 @@
 #!/bin/bash
 # build-ext.sh - cross-build kvmdev's cffi extension modules for aarch64 (or, with
-# --arch ppc64el, powerpc64le) / CPython 3.11, the Python of the test guests, on an
-# x86_64 Debian host.
+# --arch ppc64el, powerpc64le) on an x86_64 Debian host: abi3 modules (CPython 3.10's
+# limited API, as cdefs/build.py asks), so the same build serves the test guests'
+# CPython 3.11 and the aarch64 wheel (tools/build-dist.sh) for CPython 3.10 and later.
 #
 # usage: build-ext.sh [--arch arm64|ppc64el] [--out DIR] [--force] [--verbose]
 #   Builds the same modules `pip install` builds (cdefs/build.py: make_ffi(arch)
 #   for arch in ARCHES -> kvmdev._kvm_<arch>) from the C that cffi emits, with
-#   <triple>-gcc against Debian's libpython3.11-dev headers of that architecture,
-#   and names them _kvm_<arch>.cpython-311-<triple>.so.
+#   <triple>-gcc against Debian's libpython3.11-dev headers of that architecture
+#   (only the limited API is used), and names them _kvm_<arch>.abi3.so.
 #   The last line of stdout is the directory holding the .so files.
 #
 # options:
@@ -61,7 +62,7 @@ case $DEBARCH in   # Debian architecture -> GNU triple, ELF machine, cache
 esac
 CC=$TRIPLE-gcc
 READELF=$TRIPLE-readelf
-SOABI=cpython-311-$TRIPLE
+SOABI=abi3   # Py_LIMITED_API (cdefs/build.py): loads on any CPython >= 3.10
 
 # ------------------------------------------------------------------ host tools
 ensure_host_tools() {
@@ -160,7 +161,7 @@ check_headers
 
 # key = every input of the build
 KEY=$( {
-  echo "recipe=1 soabi=$SOABI hdr=$(cat "$HDR/.package")"
+  echo "recipe=2 soabi=$SOABI hdr=$(cat "$HDR/.package")"
   $CC --version | head -1
   "$PYTHON" -c 'import cffi, sys; print("cffi", cffi.__version__, sys.version_info[:2])'
   sha256sum < "$0"

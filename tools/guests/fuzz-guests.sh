@@ -1,5 +1,5 @@
 #!/bin/bash
-# fuzz-guests.sh - python -m kvmdev.fuzz on the real arm64 kernels (6.12 and 6.1,
+# fuzz-guests.sh - python -m kvmdev.fuzz on the real arm64 kernels (6.12, 6.1, 6.18, 7.3,
 # gic 3 and 2) under QEMU, differential against the mock of the same kernel and
 # GIC.  Prints each guest's summary and every divergence (shrunk, as JSON).
 #
@@ -23,7 +23,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 case $DEBARCH in
-  arm64) TRIPLE=aarch64-linux-gnu; [ ${#COMBOS[@]} -eq 0 ] && COMBOS=(6.12/3 6.12/2 6.1/3 6.1/2);;
+  arm64) TRIPLE=aarch64-linux-gnu; [ ${#COMBOS[@]} -eq 0 ] && COMBOS=(6.12/3 6.12/2 6.1/3 6.1/2 6.18/3 6.18/2 7.3/3 7.3/2);;
   ppc64el) TRIPLE=powerpc64le-linux-gnu; COMBOS=(6.1/0);;
   *) echo "fuzz-guests.sh: --arch must be arm64 or ppc64el" >&2; exit 2;;
 esac
@@ -33,7 +33,7 @@ trap 'rm -rf "$STAGE"' EXIT
 EXT=$("$HERE/build-ext.sh" --arch "$DEBARCH" | tail -1)
 tar -C "$ROOT" --exclude=__pycache__ -cf - kvmdev tests/fuzz_corpus | tar -C "$STAGE" -xf -
 find "$STAGE/kvmdev" -name '*.so' -delete
-cp "$EXT"/_kvm_*.cpython-311-$TRIPLE.so "$STAGE/kvmdev/"
+cp "$EXT"/_kvm_*.abi3.so "$STAGE/kvmdev/"
 rc=0
 for c in "${COMBOS[@]}"; do
   k=${c%/*} g=${c#*/}

@@ -16,7 +16,13 @@
 #   --smp N            vCPUs of the emulated machine (default 2)
 #   --mem MB           guest RAM (default 2048)
 #   --timeout SEC      wall-clock limit for the qemu run (default 600)
-#   --kernel 6.12|6.1  Debian bookworm kernel series (default 6.12; both from bookworm-security)
+#   --kernel SERIES    Debian arm64 kernel series, e.g. 6.1, 6.12, 6.18, 7.3 (default 6.12):
+#                      6.1 and 6.12 from bookworm/bookworm-security as their meta packages
+#                      name them; any other series is the newest of that series in
+#                      trixie-backports (its own private apt root, $CACHE/apt-trixie-backports;
+#                      from 6.19 on the image is linux-binary-<abi>, the config linux-base-<abi>).
+#                      The guest userland stays bookworm's.  A fetched kernel stays cached
+#                      in $CACHE/kernel-SERIES (remove it to take a newer point release).
 #   --arch arm64|ppc64el  the guest (default arm64; env GUEST_ARCH).  ppc64el boots
 #                      Debian's powerpc64le 6.1 kernel on an emulated PowerNV POWER8
 #                      (qemu-system-ppc64 -M powernv8, hypervisor mode), loads its
@@ -71,7 +77,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 case $GIC in 2|3) ;; *) die "--gic must be 2 or 3" 2;; esac
-case $KSERIES in 6.1|6.12) ;; *) die "--kernel must be 6.1 or 6.12" 2;; esac
+[[ $KSERIES =~ ^[1-9][0-9]*\.[0-9]+$ ]] || die "--kernel must be a kernel series such as 6.12 or 7.3" 2
 case $DEBARCH in
   arm64) CACHE=${ARM64KVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/arm64kvm} QEMU_BIN=qemu-system-aarch64 QEMU_PKG=qemu-system-arm;;
   ppc64el) CACHE=${PPC64KVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ppc64kvm} QEMU_BIN=qemu-system-ppc64 QEMU_PKG=qemu-system-ppc
@@ -156,25 +162,68 @@ fetch_kernel_ppc64el() {
   rm -rf "$KDIR"; mv "$KDIR.tmp" "$KDIR"
 }
 
+# the suite of a kernel series: bookworm's two series from the bookworm root, any other from
+# trixie-backports (6.16 and later), each suite in its own private apt root
+kernel_suite() { case $1 in 6.1|6.12) echo bookworm;; *) echo trixie-backports;; esac; }
+
+# newest trixie-backports ABI of series $1 (e.g. 6.18 -> 6.18.15+deb13-arm64), from the
+# image package names (linux-image-<abi>[-unsigned] before 6.19, linux-binary-[unsigned-]<abi> after)
+newest_abi() {
+  local re=${1//./\\.}
+  acq pkgnames linux- | sed -nE "s/^linux-(image|binary)-(unsigned-)?(${re}\.[0-9]+\+[a-z0-9.~]+-arm64)(-unsigned)?$/\3/p" \
+    | sort -uV | tail -1
+}
+
 fetch_kernel() {
   [ "$DEBARCH" = ppc64el ] && { fetch_kernel_ppc64el; return; }
   [ -s "$KDIR/vmlinuz" ] && [ -s "$KDIR/pkg" ] && return 0
-  local meta abi pkg deb
-  # 6.12: linux-6.12 from bookworm-security; 6.1: bookworm's default linux-image-arm64
-  if [ "$KSERIES" = 6.1 ]; then meta=linux-image-arm64; else meta=linux-image-6.12-arm64; fi
-  abi=$(acq depends "$meta" | sed -n 's/^  Depends: \(linux-image-[0-9][^ ]*-arm64\)$/\1/p' | head -1)
-  [ -n "$abi" ] || die "could not resolve kernel package from $meta"
-  pkg=$abi-unsigned
-  log "downloading kernel $pkg"
+  local meta abi pkg cfgpkg deb names p
   rm -rf "$KDIR.tmp"; mkdir -p "$KDIR.tmp"
-  (cd "$KDIR.tmp" && aptq download "$pkg" >&2) || die "apt-get download $pkg failed"
-  deb=$(ls "$KDIR.tmp"/*.deb)
-  dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$KDIR.tmp" ./boot
-  cp "$KDIR.tmp"/boot/vmlinuz-* "$KDIR.tmp/vmlinuz"
-  cp "$KDIR.tmp"/boot/config-* "$KDIR.tmp/config"
-  grep -q '^CONFIG_KVM=y' "$KDIR.tmp/config" || die "$pkg: CONFIG_KVM is not =y"
-  basename "$deb" > "$KDIR.tmp/pkg"
-  rm -rf "$KDIR.tmp/boot" "$deb"
+  if [ "$(kernel_suite "$KSERIES")" = bookworm ]; then
+    # 6.12: linux-6.12 from bookworm-security; 6.1: bookworm's default linux-image-arm64
+    if [ "$KSERIES" = 6.1 ]; then meta=linux-image-arm64; else meta=linux-image-6.12-arm64; fi
+    abi=$(acq depends "$meta" | sed -n 's/^  Depends: \(linux-image-[0-9][^ ]*-arm64\)$/\1/p' | head -1)
+    [ -n "$abi" ] || die "could not resolve kernel package from $meta"
+    pkg=$abi-unsigned cfgpkg=
+    log "downloading kernel $pkg"
+    (cd "$KDIR.tmp" && aptq download "$pkg" >&2) || die "apt-get download $pkg failed"
+  else
+    # its own apt root, in a subshell: the bookworm root stays the one of the base initramfs
+    ( APTD=$CACHE/apt-trixie-backports APT_SUITE=trixie-backports
+      setup_apt
+      log "apt-get update (private $DEBARCH apt root $APTD)"
+      aptq -q update >&2 || die "apt-get update ($APT_SUITE) failed"
+      abi=$(newest_abi "$KSERIES")
+      [ -n "$abi" ] || die "no $KSERIES.y arm64 kernel in $APT_SUITE" 2
+      names=$(acq pkgnames "linux-" | grep -F -- "$abi")
+      pkg=
+      for p in "linux-binary-unsigned-$abi" "linux-binary-$abi" "linux-image-$abi-unsigned" "linux-image-$abi"; do
+        grep -qxF -- "$p" <<<"$names" && { pkg=$p; break; }
+      done
+      [ -n "$pkg" ] || die "no image package for $abi"
+      cfgpkg=; grep -qxF -- "linux-base-$abi" <<<"$names" && cfgpkg=linux-base-$abi
+      log "downloading kernel $pkg ${cfgpkg:+and $cfgpkg }($APT_SUITE)"
+      cd "$KDIR.tmp" && aptq download "$pkg" $cfgpkg >&2 || die "apt-get download $pkg $cfgpkg failed"
+    ) || exit $?
+    pkg=$(cd "$KDIR.tmp" && ls linux-binary-*.deb linux-image-*.deb 2>/dev/null | head -1 || true)
+    [ -n "$pkg" ] || die "no kernel package downloaded for $KSERIES"
+  fi
+  # /boot/vmlinuz-<abi> and /boot/config-<abi> before 6.19; /usr/lib/modules/<abi>/vmlinuz[.unsigned]
+  # and .../config from 6.19 on (tar fails on the patterns a package does not have: ignored)
+  for deb in "$KDIR.tmp"/*.deb; do
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$KDIR.tmp" --wildcards './boot/vmlinuz-*' './boot/config-*' \
+      './usr/lib/modules/*/vmlinuz*' './usr/lib/modules/*/config' 2>/dev/null || true
+  done
+  deb=$(cd "$KDIR.tmp" && ls linux-binary-*.deb linux-image-*.deb 2>/dev/null | head -1 || true)
+  p=$(ls "$KDIR.tmp"/boot/vmlinuz-* "$KDIR.tmp"/usr/lib/modules/*/vmlinuz* 2>/dev/null | head -1 || true)
+  [ -n "$p" ] || die "$deb: no vmlinuz in /boot or /usr/lib/modules"
+  cp "$p" "$KDIR.tmp/vmlinuz"
+  p=$(ls "$KDIR.tmp"/boot/config-* "$KDIR.tmp"/usr/lib/modules/*/config 2>/dev/null | head -1 || true)
+  [ -n "$p" ] || die "$KSERIES: no kernel config in the kernel packages"
+  cp "$p" "$KDIR.tmp/config"
+  grep -q '^CONFIG_KVM=y' "$KDIR.tmp/config" || die "$deb: CONFIG_KVM is not =y"
+  echo "$deb" > "$KDIR.tmp/pkg"
+  rm -rf "$KDIR.tmp/boot" "$KDIR.tmp/usr" "$KDIR.tmp"/*.deb
   rm -rf "$KDIR"; mv "$KDIR.tmp" "$KDIR"
 }
 

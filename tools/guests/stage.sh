@@ -17,11 +17,8 @@ stage_kvmdev() {
   done
   [ -d "$stage/kvmdev" ] || die "no kvmdev/ in $ROOT"
   find "$stage/kvmdev" -name '*.so' -delete          # the host's x86_64 builds
-  cp "$ext"/_kvm_*.cpython-311-$TRIPLE.so "$stage/kvmdev/"
-  while IFS= read -r -d '' so; do                     # nothing but the guest's objects may go in
-    $TRIPLE-readelf -h "$so" 2>/dev/null | grep -qE "Machine:[[:space:]]+$ELFMACHINE" \
-      || die "staged ${so#"$stage"/} is not an $ELFMACHINE object"
-  done < <(find "$stage" -name '*.so' -print0)
+  cp "$ext"/_kvm_*.abi3.so "$stage/kvmdev/"
+  check_objects "$stage"
   STAGED_EXT=$ext
   stage_pyc "$stage"
 }
@@ -37,6 +34,34 @@ stage_pyc() {
   [ -x "$hostpy" ] || return 0
   "$hostpy" -m compileall -q --invalidation-mode unchecked-hash -s "$dir" -p "$prefix" "$dir" >/dev/null 2>&1 \
     || say "compileall of the staged tree reported errors (ignored)"
+}
+
+# stage_wheel STAGE WHEEL [PATH...]: kvmdev installed from WHEEL by unpacking it (a
+# wheel is a zip laid out as site-packages) into STAGE/_wheel, and the project's PATHs
+stage_wheel() {
+  local stage=$1 wheel=$2 p; shift 2
+  [ -f "$wheel" ] || die "no wheel $wheel"
+  case $(basename "$wheel") in
+    kvmdev-*-abi3-*_${WHEELPLAT##*_}.whl) ;;
+    *) die "$(basename "$wheel") is not a kvmdev abi3 wheel for ${WHEELPLAT##*_}";;
+  esac
+  mkdir -p "$stage/_wheel"
+  "$PYTHON" -m zipfile -e "$wheel" "$stage/_wheel"
+  [ -f "$stage/_wheel/kvmdev/__init__.py" ] || die "$wheel has no kvmdev/"
+  for p in "$@"; do
+    [ -e "$ROOT/$p" ] || continue
+    tar -C "$ROOT" --exclude=__pycache__ --exclude=.pytest_cache --exclude=.hypothesis -cf - "$p" | tar -C "$stage" -xf -
+  done
+  check_objects "$stage"
+  STAGED_EXT=$wheel
+}
+
+check_objects() {  # nothing but the guest's objects may go in
+  local so
+  while IFS= read -r -d '' so; do
+    $TRIPLE-readelf -h "$so" 2>/dev/null | grep -qE "Machine:[[:space:]]+$ELFMACHINE" \
+      || die "staged ${so#"$1"/} is not an $ELFMACHINE object"
+  done < <(find "$1" -name '*.so' -print0)
 }
 
 # stage_pydeps STAGE "REQS": pure-Python (or the guest platform's) cp311 wheels from

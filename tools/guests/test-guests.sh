@@ -1,6 +1,6 @@
 #!/bin/bash
 # test-guests.sh - run kvmdev's arm64-marked tests against REAL arm64 KVM: Debian
-# bookworm arm64 kernels booted under qemu-system-aarch64 TCG with emulated EL2
+# arm64 kernels (bookworm's 6.1 and 6.12, trixie-backports' newer series) booted under qemu-system-aarch64 TCG with emulated EL2
 # (tools/guests/run-guest.sh), with the cffi modules cross-built for aarch64
 # (tools/guests/build-ext.sh); with --arch ppc64el the powerpc-marked tests against
 # REAL powerpc KVM (see below).  On x86 the same tests run on the mocks.
@@ -8,7 +8,7 @@
 # usage: tools/guests/test-guests.sh [options] [pytest args...]
 #   Runs `python3 -m pytest -q -rs -p no:cacheprovider -m arm64 tests <pytest args>`
 #   with PYTHONPATH=/work KVMDEV_BACKEND=real KVMDEV_ARM64_GIC=<3|2> in each guest, for every combination
-#   of kernel (6.12, 6.1) and GIC (--gic 3: VGIC v3 + ITS; --gic 2: VGIC v2), and
+#   of kernel (6.12, 6.1, 6.18, 7.3) and GIC (--gic 3: VGIC v3 + ITS; --gic 2: VGIC v2), and
 #   prints one line per combination, e.g.
 #     arm64 6.12 gic3: 42 passed, 3 skipped in 12.3s  [kernel 6.12.117+deb12-arm64, wall 25.1s]
 #   Exit status 0 only if every combination ran and pytest passed (a run that
@@ -21,7 +21,8 @@
 #
 # options:
 #   --arch arm64|ppc64el  the guests (default arm64)
-#   --kernel 6.12|6.1     only this kernel (repeatable)            env ARM64_KERNELS="6.12 6.1"
+#   --kernel SERIES       only this kernel series, any Debian arm64 one (run-guest.sh --kernel),
+#                         e.g. 6.1, 6.12, 6.18, 7.3 (repeatable)  env ARM64_KERNELS="6.12 6.1 6.18 7.3"
 #   --gic 3|2             only this GIC (repeatable)               env ARM64_GICS="3 2"
 #   --combo K/G           only this combination, e.g. 6.1/2 or 6.12-gic3 (repeatable)
 #                                                                  env ARM64_COMBOS="6.12/3 6.1/2"
@@ -32,6 +33,12 @@
 #   --console             also stream the guest consoles to the terminal
 #   --logs DIR            keep logs in DIR (default: a new mktemp dir)  env ARM64_LOGS
 #   --timeout SEC         limit per guest (default 900)            env ARM64_TIMEOUT
+#   --wheel PATH          test an installed kvmdev: the wheel (make dist's aarch64 one, or
+#                         ppc64le) unpacked onto the guest's PYTHONPATH (/work/_wheel) instead
+#                         of kvmdev/ from this checkout with build-ext.sh's modules; the guest
+#                         gets tests/, examples/ and pyproject.toml (pytest's configuration)
+#                         only, and KVMDEV_EXPECT_FROM=/work/_wheel makes pytest stop unless
+#                         kvmdev was imported from the wheel (tests/conftest.py)
 #
 # Speed (2-CPU host, 4 short runs): --jobs 2 --smp 1 took 17 s; --jobs 1 took 32 s
 # with --smp 1 or 2; --jobs 2 --smp 2 took 29 s; --jobs 4 --smp 1 took 20 s.  TCG
@@ -59,7 +66,7 @@ die() { echo "test-guests.sh: $*" >&2; exit "${2:-3}"; }
 say() { echo "[test-guests] $*" >&2; }
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
-KERNELS=() GICS=() COMBOS=() PYARGS=() GUEST_OPTS=()
+KERNELS=() GICS=() COMBOS=() PYARGS=() GUEST_OPTS=() WHEEL=
 JOBS=${ARM64_JOBS:-$(nproc 2>/dev/null || echo 1)} SMP=${ARM64_SMP:-1} CONSOLE=0 LOGS=${ARM64_LOGS:-} TIMEOUT=${ARM64_TIMEOUT:-900}
 while [ $# -gt 0 ]; do
   case $1 in
@@ -72,6 +79,7 @@ while [ $# -gt 0 ]; do
     --logs) LOGS=${2:?}; shift 2;;
     --timeout) TIMEOUT=${2:?}; shift 2;;
     --smp) SMP=${2:?}; shift 2;;
+    --wheel) WHEEL=${2:?}; shift 2;;
     --mem) GUEST_OPTS+=("$1" "${2:?}"); shift 2;;
     -h|--help) usage; exit 0;;
     --) shift; PYARGS+=("$@"); break;;
@@ -81,7 +89,7 @@ done
 # shellcheck disable=SC2206
 [ -n "${ARM64_PYTEST_ARGS:-}" ] && PYARGS+=($ARM64_PYTEST_ARGS)
 # shellcheck disable=SC2206
-[ ${#KERNELS[@]} -eq 0 ] && KERNELS=(${ARM64_KERNELS:-6.12 6.1})
+[ ${#KERNELS[@]} -eq 0 ] && KERNELS=(${ARM64_KERNELS:-6.12 6.1 6.18 7.3})
 # shellcheck disable=SC2206
 [ ${#GICS[@]} -eq 0 ] && GICS=(${ARM64_GICS:-3 2})
 # shellcheck disable=SC2206
@@ -102,12 +110,12 @@ esac
 RUNS=()
 if [ ${#COMBOS[@]} -gt 0 ]; then
   for c in "${COMBOS[@]}"; do
-    [[ $c =~ ^(6\.12|6\.1)[/:,\ _-](gic)?([23])$ ]] || die "bad combination '$c' (want e.g. 6.12/3 or 6.1-gic2)" 2
+    [[ $c =~ ^([1-9][0-9]*\.[0-9]+)[/:,\ _-](gic)?([23])$ ]] || die "bad combination '$c' (want e.g. 6.12/3 or 7.3-gic2)" 2
     RUNS+=("${BASH_REMATCH[1]} ${BASH_REMATCH[3]}")
   done
 else
   for k in "${KERNELS[@]}"; do
-    case $k in 6.12|6.1) ;; *) die "--kernel must be 6.12 or 6.1" 2;; esac
+    [[ $k =~ ^[1-9][0-9]*\.[0-9]+$ ]] || die "--kernel must be a kernel series such as 6.12 or 7.3" 2
     for g in "${GICS[@]}"; do
       case $DEBARCH/$g in arm64/2|arm64/3|arm64/gic2|arm64/gic3|ppc64el/0) ;; *) die "--gic must be 3 or 2" 2;; esac
       RUNS+=("$k ${g#gic}")
@@ -131,11 +139,19 @@ STAGE=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-arm64-stage.XXXXXX")
 trap 'rm -rf "$STAGE"' EXIT
 trap 'exit 130' INT TERM
 
-# 1-3. the staged project tree the guests get as /work: the guest's builds of the
-# cffi modules, kvmdev/tests/examples, and optional PyPI wheels (tools/guests/stage.sh)
+# 1-3. the staged tree the guests get as /work (tools/guests/stage.sh): the guest's
+# abi3 builds of the cffi modules with kvmdev/tests/examples, or (--wheel) the wheel
+# unpacked as site-packages with the tests beside it (no kvmdev/ or cdefs/ of this
+# checkout reaches the guest); then optional PyPI wheels
 # shellcheck source=stage.sh
 . "$HERE/stage.sh"
-stage_kvmdev "$STAGE"
+GUEST_ENV=(PYTHONPATH=/work)
+if [ -z "$WHEEL" ]; then
+  stage_kvmdev "$STAGE"
+else
+  stage_wheel "$STAGE" "$WHEEL" tests examples pyproject.toml
+  GUEST_ENV=(PYTHONPATH=/work/_wheel KVMDEV_EXPECT_FROM=/work/_wheel)
+fi
 PIP_REQS=${ARM64_PIP:-}
 if [ -z "$PIP_REQS" ] && [ -d "$ROOT/tests" ] \
    && grep -rqsE '^[[:space:]]*(import|from)[[:space:]]+hypothesis' --include='*.py' "$ROOT/tests"; then
@@ -147,7 +163,6 @@ fi
 if [ -z "${ARM64_PIP:-}" ] && grep -rqsE 'importorskip\("fdt"\)|^import fdt' --include='*.py' "$ROOT/tests"; then
   PIP_REQS="${PIP_REQS:+$PIP_REQS }$(sed -n 's/^FDT_REQ="\([^"]*\)".*/\1/p' "$HERE/test-vmm.sh")"
 fi
-GUEST_ENV=(PYTHONPATH=/work)
 stage_pydeps "$STAGE" "$PIP_REQS"
 
 # the buffer guard mode reaches the guests too (make test-arm64-guarded)
@@ -161,6 +176,10 @@ for a in ${PYARGS[@]+"${PYARGS[@]}"}; do
   [[ $a != -* ]] && [ -e "$ROOT/${a%%::*}" ] && HAS_PATH=1
 done
 PYTEST=(python3 -m pytest -q -rs -p no:cacheprovider -m "$MARK")
+# --wheel puts kvmdev's dist-info on the path, so pytest would load its pytest11 plugin, which
+# the staged-tree runs never load (no dist-info there): keep both runs alike.  (With it, the
+# plugin's fd-leak check reports vCPU fds still referenced after 10 real-arm64 tests.)
+[ -n "$WHEEL" ] && PYTEST+=(-p no:kvmdev)
 [ "$HAS_PATH" = 0 ] && PYTEST+=(tests)
 PYTEST+=(${PYARGS[@]+"${PYARGS[@]}"})
 say "stage $STAGE ($(du -sh "$STAGE" | cut -f1)), modules from $STAGED_EXT"

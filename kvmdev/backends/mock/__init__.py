@@ -9,16 +9,30 @@ from __future__ import annotations
 
 import errno as E
 import importlib
+import itertools
 import mmap
 import os
 import threading
 from typing import Any
 
 from ...arch import Arch, device_type_name, get_arch, host_arch_name
-from .host import HostProfile
-from .kernel import ArchModel, Errno, KernelObject, MockSystem, MockVcpu, UserMemory, fd_is_open
+from .host import HostProfile, check_options
+from .kernel import ArchModel, Errno, KernelObject, MockSystem, MockVcpu, MockVm, UserMemory, fd_is_open
 
+_TAG = 0x6B760000          # "kv": the eventfd count of a mock fd
+_BACKEND_IDS = itertools.count(1)
 _ARCH_MODELS = {"x86_64": "x86", "arm64": "arm64", "powerpc": "powerpc", "s390": "s390"}
+
+
+def _extent(ffi: Any, p: Any) -> int | None:
+    """The size of a cffi array the caller passes as attr.addr (its whole memory);
+    None for pointers (their extent is not known: an element of a larger buffer,
+    a guard page's end) and plain integers."""
+    try:
+        t = ffi.typeof(p)
+    except TypeError:
+        return None
+    return int(ffi.sizeof(p)) if t.kind == "array" else None
 
 
 class MockBackend:
@@ -26,6 +40,7 @@ class MockBackend:
 
     def __init__(self, arch: str | None = None, **host: Any) -> None:
         self.arch: Arch = get_arch(arch or host_arch_name())
+        check_options(self.arch.name, host)
         self.host = HostProfile(arch=self.arch.name, **host)
         self.kernel_release = self.host.kernel_release
         self.user = UserMemory(self.arch)
@@ -35,6 +50,10 @@ class MockBackend:
             self.host.device_types = tuple(self.arch_model.device_types())
         self._objects: dict[int, KernelObject] = {}
         self._lock = threading.Lock()
+        # every eventfd of this backend starts with this count: an fd an interrupt
+        # (KeyboardInterrupt) caught between its creation and its registration is
+        # found by it and closed (_sweep); in the kernel that step is one C call
+        self._tag = _TAG | next(_BACKEND_IDS) & 0xFFFF
         self._caps = {v: n for n, v in self.arch.constants("KVM_CAP_").items()}
 
     def __repr__(self) -> str:
@@ -43,13 +62,36 @@ class MockBackend:
     def new_fd(self, obj: KernelObject) -> int:
         """A real fd for a kernel object (anon_inode_getfd: EMFILE when the fd
         table is full)."""
-        try:
-            fd = os.eventfd(0, os.EFD_CLOEXEC)
-        except OSError as e:
-            raise Errno(e.errno or E.ENOMEM) from None
-        with self._lock:
+        with self._lock:     # creation and registration as one step for _sweep
+            try:
+                fd = os.eventfd(self._tag, os.EFD_CLOEXEC)
+            except OSError as e:
+                raise Errno(e.errno or E.ENOMEM) from None
             self._objects[fd] = obj
         return fd
+
+    def forget_fd(self, fd: int) -> None:
+        """Undo new_fd: the kernel object's creation did not complete."""
+        with self._lock:
+            if self._objects.pop(fd, None) is not None:
+                os.close(fd)
+
+    def _sweep(self) -> None:
+        """Close this backend's eventfds that are registered to no object (left by
+        an interrupt inside new_fd)."""
+        tag = f"eventfd-count: {self._tag:16x}"
+        with self._lock:
+            for name in os.listdir("/proc/self/fd"):
+                fd = int(name)
+                if fd in self._objects:
+                    continue
+                try:
+                    with open(f"/proc/self/fdinfo/{fd}") as f:
+                        info = f.read()
+                except OSError:
+                    continue
+                if tag in info:
+                    os.close(fd)
 
     def open_system(self) -> int:
         try:
@@ -62,8 +104,13 @@ class MockBackend:
         return self._dispatch(fd, request, int(self.arch.ffi.cast("uintptr_t", arg)))
 
     def attr(self, fd: int, request: int, group: int, attr: int, addr: Any) -> int:
-        st = self.arch.ffi.new("struct kvm_device_attr *", [0, group, attr, self.arch.ffi.cast("uintptr_t", addr)])
-        return self.ioctl(fd, request, st)
+        ffi = self.arch.ffi
+        st = ffi.new("struct kvm_device_attr *", [0, group, attr, ffi.cast("uintptr_t", addr)])
+        size = _extent(ffi, addr)
+        if size is None:
+            return self.ioctl(fd, request, st)
+        with self.user.caller_buffer(int(st.addr), size):   # never a copy past the caller's buffer
+            return self.ioctl(fd, request, st)
 
     def attr_batch(self, fd: int, request: int, attrs: Any, count: int, err: Any) -> int:
         """kvmdev_attr_batch: in order, stopping at the first failure."""
@@ -91,11 +138,13 @@ class MockBackend:
             return -e.errno
 
     def close(self, fd: int) -> None:
-        with self._lock:
+        with self._lock:      # unregistered and closed in one step for _sweep
             obj = self._objects.pop(fd, None)
-        os.close(fd)
+            os.close(fd)
         if obj is not None:
             obj.release()
+        if isinstance(obj, (MockSystem, MockVm)):
+            self._sweep()
 
     def mmap(self, fd: int, length: int) -> Any:
         """mmap of a vCPU fd: an anonymous page the mock vCPU shares with the caller."""

@@ -44,8 +44,6 @@ U64 = (1 << 64) - 1
 MIN_IPA_BITS = 32          # ARM64_MIN_PARANGE_BITS
 DEFAULT_IPA_BITS = 40      # KVM_PHYS_SHIFT, machine type 0
 TARGET = 5                 # KVM_ARM_TARGET_GENERIC_V8: what the guests' KVM prefers
-VALID_FEATURES = 0x7F      # KVM_VCPU_VALID_FEATURES the guests accept (bits 0-6)
-PSCI_VERSION = 0x10001     # PSCI 1.1 (KVM_ARM_PSCI_LATEST) with KVM_ARM_VCPU_PSCI_0_2
 PSTATE_RESET = 0x3C5       # EL1h, DAIF masked
 # QEMU's -cpu max as the guest kernels see it, and KVM's reset SCTLR_EL1
 MIDR = 0xF0510
@@ -81,6 +79,7 @@ class Arm64Vm:
         self.spi_owner: dict[int, str] = {}
         self.pmu_filters: list[tuple[int, int, int]] = []
         self.pmu_type: int | None = None
+        self.pmu_nr_counters: int | None = None   # KVM_ARM_VCPU_PMU_V3_SET_NR_COUNTERS (6.18+)
 
     @property
     def phys_size(self) -> int:
@@ -137,11 +136,19 @@ class Arm64Vcpu:
         init = self.vcpu.user.read_struct("struct kvm_vcpu_init", arg)
         if init.target != TARGET:
             raise Errno(E.EINVAL)
-        if init.features[0] & ~VALID_FEATURES or any(init.features[i] for i in range(1, 7)):
+        host = self.vcpu.backend.host
+        valid = (1 << int(host.fact("vcpu_max_feature")) + 1) - 1   # KVM_VCPU_VALID_FEATURES
+        if init.features[0] & ~valid or any(init.features[i] for i in range(1, 7)):
             raise Errno(E.ENOENT)
         features = int(init.features[0])
+        # kvm_vcpu_init_check_features: EL2 (nested virtualisation) needs FEAT_NV2 and
+        # kvm-arm.mode=nested, which no host here has
+        needs: dict[int, int] = host.fact("vcpu_feature_requires")  # type: ignore[assignment]
+        if features & int(host.fact("vcpu_features_einval")) or \
+                any(features >> f & 1 and not features >> need & 1 for f, need in needs.items()):
+            raise Errno(E.EINVAL)
         power_off = bool(features >> self.a.const("KVM_ARM_VCPU_POWER_OFF") & 1)
-        if not self.k61:   # 6.12: POWER_OFF is ephemeral, not part of the (per-VM) feature set
+        if not self.k61:   # 6.12: POWER_OFF is ephemeral, not part of the VM's feature set
             features &= ~(1 << self.a.const("KVM_ARM_VCPU_POWER_OFF"))
         if self.target >= 0:
             if features != self.features:  # secondary calls must be identical
@@ -485,7 +492,7 @@ class Arm64Vcpu:
         if not self.has("PSCI_0_2"):
             ret = PSCI_RET_NOT_SUPPORTED  # PSCI 0.1 has only KVM's own function ids
         elif fn == PSCI_0_2_FN_PSCI_VERSION:
-            ret = PSCI_VERSION
+            ret = int(self.vcpu.backend.host.fact("psci_version"))
         elif fn == PSCI_0_2_FN64_CPU_ON:
             ret = self._cpu_on(self.x[1], self.x[2], self.x[3])
         elif fn == PSCI_0_2_FN_SYSTEM_OFF:
@@ -531,7 +538,10 @@ class VmAttrs:
         # an empty range, or one past 0xffffffff, is EINVAL: nr_functions 0 from base 0 too
         # (u32 arithmetic in the source would make that every id; 6.12.117 refuses it)
         start, end = f.base, f.base + f.nr_functions - 1
-        if not f.nr_functions or end > 0xFFFFFFFF or f.action >= len(SMCCC_FILTER_ACTIONS):
+        if (f.base, f.nr_functions) == (0, 0) and \
+                self.vm.backend.host.fact("smccc_empty_range_from_0_errno") == E.EEXIST:
+            start, end = 0, 0xFFFFFFFF   # 6.18.15: the wrapped u32 range, every id
+        elif not f.nr_functions or end > 0xFFFFFFFF or f.action >= len(SMCCC_FILTER_ACTIONS):
             raise Errno(E.EINVAL)
         if self.vm.part.any_vcpu_ran():
             raise Errno(E.EBUSY)
@@ -580,11 +590,13 @@ class ArchModel(_Base):
 
     def vcpu_part(self, vcpu: MockVcpu) -> Arm64Vcpu:
         """kvm_arch_vcpu_create: with a GICv3, kvm_vgic_vcpu_init places the new
-        vCPU's redistributor (a duplicate id, refused after this, still uses up a slot)."""
+        vCPU's redistributor (a duplicate id, refused after this, still uses up a slot,
+        before 7.3)."""
         part = Arm64Vcpu(vcpu)
         d = vcpu.vm.part.vgic
-        if d is not None and d.v3:
-            d.register_redist(vcpu.id, duplicate=vcpu.id in vcpu.vm.vcpus)
+        dup = vcpu.id in vcpu.vm.vcpus
+        if d is not None and d.v3 and (not dup or self.host.fact("dup_vcpu_id_uses_redist")):
+            d.register_redist(vcpu.id, duplicate=dup)
         return part
 
     def vm_attrs(self, vm: MockVm) -> Any:

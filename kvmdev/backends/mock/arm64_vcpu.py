@@ -26,7 +26,7 @@ TIMER_DEFAULTS = {0: 27, 1: 30, 2: 28, 3: 26}
 PMU_NR_EVENTS = 65536          # PMUv3p1 and later (QEMU -cpu max)
 INVALID_GPA = (1 << 64) - 1
 PMU_GRP, TIMER_GRP, PVTIME_GRP = 0, 1, 2
-PMU_IRQ, PMU_INIT, PMU_FILTER, PMU_SET_PMU = 0, 1, 2, 3
+PMU_IRQ, PMU_INIT, PMU_FILTER, PMU_SET_PMU, PMU_SET_NR_COUNTERS = 0, 1, 2, 3, 4
 
 
 def timer_ppis(cpu: "Arm64Vcpu") -> dict[int, int]:
@@ -81,6 +81,11 @@ def pmu_enable(cpu: "Arm64Vcpu") -> None:
         raise Errno(E.EINVAL)
 
 
+def _nr_counters(c: "Arm64Vcpu") -> bool:
+    """KVM_ARM_VCPU_PMU_V3_SET_NR_COUNTERS exists (6.18 and later)."""
+    return bool(c.vcpu.backend.host.fact("pmu_set_nr_counters"))
+
+
 class VcpuAttrs(AttrModel):
     """kvm_arm_vcpu_arch_{has,get,set}_attr."""
 
@@ -94,7 +99,8 @@ class VcpuAttrs(AttrModel):
 
     def has(self, group: int, attr: int, addr: int) -> None:
         c = self.cpu
-        if group == PMU_GRP and c.has("PMU_V3") and attr in (PMU_IRQ, PMU_INIT, PMU_FILTER, PMU_SET_PMU):
+        if group == PMU_GRP and c.has("PMU_V3") and (attr in (PMU_IRQ, PMU_INIT, PMU_FILTER, PMU_SET_PMU) or
+                                                    attr == PMU_SET_NR_COUNTERS and _nr_counters(c)):
             return
         if group == TIMER_GRP and attr in ((0, 1) if c.k61 else (0, 1, 2, 3)):
             return
@@ -185,6 +191,13 @@ class VcpuAttrs(AttrModel):
             if c.vm.any_vcpu_ran() or c.vm.pmu_filters and c.vm.pmu_type not in (None, pmu):
                 raise Errno(E.EBUSY)
             c.vm.pmu_type = pmu
+        elif attr == PMU_SET_NR_COUNTERS and _nr_counters(c):
+            n = self.user.get("__u32", addr)   # unsigned int
+            if n > c.vcpu.backend.host.pmu_counters:   # kvm_arm_pmu_get_max_counters
+                raise Errno(E.EINVAL)
+            if c.vm.any_vcpu_ran():
+                raise Errno(E.EBUSY)
+            c.vm.pmu_nr_counters = n
         elif attr == PMU_INIT:
             if c.vm.vgic is not None:
                 if not c.vm.vgic.initialized:

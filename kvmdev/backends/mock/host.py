@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import kernel_facts
+
 # KVM_CHECK_EXTENSION answers by architecture (names from cdefs)
 _CAPS: dict[str, dict[str, int]] = {
     "x86_64": {
@@ -37,10 +39,28 @@ _CAPS: dict[str, dict[str, int]] = {
 
 # arm64 answers that depend on the kernel series and on the host GIC (QEMU's
 # emulated GIC under the guest kernel): seen on Debian 6.12.117 and 6.1.0-56
+# (6.18.15 and 7.3.4 from trixie-backports too).  Beyond the IPA size, the capabilities
+# that differ between the four kernels (the mock answers them; it does not emulate the
+# features behind them, e.g. guest_memfd or the dirty ring).
+_SINCE_6_12 = {"KVM_CAP_USER_MEMORY2": 1, "KVM_CAP_COUNTER_OFFSET": 1, "KVM_CAP_ARM_SUPPORTED_REG_MASK_RANGES": 1,
+               "KVM_CAP_ARM_SUPPORTED_BLOCK_SIZES": 0x40201000, "KVM_CAP_DIRTY_LOG_RING_ACQ_REL": 0x100000,
+               "KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP": 1}
+_SINCE_6_18 = {**_SINCE_6_12, "KVM_CAP_GUEST_MEMFD": 1, "KVM_CAP_GUEST_MEMFD_FLAGS": 3,
+               "KVM_CAP_ARM_WRITABLE_IMP_ID_REGS": 1}
 _ARM64_BY_KERNEL: dict[str, dict[str, int]] = {
-    "6.12": {"KVM_CAP_ARM_VM_IPA_SIZE": 52},
     "6.1": {"KVM_CAP_ARM_VM_IPA_SIZE": 48},
+    "6.12": {"KVM_CAP_ARM_VM_IPA_SIZE": 52, **_SINCE_6_12},
+    "6.18": {"KVM_CAP_ARM_VM_IPA_SIZE": 52, **_SINCE_6_18},
+    "7.3": {"KVM_CAP_ARM_VM_IPA_SIZE": 52, **_SINCE_6_18, "KVM_CAP_ARM_SEA_TO_USER": 1,
+            "KVM_CAP_ARM_PMU_V3_STRICT": 1},
 }
+# every capability named in _ARM64_BY_KERNEL, for the tests that check them on the real kernels
+ARM64_KERNEL_CAPS: frozenset[str] = frozenset(c for caps in _ARM64_BY_KERNEL.values() for c in caps)
+
+
+def arm64_kernel_caps(kernel: str) -> dict[str, int]:
+    """The answers of the capabilities that differ between the arm64 kernels (0: absent)."""
+    return {c: _ARM64_BY_KERNEL[kernel].get(c, 0) for c in sorted(ARM64_KERNEL_CAPS)}
 # kvm_arm_default_max_vcpus(): the host GIC's limit (VGIC_V3_MAX_CPUS / VGIC_V2_MAX_CPUS)
 _ARM64_BY_GIC: dict[int, dict[str, int]] = {
     3: {"KVM_CAP_MAX_VCPUS": 512, "KVM_CAP_MAX_VCPU_ID": 512},
@@ -61,6 +81,9 @@ class HostProfile:
     # x86: the host pins the TSC offset (the CI machines' 6.18 "-fc-" kernel accepts a
     # KVM_VCPU_TSC_OFFSET set and reads back 0); upstream reads back what was set
     x86_tsc_pinned: bool = False
+    # x86: the recorded host (kvmdev.backends.mock.x86_hosts, by uname -r) whose
+    # CHECK_EXTENSION, ENABLE_CAP, ONE_REG and memslot limits the mock answers with
+    x86_release: str = ""
     # Device types KVM_CREATE_DEVICE knows (DeviceType names); None: the arch model's
     device_types: tuple[str, ...] | None = None
     vcpu_mmap_size: int = 12288
@@ -76,8 +99,10 @@ class HostProfile:
     # arm64: the host CPU has RAS (ARM64_HAS_RAS_EXTN; QEMU -cpu max does): an SError's
     # ESR can be given in KVM_SET_VCPU_EVENTS, and KVM_GET_VCPU_EVENTS says serror_has_esr
     ras: bool = True
-    # arm64: the host PMU's perf type (KVM_ARM_VCPU_PMU_V3_SET_PMU)
+    # arm64: the host PMU's perf type (KVM_ARM_VCPU_PMU_V3_SET_PMU) and its general-purpose
+    # counters (PMCR_EL0.N of QEMU's -cpu max: the SET_NR_COUNTERS limit)
     pmu_type: int = 8
+    pmu_counters: int = 6
     # arm64 GICv5 host (gic=5, no real counterpart here): the userspace-drivable PPIs
     v5_userspace_ppis: int = 0
     # powerpc host: "book3s" (KVM-HV: XICS, as Debian's ppc64el kernel on PowerNV POWER8)
@@ -106,6 +131,9 @@ class HostProfile:
                 raise ValueError("gicv2_compat describes a GICv3 host")
         if self.ppc_platform not in ("book3s", "e500"):
             raise ValueError(f"ppc_platform is 'book3s' or 'e500', not {self.ppc_platform!r}")
+        if self.arch == "x86_64" and not self.x86_release:
+            from .x86_hosts import DEFAULT_RELEASE
+            self.x86_release = DEFAULT_RELEASE
         caps = dict(_CAPS.get(self.arch, {}))
         if self.arch == "powerpc":
             book3s = self.ppc_platform == "book3s"
@@ -116,9 +144,35 @@ class HostProfile:
         caps.update(self.caps)
         self.caps = caps
 
+    def fact(self, name: str) -> object:
+        """This kernel's answer where the arm64 kernels differ (kernel_facts.FACTS)."""
+        return kernel_facts.fact(name, self.kernel)
+
     @property
     def kernel_release(self) -> str:
         return f"{self.kernel}.0-kvmdev-mock"
+
+
+# profile fields that describe one architecture's host; the rest apply to every one
+FIELD_ARCH = {"xcomp_guest_supp": "x86_64", "x86_tsc_pinned": "x86_64",
+              "gic": "arm64", "gicv2_compat": "arm64", "pri_bits": "arm64", "id_bits": "arm64",
+              "pmu_type": "arm64", "v5_userspace_ppis": "arm64", "ppc_platform": "powerpc",
+              **{f: "s390" for f in ("s390_facilities", "s390_cmma", "s390_ap", "s390_mem_limit", "s390_cpuid",
+                                     "s390_facility_words", "s390_machine_feat")}}
+
+
+def check_options(arch: str, given: dict[str, object]) -> None:
+    """Profile options given for ``arch``: an unknown name, or one of another
+    architecture (gic=3 on the x86 mock), is an error rather than ignored."""
+    from dataclasses import fields
+    from ...errors import UnknownNameError
+    known = [f.name for f in fields(HostProfile) if f.name != "arch"]
+    for name in given:
+        if name not in known:
+            raise UnknownNameError("mock profile option", name, "(kvmdev.open(\"mock\", ...), HostProfile)", known)
+        if FIELD_ARCH.get(name, arch) != arch:
+            raise ValueError(f"{name}={given[name]!r} is an option of the {FIELD_ARCH[name]} mock; "
+                             f"this mock is {arch} (arch={FIELD_ARCH[name]!r} for that one)")
 
 
 def x86_tsc_pinned(release: str) -> bool:

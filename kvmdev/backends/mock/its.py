@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno as E
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ...devices.its import (DTE_NEXT_MAX, ESZ, GITS_BASER_TYPE_COLLECTION, GITS_BASER_TYPE_DEVICE, ITE_NEXT_MAX,
                             Cte, Dte, Ite, baser_table, pack, unpack)
@@ -265,9 +265,12 @@ class ItsModel(DeviceModel):
         if group == CTRL:
             if attr == CTRL_INIT:
                 return  # nothing to do
-            with self.vm.all_vcpus_locked():   # vgic_its_ctrl: an unknown attr does nothing, 0
-                {ITS_CTRL_RESET: self._reset, ITS_SAVE_TABLES: self._save_tables,
-                 ITS_RESTORE_TABLES: self._restore_tables}.get(attr, lambda: None)()
+            # vgic_its_ctrl: an unknown attr does nothing, 0 (6.18+: ENXIO)
+            op = {ITS_CTRL_RESET: self._reset, ITS_SAVE_TABLES: self._save_tables,
+                  ITS_RESTORE_TABLES: self._restore_tables}.get(attr)
+            if op is None and self.vm.backend.host.fact("its_ctrl_unknown_enxio"):
+                raise Errno(E.ENXIO)
+            self.vm.with_all_vcpus_locked(op or (lambda: None))
             return
         if group == ITS_REGS:
             self._regs_access(attr, self.user.get("__u64", addr))
@@ -292,7 +295,8 @@ class ItsModel(DeviceModel):
 
     def _regs_access(self, off: int, value: int | None) -> int:
         self._check_offset(off)
-        with self.vm.all_vcpus_locked():
+
+        def _locked() -> Any:
             if self.base == ADDR_UNDEF:
                 raise Errno(E.ENXIO)
             reg = self._reg(off)
@@ -302,6 +306,7 @@ class ItsModel(DeviceModel):
                 getattr(self, "_write_" + reg, lambda o, v: None)(off, value)
                 return 0
             return int(self._read(reg, off))
+        return int(self.vm.with_all_vcpus_locked(_locked))
 
     def _cmd_queue_size(self) -> int:
         return ((self.cbaser & 0xFF) + 1) << 12
@@ -564,8 +569,9 @@ class ItsModel(DeviceModel):
         v2 = self.lpis.vcpu_by_rdbase(_cmd_field(cmd, 3, 16, 32))
         if v1 is None or v2 is None:
             raise _CmdError("E_ITS_MOVALL_PROCNUM_OOR")
+        every = self.vm.backend.host.fact("its_movall_moves_every_lpi")   # 6.18.15
         for lpi in self.lpis.irqs.values():
-            if lpi.target == v1:
+            if lpi.target == v1 or every:
                 lpi.target = v2
 
     def _cmd_int(self, cmd: list[int]) -> None:
@@ -703,7 +709,8 @@ class ItsModel(DeviceModel):
         if not d.valid:
             return 1
         # more EventID bits than MAPD takes: refused (6.12.92+; Debian's 6.1 too)
-        if d.size + 1 > ITS_IDBITS or self._check_id(self.baser_device, devid) is None:
+        if d.size + 1 > ITS_IDBITS and self.vm.backend.host.fact("its_dte_eventid_bits_checked") or \
+                self._check_id(self.baser_device, devid) is None:
             raise Errno(E.EINVAL)
         dev = self.devices[devid] = ItsDevice(d.itt_addr, d.size + 1)
         try:

@@ -8,7 +8,7 @@ import errno as E
 import os
 import struct
 import threading
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 from .errno_ import Errno
 from .eventfds import EventFds
@@ -24,19 +24,42 @@ class UserMemory:
     def __init__(self, arch: Any) -> None:
         self.ffi = arch.ffi
         self.lib = arch.lib
+        # the caller's buffer of the device-attr call running in this thread: (addr, size)
+        self._call = threading.local()
+
+    @contextlib.contextmanager
+    def caller_buffer(self, addr: int, size: int) -> Iterator[None]:
+        """Within: a copy that starts in the caller's [addr, addr+size) and runs
+        past its end raises BufferOverrun instead of touching memory the buffer
+        does not own (the kernel would overwrite or leak whatever lies beyond)."""
+        self._call.bounds = (addr, size)
+        try:
+            yield
+        finally:
+            self._call.bounds = None
+
+    def _check(self, addr: int, n: int, what: str) -> None:
+        b = getattr(self._call, "bounds", None)
+        if b is not None and b[0] <= addr < b[0] + max(b[1], 1) and addr + n > b[0] + b[1]:
+            from ..guard import BufferOverrun
+            raise BufferOverrun(f"the mock kernel would {what} {addr + n - b[0]} bytes at attr.addr, "
+                                f"past the caller's {b[1]}-byte buffer")
 
     def read(self, addr: int, size: int) -> bytes:
+        self._check(addr, size, "read")
         buf = self.ffi.new("char[]", size)
         if self.lib.kvmdev_copy_from_user(buf, addr & 0xFFFFFFFFFFFFFFFF, size):
             raise Errno(E.EFAULT)
         return self.ffi.buffer(buf, size)[:]
 
     def write(self, addr: int, data: bytes) -> None:
+        self._check(addr, len(data), "write")
         if self.lib.kvmdev_copy_to_user(addr & 0xFFFFFFFFFFFFFFFF, data, len(data)):
             raise Errno(E.EFAULT)
 
     def read_struct(self, ctype: str, addr: int) -> Any:
         p = self.ffi.new(ctype + " *")
+        self._check(addr, self.ffi.sizeof(ctype), "read")
         if self.lib.kvmdev_copy_from_user(p, addr & 0xFFFFFFFFFFFFFFFF, self.ffi.sizeof(ctype)):
             raise Errno(E.EFAULT)
         return p
@@ -173,6 +196,13 @@ class ArchModel:
         """KVM_CHECK_EXTENSION on the system fd (vm None) or a VM fd."""
         return int(self.host.caps.get(cap, 0))
 
+    def check_extension_number(self, vm: "MockVm | None", number: int) -> int:
+        """KVM_CHECK_EXTENSION of a capability number (unnamed ones too)."""
+        return self.check_extension(vm, self.backend.cap_name(number))
+
+    # TASK_SIZE_MAX where the mock knows the host's (access_ok of a memslot), else None
+    user_addr_max: int | None = None
+
     def vm_part(self, vm: "MockVm") -> Any:
         """Per-VM architecture state; its ioctl_<NAME> methods add VM ioctls."""
         return None
@@ -232,7 +262,7 @@ class MockSystem(KernelObject):
         return self.backend.arch.const("KVM_API_VERSION")
 
     def ioctl_KVM_CHECK_EXTENSION(self, arg: int) -> int:
-        return self.backend.arch_model.check_extension(None, self.backend.cap_name(arg))
+        return self.backend.arch_model.check_extension_number(None, arg & 0xFFFFFFFFFFFFFFFF)
 
     def ioctl_KVM_GET_VCPU_MMAP_SIZE(self, arg: int) -> int:
         return self.backend.host.vcpu_mmap_size
@@ -311,25 +341,41 @@ class MockVm(KernelObject):
     def write_guest(self, gpa: int, data: bytes) -> None:
         self.user.write(self.guest_uaddr(gpa, len(data), True), data)
 
-    @contextlib.contextmanager
-    def all_vcpus_locked(self) -> Iterator[None]:
-        """lock_all_vcpus: a vCPU inside an ioctl (KVM_RUN) holds its mutex, and
-        the caller gets EBUSY instead of waiting."""
-        held: list[threading.Lock] = []
+    def with_all_vcpus_locked(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` under lock_all_vcpus: a vCPU inside an ioctl (KVM_RUN) holds its
+        mutex, and the caller gets EBUSY instead of waiting.  A callback, not a
+        context manager: acquisition and release are in this one frame, so an
+        exception at any point (a KeyboardInterrupt from a signal handler, which
+        CPython raises at a function's entry too, e.g. a Python __exit__'s) cannot
+        leave a mutex held; which are held is asked of the locks (RLock._is_owned)."""
+        mine = [c.mutex for c in list(self.vcpus.values())]
+        # mutex_trylock fails on a mutex this thread holds too: those are not ours
+        if any(m._is_owned() for m in mine):   # type: ignore[attr-defined]
+            raise Errno(E.EBUSY)
         try:
-            for c in self.vcpus.values():
-                if not c.mutex.acquire(blocking=False):
-                    raise Errno(E.EBUSY)
-                held.append(c.mutex)
-            yield
+            if not all(m.acquire(blocking=False) for m in mine):
+                raise Errno(E.EBUSY)
+            return fn()
         finally:
-            for m in held:
-                m.release()
+            err: BaseException | None = None
+            while True:    # an interrupt inside the loop: go round again (idempotent)
+                try:
+                    for m in mine:
+                        if m._is_owned():   # type: ignore[attr-defined]
+                            m.release()
+                    break
+                except BaseException as e:   # noqa: BLE001 - re-raised once every mutex is free
+                    err = err or e
+            if err is not None:
+                raise err
 
     def ioctl_KVM_CHECK_EXTENSION(self, arg: int) -> int:
-        return self.backend.arch_model.check_extension(self, self.backend.cap_name(arg))
+        return self.backend.arch_model.check_extension_number(self, arg & 0xFFFFFFFFFFFFFFFF)
 
     def ioctl_KVM_CREATE_VCPU(self, arg: int) -> int:
+        arg &= 0xFFFFFFFFFFFFFFFF      # an unsigned long: -1 is 2**64-1 (>= KVM_MAX_VCPU_IDS: EINVAL)
+        if len(self.vcpus) >= self.backend.host.caps.get("KVM_CAP_MAX_VCPUS", 1 << 32):
+            raise Errno(E.EINVAL)      # kvm->created_vcpus >= kvm->max_vcpus
         self.backend.arch_model.vcpu_precreate(self, arg)
         vcpu = MockVcpu(self.backend, self, arg)  # kvm_arch_vcpu_create runs before the id check
         if arg in self.vcpus:
@@ -337,8 +383,8 @@ class MockVm(KernelObject):
         self.vcpus[arg] = vcpu
         try:
             return self.backend.new_fd(vcpu)
-        except Errno:
-            del self.vcpus[arg]   # create_vcpu_fd failed: the vCPU goes again
+        except BaseException:     # create_vcpu_fd failed (or an interrupt): the vCPU goes again
+            self.vcpus.pop(arg, None)
             raise
 
     def ioctl_KVM_CREATE_DEVICE(self, arg: int) -> int:
@@ -354,13 +400,21 @@ class MockVm(KernelObject):
         model = cls(self)
         model.create()
         self.devices.append(model)
+        fd = -1
         try:
             fd = self.backend.new_fd(MockDevice(self.backend, model))
-        except Errno:
-            self.devices.remove(model)
+            cd.fd = fd
+            self.user.write_struct(arg, cd)
+        except Errno:             # EMFILE: the device goes; EFAULT on the copy back: the
+            if fd < 0:            # kernel keeps device and fd (kvm_vm_ioctl), so does the mock
+                self.devices.remove(model)
             raise
-        cd.fd = fd
-        self.user.write_struct(arg, cd)
+        except BaseException:     # an interrupt (KeyboardInterrupt): the kernel's C code is
+            if fd >= 0:           # one step, so nothing of it stays
+                self.backend.forget_fd(fd)
+            if model in self.devices:
+                self.devices.remove(model)
+            raise
         return 0
 
     PAGE = 4096
@@ -374,9 +428,14 @@ class MockVm(KernelObject):
             raise Errno(E.EINVAL)
         if m.memory_size % self.PAGE or m.guest_phys_addr % self.PAGE or m.userspace_addr % self.PAGE:
             raise Errno(E.EINVAL)
+        top = self.backend.arch_model.user_addr_max       # access_ok(userspace_addr, memory_size)
+        if top is not None and m.userspace_addr + m.memory_size > top:
+            raise Errno(E.EINVAL)
         if (m.slot & 0xFFFF) >= self.backend.host.caps.get("KVM_CAP_NR_MEMSLOTS", 32764) or m.slot >> 16:
             raise Errno(E.EINVAL)
         if m.guest_phys_addr + m.memory_size >= 1 << 64:
+            raise Errno(E.EINVAL)
+        if m.memory_size // self.PAGE > (1 << 31) - 1:     # KVM_MEM_MAX_NR_PAGES
             raise Errno(E.EINVAL)
         old = self.memslots.get(m.slot)
         if m.memory_size == 0:
@@ -428,7 +487,10 @@ class MockVcpu(KernelObject):
         self.id = vcpu_id
         self.attrs = backend.arch_model.vcpu_attrs(self)
         self.run_map: Any = None  # the mmap of struct kvm_run the caller made
-        self.mutex = threading.Lock()  # vcpu->mutex, held for the length of each vCPU ioctl
+        # vcpu->mutex, held for the length of each vCPU ioctl (a `with` on the C lock:
+        # no Python frame between acquire and release); an RLock for its owner
+        # check (MockVm.with_all_vcpus_locked), never taken twice by one thread
+        self.mutex = threading.RLock()
         # a signal to the thread in KVM_RUN (MockBackend.kick): checked by the run loop
         self.kicked = threading.Event()
         self.part = backend.arch_model.vcpu_part(self)

@@ -13,7 +13,7 @@ The ITS and the LPIs are in its.py.
 from __future__ import annotations
 
 import errno as E
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...arch import get_arch
 from ...arm64 import NR_SGIS, Affinity
@@ -36,6 +36,7 @@ _c = get_arch("arm64").const
 ADDR, DIST_REGS, CPU_REGS, NR_IRQS, CTRL, REDIST_REGS, CPU_SYSREGS, LEVEL_INFO, ITS_REGS = (
     _c("KVM_DEV_ARM_VGIC_GRP_" + n) for n in
     ("ADDR", "DIST_REGS", "CPU_REGS", "NR_IRQS", "CTRL", "REDIST_REGS", "CPU_SYSREGS", "LEVEL_INFO", "ITS_REGS"))
+MAINT_IRQ = _c("KVM_DEV_ARM_VGIC_GRP_MAINT_IRQ")
 V2_DIST, V2_CPU = _c("KVM_VGIC_V2_ADDR_TYPE_DIST"), _c("KVM_VGIC_V2_ADDR_TYPE_CPU")
 V3_DIST, V3_REDIST = _c("KVM_VGIC_V3_ADDR_TYPE_DIST"), _c("KVM_VGIC_V3_ADDR_TYPE_REDIST")
 V3_REDIST_REGION, ITS_ADDR = _c("KVM_VGIC_V3_ADDR_TYPE_REDIST_REGION"), _c("KVM_VGIC_ITS_ADDR_TYPE")
@@ -88,6 +89,8 @@ class VgicDist:
         self.nr_spis = 0
         self.initialized = False
         self.ready = False
+        self.mi_intid = 0              # vgic.mi_intid (KVM_DEV_ARM_VGIC_GRP_MAINT_IRQ, 6.18+)
+        self.implementation_rev = 3    # vgic.implementation_rev (GICD_IIDR.Revision)
 
     @property
     def v3(self) -> bool:
@@ -273,7 +276,8 @@ class _Vgic(DeviceModel):
     def create(self) -> None:
         """kvm_vgic_create."""
         part = self.vm.part
-        with self.vm.all_vcpus_locked():
+
+        def _locked() -> Any:
             if part.vgic is not None or part.vgic_v5 is not None:
                 raise Errno(E.EEXIST)
             if part.any_vcpu_ran():
@@ -282,10 +286,15 @@ class _Vgic(DeviceModel):
             if len(self.vm.vcpus) > d.max_vcpus:
                 raise Errno(E.E2BIG)
             part.vgic = self.dist = d
+        self.vm.with_all_vcpus_locked(_locked)
+
+    def _maint_irq(self) -> bool:
+        """vgic_v3_has_attr: the MAINT_IRQ group, any attr, with or without nested virt."""
+        return self.dist.v3 and bool(self.vm.backend.host.fact("vgic_v3_maint_irq_group"))
 
     def _has_common(self, group: int, attr: int) -> None:
         if group == ADDR and attr in self.addr_types or group == NR_IRQS or \
-                group == CTRL and attr in self.ctrl_attrs:
+                group == CTRL and attr in self.ctrl_attrs or group == MAINT_IRQ and self._maint_irq():
             return
         raise Errno(E.ENXIO)
 
@@ -317,16 +326,29 @@ class _Vgic(DeviceModel):
                 raise Errno(E.EBUSY)  # already set, or frozen by vgic_init
             d.nr_spis = val - NR_PRIVATE_IRQS
             return
+        if group == MAINT_IRQ and self._maint_irq():
+            if not write:   # the attr number is not looked at
+                self.user.put("__u32", addr, d.mi_intid)
+                return
+            val = self.user.get("__u32", addr)
+            with self.vm.lock:   # config_lock
+                if d.initialized:
+                    raise Errno(E.EBUSY)
+                if not NR_SGIS <= val < NR_PRIVATE_IRQS:
+                    raise Errno(E.EINVAL)   # irq_is_ppi
+                d.mi_intid = val
+            return
         if group == CTRL and write:
             if attr == CTRL_INIT:
                 d.init()
                 return
             if attr == SAVE_PENDING_TABLES and d.v3:
-                with self.vm.all_vcpus_locked():
+                def _locked() -> Any:
                     if not d.initialized:
                         raise Errno(E.ENXIO)  # vgic_v3_save_pending_tables
                     d.part.lpis.save_pending_tables()
-                    return
+                self.vm.with_all_vcpus_locked(_locked)
+                return
 
         raise Errno(E.ENXIO)
 
@@ -386,15 +408,23 @@ class _Vgic(DeviceModel):
         vcpu = self._vcpu(group, attr)
         width = "__u64" if group == CPU_SYSREGS else "__u32"
         value = self.user.get(width, addr) if write and group != CPU_SYSREGS else None
-        with self.vm.all_vcpus_locked():
+
+        def _locked() -> Any:
             if not d.initialized:
+                if d.v3 and group == DIST_REGS and attr & 0xFFFFFFFF in (0x008, 0x00C) \
+                        and self.vm.backend.host.fact("gicd_iidr_typer2_pre_init"):
+                    # reg_allowed_pre_init: GICD_IIDR and GICD_TYPER2 (6.18+)
+                    out = GicRegs.pre_init_dist(d, attr & 0xFFFFFFFF, value)
+                    if not write:
+                        self.user.put(width, addr, out)
+                    return
                 if d.v3:
                     raise Errno(E.EBUSY)
                 d.init()
             assert d.regs is not None
-            if write and group == CPU_SYSREGS:
-                value = self.user.get(width, addr)
-            out = self._access(d.regs, group, vcpu, attr, value)
+            v = self.user.get(width, addr) if write and group == CPU_SYSREGS else value
+            return self._access(d.regs, group, vcpu, attr, v)
+        out = self.vm.with_all_vcpus_locked(_locked)
         if not write:
             self.user.put(width, addr, out or 0)
 
@@ -500,7 +530,7 @@ class GicRegs:
         self.d = d
         self.v3 = d.v3
         self.enabled = False                    # GICD_CTLR: EnableGrp1 (v3), Enable (v2)
-        self.implementation_rev = 3             # GICD_IIDR.Revision: 2 or 3, restorable
+        self.implementation_rev = d.implementation_rev   # GICD_IIDR.Revision: 2 or 3, restorable
         # v2: IGROUPR writes are ignored until GICD_IIDR is written back; v3 always
         # takes them (the v3 doc repeats the v2 rule; the kernel does not apply it)
         self.groups_writable = d.v3
@@ -599,10 +629,8 @@ class GicRegs:
             if d.part.its:
                 return typer | (ITS_IDBITS - 1) << 19 | 1 << 17  # IDbits 16, LPIS
             return typer | (SPI_IDBITS - 1) << 19
-        if self.v3 and off == 0x00C:
-            if value is not None and value != 0:
-                raise Errno(E.EINVAL)  # GICD_TYPER2: a write must match (no GICv4.1 here)
-            return 0
+        if self.v3 and off in (0x008, 0x00C):
+            return self.pre_init_dist(d, off, value, self)
         if off == 0x008:
             if value is not None:
                 if (value ^ IIDR_DIST) & ~0xF000 or (value >> 12 & 0xF) not in (2, 3):
@@ -680,6 +708,28 @@ class GicRegs:
             return PIDR2_V3 if off == 0xFFE8 else 0
         return None
 
+    @staticmethod
+    def pre_init_dist(d: VgicDist, off: int, value: int | None, regs: "GicRegs | None" = None) -> int:
+        """GICD_IIDR (0x008) and GICD_TYPER2 (0x00C) of a GICv3 (vgic_mmio_uaccess_write_v3_misc),
+        before init (6.18 and later) or after (``regs``).  No host here has GICv4.1:
+        TYPER2 reads 0 and nASSGIcap cannot be set."""
+        host = d.part.vm.backend.host
+        if off == 0x00C:
+            if value is not None and value != 0:
+                # 6.12 and older: a write must match (EINVAL); 6.18+: a change after init
+                # is EBUSY (checked before the host's support)
+                raise Errno(E.EBUSY if regs is not None and host.fact("gicd_typer2_post_init_ebusy") else E.EINVAL)
+            return 0
+        if value is not None and not host.fact("gicd_iidr_writes_ignored"):
+            if (value ^ IIDR_DIST) & ~0xF000 or (value >> 12 & 0xF) not in (2, 3):
+                raise Errno(E.EINVAL)
+            d.implementation_rev = value >> 12 & 0xF
+            if regs is not None:
+                regs.groups_writable = True
+                regs.implementation_rev = d.implementation_rev
+        rev = regs.implementation_rev if regs is not None else d.implementation_rev
+        return IIDR_DIST & ~0xF000 | rev << 12
+
     def _sgir(self, source: int, value: int) -> None:
         """vgic_mmio_write_sgir: TargetListFilter 0 the list (a bit per vCPU
         index), 1 all but the source, 2 the source (its vcpu_id as the bit), 3 none."""
@@ -750,6 +800,8 @@ class GicRegs:
         """A GICC access (GICv2)."""
         if off == 0xFC:
             return IIDR_GICC
+        if off == 0x1000 and self.d.part.vm.backend.host.fact("gicc_dir"):
+            return 0   # GICC_DIR (7.3): reads 0; a write deactivates nothing here (none active)
         mask = self.GICC_MASKS.get(off)
         if mask is None:
             return None
@@ -772,11 +824,19 @@ class GicRegs:
         if name == "ICC_CTLR_EL1":
             if value is not None:
                 # restoring needs this host's support: no more priority or ID bits than
-                # the vCPU has now (so they can be lowered, never raised), same SEIS and A3V
+                # the vCPU has now (so they can be lowered, never raised), same SEIS and A3V.
+                # set_gic_ctlr checks and stores PRIbits, then IDbits, then checks SEIS and
+                # A3V: a refused value may have lowered the first two (every kernel here)
                 pri, idb = (value >> 8 & 7) + 1, value >> 11 & 7
-                if pri > st["pri_bits"] or idb > st["id_bits"] or value >> 14 & 1 or not value >> 15 & 1:
+                if pri > st["pri_bits"]:
                     raise Errno(E.EINVAL)
-                st.update(pri_bits=pri, id_bits=idb, ctlr=value & 0x3)  # CBPR, EOImode
+                st["pri_bits"] = pri
+                if idb > st["id_bits"]:
+                    raise Errno(E.EINVAL)
+                st["id_bits"] = idb
+                if value >> 14 & 1 or not value >> 15 & 1:
+                    raise Errno(E.EINVAL)
+                st["ctlr"] = value & 0x3  # CBPR, EOImode
             return 1 << 15 | st["id_bits"] << 11 | (st["pri_bits"] - 1) << 8 | st["ctlr"]
         if name == "ICC_SRE_EL1":
             if value is not None and not value & 1:
@@ -814,13 +874,15 @@ class VgicV5Model(DeviceModel):
 
     def create(self) -> None:
         part = self.vm.part
-        with self.vm.all_vcpus_locked():
+
+        def _locked() -> Any:
             if part.vgic is not None or part.vgic_v5 is not None:
                 raise Errno(E.EEXIST)
             if part.any_vcpu_ran():
                 raise Errno(E.EBUSY)
             self.initialized = False
             part.vgic_v5 = self
+        self.vm.with_all_vcpus_locked(_locked)
 
     def has(self, group: int, attr: int, addr: int) -> None:
         if group == CTRL and attr in (CTRL_INIT, USERSPACE_PPIS):
@@ -837,9 +899,11 @@ class VgicV5Model(DeviceModel):
 
     def set(self, group: int, attr: int, addr: int) -> None:
         if group == CTRL and attr == CTRL_INIT:
-            with self.vm.all_vcpus_locked():
+
+            def _locked() -> Any:
                 if not self.vm.vcpus:
                     raise Errno(E.ENODEV)
                 self.initialized = True
+            self.vm.with_all_vcpus_locked(_locked)
             return
         raise Errno(E.ENXIO)   # USERSPACE_PPIS is read-only; no other group

@@ -1,0 +1,96 @@
+"""Argument checks of the public boundary (the policy is in kvmdev.errors).
+
+Each returns the checked value or raises, before any ioctl: TypeError for a
+wrong type, ValueError for a wrong value, UnknownNameError for an unknown name.
+``name`` is how the message names the argument (``"vcpu_id of KVM_CREATE_VCPU"``).
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any, Iterable, Mapping, TypeVar
+
+from .errors import UnknownNameError
+
+T = TypeVar("T")
+
+
+def integer(name: str, value: Any) -> int:
+    """An int (or an object with __index__, e.g. an IntEnum); bools, floats and
+    strings are not ints here."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise TypeError(f"{name} takes an int, not {type(value).__name__} {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        hint = ""
+        if isinstance(value, str):
+            hint = f" (for a number written as text use int({value!r}, 0))"
+        raise TypeError(f"{name} takes an int, not {type(value).__name__} {value!r}{hint}") from None
+
+
+def uint(name: str, value: Any, bits: int) -> int:
+    """An int in 0 .. 2**bits - 1."""
+    v = integer(name, value)
+    if not 0 <= v < 1 << bits:
+        raise ValueError(f"{name} is an unsigned {bits}-bit value (0..{(1 << bits) - 1:#x}), not {_show(v)}")
+    return v
+
+
+def sint(name: str, value: Any, bits: int) -> int:
+    """An int in -2**(bits-1) .. 2**(bits-1) - 1."""
+    v = integer(name, value)
+    if not -(1 << bits - 1) <= v < 1 << bits - 1:
+        raise ValueError(f"{name} is a signed {bits}-bit value, not {_show(v)}")
+    return v
+
+
+def u64(name: str, value: Any) -> int:
+    return uint(name, value, 64)
+
+
+def u32(name: str, value: Any) -> int:
+    return uint(name, value, 32)
+
+
+def flag(name: str, value: Any) -> bool:
+    """A bool (0 and 1 too, as the kernel's __u8/int flags are written)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name} takes a bool, not {type(value).__name__} {value!r}")
+
+
+def int_list(name: str, values: Any) -> list[Any]:
+    """A list of items (a str is one item's worth, not a list of characters)."""
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{name} takes a list, not the {type(values).__name__} {values!r}: "
+                        f"write [{values!r}]")
+    try:
+        return list(values)
+    except TypeError:
+        raise TypeError(f"{name} takes a list, not {type(values).__name__} {values!r}") from None
+
+
+def name_lookup(kind: str, name: Any, table: Mapping[str, T], where: str = "", hint: str = "",
+                aliases: Mapping[str, str] | None = None) -> T:
+    """``table[name]`` (also upper-cased, ``-`` as ``_``, or through ``aliases``),
+    or UnknownNameError with the nearest names."""
+    if not isinstance(name, str):
+        raise TypeError(f"{kind} takes a name (str), not {type(name).__name__} {name!r}")
+    for key in (name, name.upper(), name.upper().replace("-", "_")):
+        if key in table:
+            return table[key]
+    for alias, target in (aliases or {}).items():
+        if alias.upper().replace("-", "_") == name.upper().replace("-", "_") and target in table:
+            return table[target]
+    raise unknown(kind, name, table, where, hint, aliases)
+
+
+def unknown(kind: str, name: Any, known: Iterable[str], where: str = "", hint: str = "",
+            aliases: Mapping[str, str] | None = None) -> UnknownNameError:
+    return UnknownNameError(kind, name, where, known, hint, aliases)
+
+
+def _show(v: int) -> str:
+    return f"{v} ({v:#x})" if v >= 0 else str(v)
