@@ -184,7 +184,7 @@ class Arm64Vcpu:
             else:
                 self.pseudo[rid] = value
         sysregs_ids = {rid for rid, _ in sysregs.values()}
-        self.pseudo[c("KVM_REG_ARM_PSCI_VERSION")] = PSCI_VERSION if self.has("PSCI_0_2") else 0
+        self.pseudo[c("KVM_REG_ARM_PSCI_VERSION")] = int(self.vcpu.backend.host.fact("psci_version")) if self.has("PSCI_0_2") else 0
         self.sysregs = {enc: v for enc, (_, v) in sysregs.items()}
         self.sysregs.update({MIDR_EL1: MIDR, MPIDR_EL1: default_mpidr(self.vcpu.id), SCTLR_EL1: SCTLR_RESET})
         # kvm_arm_copy_reg_indices' order, as captured: the PMU registers go into the
