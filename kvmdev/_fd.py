@@ -83,6 +83,7 @@ class _Fd:
             with parent._lock:
                 if parent._fd < 0:
                     self._fd = -1
+                    OPEN_FDS.pop(fd, None)
                     backend.close(fd)
                     raise ClosedError(f"{parent._target_label()} was closed while this {self._kind} "
                                       f"was being created (its fd is closed again)")

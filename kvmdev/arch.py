@@ -193,6 +193,6 @@ def capability(arch: "Arch", cap: Any) -> int:
             return arch.const(name)
         raise unknown("capability", cap, arch.constants("KVM_CAP_"), f"on {arch.name} (linux/kvm.h KVM_CAP_*)")
     v = integer("capability", cap)
-    if not 0 <= v < 1 << 31:
-        raise ValueError(f"capability is a non-negative int (KVM_CAP_*), not {v}")
+    if not 0 <= v < 1 << 64:   # the ioctl's unsigned long; a number no kernel knows answers 0
+        raise ValueError(f"capability is a non-negative int below 2**64 (KVM_CAP_*), not {v}")
     return v

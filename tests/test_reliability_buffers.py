@@ -114,3 +114,17 @@ def test_run_with_a_full_fd_table(kvm) -> None:
     """ % (kvm.backend, kvm.arch)
     r = _run(code)
     assert r.returncode == 0 and r.stdout.startswith("mapped"), f"rc {r.returncode}\n{r.stdout}{r.stderr[-2000:]}"
+
+
+@pytest.mark.xfail(strict=True, reason="fd layer: a ctype narrower than the table's entry for a known "
+                   "attribute reaches the ioctl (issue 18; fix: _spec refuses sizeof(ctype) < the table's)")
+def test_ctype_narrower_than_the_table_is_refused(kvm) -> None:
+    """The kernel copies the table's 8 bytes into a 0-byte buffer; guard mode sees it
+    on the real kernel, the mock refuses (BufferOverrun): it must be a ValueError
+    before the ioctl."""
+    guarded = kvmdev.open(kvm.backend, arch=kvm.arch, guard_buffers=True)
+    try:
+        with pytest.raises(ValueError):
+            guarded.get_attr("KVM_X86_GRP_SYSTEM", "KVM_X86_XCOMP_GUEST_SUPP", ctype="__u8[0]")
+    finally:
+        guarded.close()

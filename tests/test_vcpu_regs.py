@@ -60,11 +60,12 @@ def test_reg_list_is_the_kernels(arm64_kvm: kvmdev.Kvm, vm: kvmdev.Vm, arm64_ker
             assert pmu <= set(ids) and set(ids) - pmu == set(expected)
         else:
             assert ids == expected
-        assert len(ids) == {"6.12": 259, "6.1": 242}[arm64_kernel] + (74 if "PMU_V3" in features else 0)
+        assert len(ids) == {"6.12": 259, "6.1": 242, "6.18": 257, "7.3": 257}[arm64_kernel] + \
+            ({"7.3": 75}.get(arm64_kernel, 74) if "PMU_V3" in features else 0)
 
 
 @pytest.mark.arm64
-def test_every_listed_register_reads_and_takes_its_value_back(vm: kvmdev.Vm) -> None:
+def test_every_listed_register_reads_and_takes_its_value_back(vm: kvmdev.Vm, kfact) -> None:
     """ONE_REG of every listed id, of whatever size (32, 64 and 128 bits here), with
     a buffer of exactly that size; setting the value read back is accepted."""
     c = vm.create_vcpu(0)
@@ -77,7 +78,8 @@ def test_every_listed_register_reads_and_takes_its_value_back(vm: kvmdev.Vm) -> 
         assert 0 <= v < 1 << 8 * size
         c.set_one_reg(rid, v)
     assert sizes == {4, 8, 16}
-    assert c.get_one_reg("KVM_REG_ARM_PSCI_VERSION") == 0x10001     # PSCI 1.1 with PSCI_0_2
+    # PSCI 1.1 with PSCI_0_2 (6.1, 6.12), 1.3 from 6.18 (kernel_facts)
+    assert c.get_one_reg("KVM_REG_ARM_PSCI_VERSION") == kfact("psci_version")
 
 
 @pytest.mark.arm64

@@ -167,7 +167,7 @@ class Arm64Vcpu:
         self.x = [0] * 31
         self.sp = self.pc = 0
         self.pstate = PSTATE_RESET
-        kernel = "6.1" if self.k61 else "6.12"
+        kernel = self.vcpu.backend.host.kernel
         regs = list(arm64_reglist.REGS[kernel])
         if self.has("PMU_V3"):
             regs += arm64_reglist.PMU_REGS[kernel]
@@ -184,7 +184,7 @@ class Arm64Vcpu:
             else:
                 self.pseudo[rid] = value
         sysregs_ids = {rid for rid, _ in sysregs.values()}
-        self.pseudo[c("KVM_REG_ARM_PSCI_VERSION")] = PSCI_VERSION if self.has("PSCI_0_2") else 0
+        self.pseudo[c("KVM_REG_ARM_PSCI_VERSION")] = int(self.vcpu.backend.host.fact("psci_version")) if self.has("PSCI_0_2") else 0
         self.sysregs = {enc: v for enc, (_, v) in sysregs.items()}
         self.sysregs.update({MIDR_EL1: MIDR, MPIDR_EL1: default_mpidr(self.vcpu.id), SCTLR_EL1: SCTLR_RESET})
         # kvm_arm_copy_reg_indices' order, as captured: the PMU registers go into the

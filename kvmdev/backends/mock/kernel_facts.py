@@ -51,8 +51,10 @@ FACTS: dict[str, list[tuple[tuple[int, int], object]]] = {
     "gicd_iidr_typer2_pre_init": [(_V0, False), ((6, 18), True)],
     # a GICD_TYPER2 write that changes it, after init: EINVAL (must match); 6.18+ EBUSY
     "gicd_typer2_post_init_ebusy": [(_V0, False), ((6, 18), True)],
-    # 6.18.15 only: a GICD_IIDR write (before or after init) is accepted and ignored
-    # (Revision stays 3, so do the GICR_CTLR bits it governs; revision 1 is not EINVAL).
+    # 6.18.15 only: a GICD_IIDR write (v2 and v3, before or after init) that keeps the
+    # other fields is accepted whatever its Revision (1 too) and the Revision stays (3),
+    # as do the GICR_CTLR bits it governs; as if the new revision were taken from the
+    # current register rather than the value.  Another implementer is EINVAL still.
     # Not seen on 6.12 or 7.3.
     "gicd_iidr_writes_ignored": [(_V0, False), ((6, 18), True), ((6, 19), False)],
     # a refused duplicate vCPU id (EEXIST) uses up a redistributor slot (kvm_arch_vcpu_create

@@ -414,10 +414,7 @@ class _Vgic(DeviceModel):
                 if d.v3 and group == DIST_REGS and attr & 0xFFFFFFFF in (0x008, 0x00C) \
                         and self.vm.backend.host.fact("gicd_iidr_typer2_pre_init"):
                     # reg_allowed_pre_init: GICD_IIDR and GICD_TYPER2 (6.18+)
-                    out = GicRegs.pre_init_dist(d, attr & 0xFFFFFFFF, value)
-                    if not write:
-                        self.user.put(width, addr, out)
-                    return
+                    return GicRegs.pre_init_dist(d, attr & 0xFFFFFFFF, value)
                 if d.v3:
                     raise Errno(E.EBUSY)
                 d.init()
@@ -633,10 +630,12 @@ class GicRegs:
             return self.pre_init_dist(d, off, value, self)
         if off == 0x008:
             if value is not None:
-                if (value ^ IIDR_DIST) & ~0xF000 or (value >> 12 & 0xF) not in (2, 3):
+                ignored = d.part.vm.backend.host.fact("gicd_iidr_writes_ignored")   # 6.18.15
+                if (value ^ IIDR_DIST) & ~0xF000 or not ignored and (value >> 12 & 0xF) not in (2, 3):
                     raise Errno(E.EINVAL)
                 self.groups_writable = True
-                self.implementation_rev = value >> 12 & 0xF
+                if not ignored:
+                    self.implementation_rev = value >> 12 & 0xF
             return IIDR_DIST & ~0xF000 | self.implementation_rev << 12
         if self.v3 and off == 0x010:
             return 0xFFFFFFFF  # GICD_STATUSR: read-as-ones, writes ignored
@@ -720,10 +719,13 @@ class GicRegs:
                 # is EBUSY (checked before the host's support)
                 raise Errno(E.EBUSY if regs is not None and host.fact("gicd_typer2_post_init_ebusy") else E.EINVAL)
             return 0
-        if value is not None and not host.fact("gicd_iidr_writes_ignored"):
-            if (value ^ IIDR_DIST) & ~0xF000 or (value >> 12 & 0xF) not in (2, 3):
+        if value is not None:
+            if (value ^ IIDR_DIST) & ~0xF000:
                 raise Errno(E.EINVAL)
-            d.implementation_rev = value >> 12 & 0xF
+            if not host.fact("gicd_iidr_writes_ignored"):   # 6.18.15: any revision, none taken
+                if (value >> 12 & 0xF) not in (2, 3):
+                    raise Errno(E.EINVAL)
+                d.implementation_rev = value >> 12 & 0xF
             if regs is not None:
                 regs.groups_writable = True
                 regs.implementation_rev = d.implementation_rev

@@ -157,10 +157,10 @@ class ArchModel(_Base):
 
     def check_extension_number(self, vm: MockVm | None, number: int) -> int:
         name = self.backend.cap_name(number)
+        if self.record is not None and vm is not None and number in self.record.vm_caps:
+            return self.record.vm_caps[number]     # the VM fd's own answer, named or not
         if self.record is None or (name and name in self.host.caps):
             return self.check_extension(vm, name)
-        if vm is not None and number in self.record.vm_caps:
-            return self.record.vm_caps[number]
         return self.record.caps.get(number, 0)
 
     def check_memory_region(self, vm: MockVm, gpa: int, size: int) -> None:
