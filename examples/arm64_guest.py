@@ -76,11 +76,12 @@ def run(kvm: kvmdev.Kvm, text: bytes = b"hello from the guest\n") -> tuple[str, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backend", default="auto", choices=kvmdev.BACKENDS)
-    ap.add_argument("--kernel", default="6.12", help="the mock's kernel series (6.12, 6.1)")
-    ap.add_argument("--gic", type=int, default=3, help="the mock's host GIC (3, 2)")
+    ap.add_argument("--backend", default=None, choices=kvmdev.BACKENDS,
+                    help="real, mock or auto (default: KVMDEV_BACKEND, else auto)")
+    ap.add_argument("--kernel", default=None, help="the mock's kernel series (6.12, 6.1; implies the mock)")
+    ap.add_argument("--gic", type=int, default=None, help="the mock's host GIC (3, 2; implies the mock)")
     args = ap.parse_args()
-    mock = {"kernel": args.kernel, "gic": args.gic} if args.backend == "mock" else {}
+    mock = {k: v for k, v in (("kernel", args.kernel), ("gic", args.gic)) if v is not None}
     with kvmdev.open(args.backend, arch="arm64", **mock) as kvm:
         gic, text, event = run(kvm)
         print(f"backend {kvm.backend}, kernel {kvm.kernel_release}, {gic}")

@@ -54,10 +54,11 @@ def bring_up(kvm: kvmdev.Kvm, nvcpus: int = 4) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backend", default="auto", choices=kvmdev.BACKENDS)
+    ap.add_argument("--backend", default=None, choices=kvmdev.BACKENDS,
+                    help="real, mock or auto (default: KVMDEV_BACKEND, else auto)")
     ap.add_argument("--kernel", default=None, help="mock: 6.12 or 6.1")
     args = ap.parse_args()
-    host = {"kernel": args.kernel} if args.kernel and args.backend == "mock" else {}
+    host = {"kernel": args.kernel} if args.kernel else {}   # a mock profile (implies the mock)
     with kvmdev.open(args.backend, arch="arm64", **host) as kvm:
         for k, v in bring_up(kvm).items():
             print(f"{k}: {v}")

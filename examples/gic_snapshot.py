@@ -53,10 +53,11 @@ def run(kvm: kvmdev.Kvm) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backend", default="auto", choices=kvmdev.BACKENDS)
+    ap.add_argument("--backend", default=None, choices=kvmdev.BACKENDS,
+                    help="real, mock or auto (default: KVMDEV_BACKEND, else auto)")
     ap.add_argument("--gic", type=int, default=None, help="mock: the host GIC, 3 or 2")
     args = ap.parse_args()
-    host = {"gic": args.gic} if args.gic and args.backend == "mock" else {}
+    host = {"gic": args.gic} if args.gic else {}   # a mock profile (implies the mock)
     with kvmdev.open(args.backend, arch="arm64", **host) as kvm:
         diff = run(kvm)
         print("restored into a new VM:", "equal documents" if not diff else "\n".join(diff))

@@ -14,7 +14,8 @@ import kvmdev
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backend", default="auto", choices=kvmdev.BACKENDS)
+    ap.add_argument("--backend", default=None, choices=kvmdev.BACKENDS,
+                    help="real, mock or auto (default: KVMDEV_BACKEND, else auto)")
     ap.add_argument("--arch", default=None, choices=kvmdev.ARCH_NAMES)
     args = ap.parse_args()
 

@@ -30,7 +30,8 @@ def run(kvm: kvmdev.Kvm) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backend", default="auto", choices=kvmdev.BACKENDS)
+    ap.add_argument("--backend", default=None, choices=kvmdev.BACKENDS,
+                    help="real, mock or auto (default: KVMDEV_BACKEND, else auto)")
     args = ap.parse_args()
     with kvmdev.open(args.backend, arch="x86_64") as kvm:
         print(f"backend {kvm.backend}, kernel {kvm.kernel_release}")

@@ -32,7 +32,7 @@ def uint(name: str, value: Any, bits: int) -> int:
     """An int in 0 .. 2**bits - 1."""
     v = integer(name, value)
     if not 0 <= v < 1 << bits:
-        raise ValueError(f"{name} is an unsigned {bits}-bit value (0..{(1 << bits) - 1:#x}), not {_show(v)}")
+        raise ValueError(f"{name}: {_show(v)} does not fit an unsigned {bits}-bit value (0..{(1 << bits) - 1:#x})")
     return v
 
 
@@ -40,7 +40,7 @@ def sint(name: str, value: Any, bits: int) -> int:
     """An int in -2**(bits-1) .. 2**(bits-1) - 1."""
     v = integer(name, value)
     if not -(1 << bits - 1) <= v < 1 << bits - 1:
-        raise ValueError(f"{name} is a signed {bits}-bit value, not {_show(v)}")
+        raise ValueError(f"{name}: {_show(v)} does not fit a signed {bits}-bit value")
     return v
 
 

@@ -76,7 +76,6 @@ class _Fd:
         # close() still reaches every live child first.
         self._children: weakref.WeakValueDictionary[int, _Fd] = weakref.WeakValueDictionary()
         self._lock = threading.RLock()
-        OPEN_FDS[fd] = (next(_SERIAL), weakref.ref(self))
         if parent is not None:
             # under the parent's lock, which close() holds: a parent closed while this
             # fd was being created (another thread) does not leave it open behind it
@@ -87,8 +86,11 @@ class _Fd:
                     backend.close(fd)
                     raise ClosedError(f"{parent._target_label()} was closed while this {self._kind} "
                                       f"was being created (its fd is closed again)")
+                OPEN_FDS[fd] = (next(_SERIAL), weakref.ref(self))
                 parent._children[id(self)] = self
                 parent._child_opened(id(self))
+        else:
+            OPEN_FDS[fd] = (next(_SERIAL), weakref.ref(self))
 
     # -- lifetime --------------------------------------------------------
     @property

@@ -119,10 +119,11 @@ def reg_id(name: str) -> int:
     enc = SYSREGS.get(name.upper())
     if enc is None:
         from ._check import unknown
-        raise unknown("arm64 register", name, [*CORE_OFFSETS, *SYSREGS], "(KVM_{GET,SET}_ONE_REG)",
-                      f"use x0..x30, sp, pc, pstate, sp_el1, elr_el1, {', '.join(SPSR_NAMES)}, v0..v31, "
-                      "fpsr, fpcr, a system register named here, KVM_REG_ARM_TIMER_CTL/CNT/CVAL, "
-                      "KVM_REG_ARM_PSCI_VERSION..., or a numeric id (kvmdev.arm64.sysreg())")
+        raise unknown("arm64 register", name, [*CORE_OFFSETS, *VREG_OFFSETS, *FP_OFFSETS, *SYSREGS],
+                      "(KVM_{GET,SET}_ONE_REG)",
+                      f"use x0..x30, sp, pc, pstate, sp_el1, elr_el1, {', '.join(SPSR_NAMES)}, v0..v31, fpsr, "
+                      f"fpcr, {', '.join(SYSREGS)}, KVM_REG_ARM_TIMER_CTL/CNT/CVAL, KVM_REG_ARM_PSCI_VERSION..., "
+                      "or a numeric id (kvmdev.arm64.sysreg())")
     return sysreg(*enc, arch=a)
 
 

@@ -265,12 +265,17 @@ class AttrProgram:
         with self.lock:
             if values is not None:
                 try:
+                    if True in map(_not_int, values):   # struct packs bools as ints: the policy does not
+                        raise struct.error
                     self.layout.pack_into(self.buf, 0, *values)
                 except struct.error:
                     i = next(i for i, (v, lim) in enumerate(zip(values, self.limits))
-                             if not isinstance(v, int) or not 0 <= v < lim)
+                             if _not_int(v) or not 0 <= v < lim)
                     s = self.specs[i]
                     gn, an = t._names(s.group, s.attr, s.given)
+                    if _not_int(values[i]):
+                        raise TypeError(f"{gn}/{an} takes an int ({s.ctype}), not {type(values[i]).__name__} "
+                                        f"{values[i]!r} (nothing was written)") from None
                     raise ValueError(f"{gn}/{an}: {values[i]!r} does not fit {s.ctype} (nothing was written)") from None
             tok = object()   # this call's hold (see _Fd._acquire)
             try:
@@ -288,6 +293,10 @@ class AttrProgram:
             if values is not None:
                 return tuple(values)
             return self.layout.unpack_from(self.buf)
+
+
+def _not_int(v: Any) -> bool:
+    return not isinstance(v, int) or isinstance(v, bool)
 
 
 class _Spec:

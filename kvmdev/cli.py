@@ -24,7 +24,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Callable, Iterable, NoReturn, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from . import BACKENDS, DeviceType
 from ._version import __version__
@@ -522,17 +522,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 128 + 13
     except UsageError as e:
-        return _fail(parser, str(e), EXIT_USAGE)
+        return _fail(str(e), EXIT_USAGE)
     except InputError as e:
-        return _fail(None, str(e), EXIT_INPUT)
+        return _fail(str(e), EXIT_INPUT)
     except KvmError as e:
-        return _fail(None, str(e), EXIT_KVM)
+        return _fail(str(e), EXIT_KVM)
     except (ValueError, KeyError, TypeError) as e:   # a bad argument value (UnknownNameError included)
-        return _fail(parser, str(e) if not isinstance(e, KeyError) or isinstance(e, UnknownNameError)
+        return _fail(str(e) if not isinstance(e, KeyError) or isinstance(e, UnknownNameError)
                      else str(e.args[0]), EXIT_USAGE)
 
 
-def _fail(parser: argparse.ArgumentParser | None, msg: str, rc: int) -> int:
+def _fail(msg: str, rc: int) -> int:
     print(f"kvmdev: {msg}", file=sys.stderr)
     return rc
 

@@ -29,6 +29,7 @@ package- or session-scoped fixture belong to that fixture, not to the test.
 from __future__ import annotations
 
 import ast
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any, Generator, Iterator
@@ -37,6 +38,16 @@ import pytest
 
 import kvmdev
 from kvmdev import _fd
+
+# New-style wrappers (pluggy >= 1.1) may raise after their yield without a
+# PluggyTeardownRaisedWarning; an older pluggy (Debian 12's pytest 7.2) takes the
+# same generators as old-style hookwrappers, where raising there is the way.
+_NEW_STYLE = "wrapper" in inspect.signature(type(pytest.hookimpl).__call__).parameters
+
+
+def _wrapper(**kw: Any) -> Any:
+    return pytest.hookimpl(wrapper=True, **kw) if _NEW_STYLE else pytest.hookimpl(hookwrapper=True, **kw)
+
 
 _KEY = pytest.StashKey[dict]()          # an item's fds before its set-up
 _SCOPED = pytest.StashKey[set]()        # (fd, serial) owned by a wider-scoped fixture
@@ -111,7 +122,7 @@ def _open_fds() -> dict[int, int]:
     return {fd: entry[0] for fd, entry in list(_fd.OPEN_FDS.items())}
 
 
-@pytest.hookimpl(wrapper=True)
+@_wrapper()
 def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Generator[None, Any, Any]:
     """fds a wider-scoped fixture's set-up opens are that fixture's, not a leak of
     the test that happened to set it up."""
@@ -124,13 +135,13 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
         request.config.stash[_SCOPED].update((fd, s) for fd, s in _open_fds().items() if before.get(fd) != s)
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
+@_wrapper(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     item.stash[_KEY] = _open_fds()
     return (yield)
 
 
-@pytest.hookimpl(wrapper=True, trylast=True)
+@_wrapper(trylast=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
     result = yield
     before = item.stash.get(_KEY, None)

@@ -122,11 +122,7 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         ffi = self._arch.ffi
         reg_id = self._reg_id(reg)
         size = one_reg_size(self._arch, reg_id)
-        what = f"the value of register {_reg_label(reg)} (__u{8 * size})"
-        value = _check.integer(what, value)
-        if not 0 <= value < 1 << 8 * size:
-            raise ValueError(f"{what} is an unsigned {8 * size}-bit value (0..{(1 << 8 * size) - 1:#x}), "
-                             f"not {value}: it does not fit the register (KVM_SET_ONE_REG)")
+        value = _check.uint(f"the value of register {_reg_label(reg)} ({8 * size} bits)", value, 8 * size)
         buf = ffi.new("uint8_t[]", value.to_bytes(size, sys.byteorder))
         r = ffi.new("struct kvm_one_reg *", {"id": reg_id, "addr": int(ffi.cast("uintptr_t", buf))})
         self._ioctl("KVM_SET_ONE_REG", r, register=_reg_label(reg))

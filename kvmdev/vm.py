@@ -171,10 +171,11 @@ class Vm(_AttrTarget, Arm64VmAttrs):
               deassign: bool = False) -> None:
         """KVM_IRQFD: a write to eventfd ``fd`` (an int or an object with fileno())
         raises GSI ``gsi`` (arm64: SPI gsi + 32, the routing the VGIC's init sets
-        up; x86: needs create_irqchip()).  The line goes up and down at each
-        write (an edge); with ``resample_fd`` (KVM_IRQFD_FLAG_RESAMPLE) it stays
-        up until the guest's EOI signals that eventfd.  ``deassign`` removes it.
-        Delivery is asynchronous in the kernel (a workqueue)."""
+        up; x86: needs create_irqchip()).  Each write raises the line: on arm64
+        (6.12, 6.1) it is not lowered again, so use edge-triggered SPIs, or
+        ``resample_fd`` (KVM_IRQFD_FLAG_RESAMPLE: lowered at the guest's EOI,
+        which signals that eventfd) for level ones.  ``deassign`` removes it.
+        Delivery is asynchronous: poll for its effect."""
         flags = 0
         if deassign:
             flags |= self._arch.const("KVM_IRQFD_FLAG_DEASSIGN")

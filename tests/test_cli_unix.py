@@ -133,3 +133,8 @@ def test_out_of_range_values_are_refused() -> None:
 def test_unknown_device_names_the_nearest() -> None:
     r = cli("decode", "attr", "--device", "vgic-v9", "--group", "DIST_REGS", "0")
     assert r.returncode == 2 and "unknown device 'vgic-v9' (--device); did you mean vgic-v5 or vgic-v3" in r.stderr
+
+
+def test_gicstate_loads_refuses_deep_nesting() -> None:
+    with pytest.raises(gicstate.SnapshotError, match="nested too deeply"):
+        gicstate.loads("[" * 100000 + "]" * 100000)

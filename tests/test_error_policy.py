@@ -58,33 +58,33 @@ def test_bad_arguments_before_any_ioctl(kvm: kvmdev.Kvm) -> None:
     reg64 = kvm._arch.const("KVM_REG_SIZE_U64") | 0x1234   # any ONE_REG id: refused before it is looked at
     T, V = TypeError, ValueError
     cases: list[tuple[type[BaseException], str, Callable[[], Any]]] = [
-        (V, r"machine_type of KVM_CREATE_VM is an unsigned 64-bit value .*not -1", lambda: kvm.create_vm(-1)),
-        (V, r"vcpu_id of KVM_CREATE_VCPU is an unsigned 64-bit value .*not -1", lambda: vm.create_vcpu(-1)),
+        (V, r"machine_type of KVM_CREATE_VM: -1 does not fit an unsigned 64-bit value", lambda: kvm.create_vm(-1)),
+        (V, r"vcpu_id of KVM_CREATE_VCPU: -1 does not fit an unsigned 64-bit value", lambda: vm.create_vcpu(-1)),
         (T, r"vcpu_id of KVM_CREATE_VCPU takes an int, not bool True", lambda: vm.create_vcpu(True)),
         (T, r"vcpu_id of KVM_CREATE_VCPU takes an int, not float 1.0", lambda: vm.create_vcpu(1.0)),
         (T, r"device type of KVM_CREATE_DEVICE takes an int, not float 4.0", lambda: vm.create_device(4.0)),
-        (V, r"device type of KVM_CREATE_DEVICE is an unsigned 32-bit value .*not -1", lambda: vm.create_device(-1)),
-        (V, r"device type .* not 4294967296", lambda: vm.supports_device(1 << 32)),
-        (V, r"group of struct kvm_device_attr is an unsigned 32-bit value .*not -1", lambda: cpu.has_attr(-1, 0)),
+        (V, r"device type of KVM_CREATE_DEVICE: -1 does not fit an unsigned 32-bit value", lambda: vm.create_device(-1)),
+        (V, r"device type of KVM_CREATE_DEVICE: 4294967296 .* does not fit", lambda: vm.supports_device(1 << 32)),
+        (V, r"group of struct kvm_device_attr: -1 does not fit an unsigned 32-bit value", lambda: cpu.has_attr(-1, 0)),
         (T, r"attr of struct kvm_device_attr takes an int, not bool True", lambda: cpu.has_attr(0, True)),
-        (V, r"attr of struct kvm_device_attr is an unsigned 64-bit value", lambda: vm.has_attr(0, 1 << 64)),
-        (V, r"irq of KVM_IRQ_LINE is an unsigned 32-bit value .*not -1", lambda: vm.irq_line(-1, 1)),
+        (V, r"attr of struct kvm_device_attr: .* does not fit an unsigned 64-bit value", lambda: vm.has_attr(0, 1 << 64)),
+        (V, r"irq of KVM_IRQ_LINE: -1 does not fit an unsigned 32-bit value", lambda: vm.irq_line(-1, 1)),
         (T, r"level of KVM_IRQ_LINE takes an int, not float 0.5", lambda: vm.irq_line(1, 0.5)),
-        (V, r"address of KVM_SIGNAL_MSI is an unsigned 64-bit value", lambda: vm.signal_msi(1 << 64, 0)),
-        (V, r"data of KVM_SIGNAL_MSI is an unsigned 32-bit value .*not -1", lambda: vm.signal_msi(0, -1)),
+        (V, r"address of KVM_SIGNAL_MSI: .* does not fit an unsigned 64-bit value", lambda: vm.signal_msi(1 << 64, 0)),
+        (V, r"data of KVM_SIGNAL_MSI: -1 does not fit an unsigned 32-bit value", lambda: vm.signal_msi(0, -1)),
         (V, r"devid of KVM_SIGNAL_MSI", lambda: vm.signal_msi(0, 0, devid=1 << 32)),
-        (V, r"guest_phys_addr is an unsigned 64-bit value .*not -4096", lambda: vm.add_memory(-4096, 4096)),
+        (V, r"guest_phys_addr: -4096 does not fit an unsigned 64-bit value", lambda: vm.add_memory(-4096, 4096)),
         (T, r"size takes an int, not float", lambda: vm.add_memory(0, 4096.0)),
-        (V, r"slot is an unsigned 32-bit value", lambda: vm.add_memory(0, 4096, slot=-1)),
-        (V, r"args\[0\] of KVM_ENABLE_CAP is an unsigned 64-bit value .*not -1",
+        (V, r"slot: .* does not fit an unsigned 32-bit value", lambda: vm.add_memory(0, 4096, slot=-1)),
+        (V, r"args\[0\] of KVM_ENABLE_CAP: -1 does not fit an unsigned 64-bit value",
          lambda: vm.enable_cap("KVM_CAP_ONE_REG", -1)),
         (T, r"flags of KVM_ENABLE_CAP takes an int, not bool", lambda: cpu.enable_cap("KVM_CAP_ONE_REG", flags=True)),
         (T, r"capability takes an int, not float 1.5", lambda: kvm.check_extension(1.5)),
         (V, r"capability is a non-negative int .*not -1", lambda: vm.check_extension(-1)),
         (T, r"register id of KVM_\{GET,SET\}_ONE_REG takes an int, not bool", lambda: cpu.get_one_reg(True)),
-        (T, r"the value of register 0x[0-9a-f]+ \(__u64\) takes an int, not str '0x40000000' "
+        (T, r"the value of register 0x[0-9a-f]+ \(64 bits\) takes an int, not str '0x40000000' "
             r"\(for a number written as text use int\('0x40000000', 0\)\)", lambda: cpu.set_one_reg(reg64, "0x40000000")),
-        (V, r"the value of register 0x[0-9a-f]+ \(__u64\) is an unsigned 64-bit value .*not -1",
+        (V, r"the value of register 0x[0-9a-f]+ \(64 bits\): -1 does not fit an unsigned 64-bit value",
          lambda: cpu.set_one_reg(reg64, -1)),
         (T, r"immediate_exit takes a bool", lambda: cpu.run(immediate_exit="yes")),
     ]
@@ -165,7 +165,7 @@ def test_arm64_common_mistakes(arm64_kvm: kvmdev.Kvm, arm64_gic: int) -> None:
             refused(TypeError, "not bool True", lambda: cpu.vcpu_init([True]))
             refused(kvmdev.UnknownNameError, "unknown KVM_ARM_VCPU_INIT feature 'PSCI02'; did you mean PSCI_0_2",
                     lambda: cpu.vcpu_init(["PSCI02"]))
-            refused(TypeError, re.escape("the value of register pc (__u64) takes an int, not str '0x40000000' "
+            refused(TypeError, re.escape("the value of register pc (64 bits) takes an int, not str '0x40000000' "
                                          "(for a number written as text use int('0x40000000', 0))"),
                     lambda: cpu.set_one_reg("pc", "0x40000000"))
             refused(kvmdev.UnknownNameError, "unknown arm64 register 'pcc'.*did you mean pc",
@@ -181,7 +181,7 @@ def test_arm64_common_mistakes(arm64_kvm: kvmdev.Kvm, arm64_gic: int) -> None:
         with no_ioctl(arm64_kvm, vm, cpu, gic):
             refused(TypeError, re.escape("GICD_CTLR (32 bits) takes an int, not str '1' (for a number written as "
                                          "text use int('1', 0))"), lambda: gic.dist.__setitem__("GICD_CTLR", "1"))
-            refused(ValueError, r"GICD_CTLR \(32 bits\) is an unsigned 32-bit value .*not 4294967296",
+            refused(ValueError, r"GICD_CTLR \(32 bits\): 4294967296 \(0x100000000\) does not fit an unsigned 32-bit value",
                     lambda: gic.dist.__setitem__("GICD_CTLR", 1 << 32))
             refused(kvmdev.UnknownNameError, "unknown register 'GICD_CTLRR' of the GICD .*did you mean GICD_CTLR",
                     lambda: gic.dist["GICD_CTLRR"])
@@ -194,3 +194,18 @@ def test_arm64_common_mistakes(arm64_kvm: kvmdev.Kvm, arm64_gic: int) -> None:
             else:
                 refused(TypeError, "or its index \\(an int\\), not the str 'cpu0'", lambda: gic.cpu("cpu0"))
         assert gic.dist["GICD_CTLR"] == gic.dist["GICD_CTLR"]   # the device still answers
+
+
+def test_attr_batch_values_are_ints(kvm: kvmdev.Kvm) -> None:
+    """bools and floats are not ints in a batch either (struct would pack a bool)."""
+    item = {"x86_64": ("KVM_VCPU_TSC_CTRL", "KVM_VCPU_TSC_OFFSET"),
+            "arm64": ("KVM_ARM_VCPU_TIMER_CTRL", "KVM_ARM_VCPU_TIMER_IRQ_VTIMER")}.get(kvm.arch)
+    if item is None:
+        pytest.skip(f"no integer vCPU attribute in kvmdev's {kvm.arch} table")
+    with kvm.create_vm() as vm:
+        cpu = vm.create_vcpu(0)
+        with no_ioctl(kvm, vm, cpu):
+            refused(TypeError, r"takes an int \(.*\), not bool True \(nothing was written\)",
+                    lambda: cpu.attr_batch("KVM_SET_DEVICE_ATTR", [item], [True]))
+            refused(TypeError, r"not float 1.5", lambda: cpu.attr_batch("KVM_SET_DEVICE_ATTR", [item], [1.5]))
+            refused(ValueError, r"-1 does not fit", lambda: cpu.attr_batch("KVM_SET_DEVICE_ATTR", [item], [-1]))

@@ -128,9 +128,10 @@ def test_ioeventfd_takes_a_port_write_x86(kvm: kvmdev.Kvm, fds: list[int]) -> No
 # --- arm64 -------------------------------------------------------------------------
 
 @pytest.fixture
-def gic(arm64_kvm: kvmdev.Kvm, arm64_gic: int) -> Iterator[tuple[kvmdev.Vm, VgicV2 | VgicV3]]:
+def gic(arm64_kvm: kvmdev.Kvm, arm64_gic: int) -> Iterator[tuple[kvmdev.Vm, VgicV2 | VgicV3, kvmdev.Vcpu]]:
     with arm64_kvm.create_vm() as vm:
-        vm.create_vcpu(0).vcpu_init(["PSCI_0_2"])
+        cpu = vm.create_vcpu(0)
+        cpu.vcpu_init(["PSCI_0_2"])
         g: VgicV2 | VgicV3
         if arm64_gic == 3:
             g = vm.create_device("ARM_VGIC_V3")
@@ -140,7 +141,7 @@ def gic(arm64_kvm: kvmdev.Kvm, arm64_gic: int) -> Iterator[tuple[kvmdev.Vm, Vgic
             g.dist_base, g.cpu_base = 0x08000000, 0x08010000
         g.nr_irqs = 64
         g.init()
-        yield vm, g
+        yield vm, g, cpu
 
 
 def _wait_pending(g: VgicV2 | VgicV3, bit: int, timeout: float = 10.0) -> bool:
@@ -154,12 +155,12 @@ def _wait_pending(g: VgicV2 | VgicV3, bit: int, timeout: float = 10.0) -> bool:
 
 
 @pytest.mark.arm64
-def test_irqfd_makes_an_spi_pending(gic: tuple[kvmdev.Vm, VgicV2 | VgicV3], fds: list[int]) -> None:
+def test_irqfd_makes_an_spi_pending(gic: tuple[kvmdev.Vm, VgicV2 | VgicV3, kvmdev.Vcpu], fds: list[int]) -> None:
     """GSI 8 is SPI 40 (the default routing of vgic_init): a write to the eventfd
-    raises the line and lowers it, which latches the edge-triggered SPI pending
+    raises the line, which latches the edge-triggered SPI pending
     (GICD_ISPENDR1 bit 8) and consumes the eventfd's count; after deassign a
-    write changes nothing."""
-    vm, g = gic
+    write changes nothing.  A level SPI's line goes up and stays up."""
+    vm, g, cpu = gic
     d = g.dist
     d["GICD_ICFGR2"] = 1 << 17                   # SPI 40: edge-triggered
     efd, other = _eventfd(), _eventfd()
@@ -180,8 +181,20 @@ def test_irqfd_makes_an_spi_pending(gic: tuple[kvmdev.Vm, VgicV2 | VgicV3], fds:
     os.eventfd_write(efd, 1)
     assert not _wait_pending(g, 8, timeout=0.3)
     assert _readable(efd)                        # nobody took it
-    vm.irqfd(other, 9)                           # another eventfd, another GSI
+    vm.irqfd(other, 9)                           # GSI 9 = SPI 41, level-triggered (ICFGR2 above)
     raises(E.EBUSY, vm.irqfd, other, 8)
+    os.eventfd_write(other, 1)
+    # kvm_arch_set_irq_inatomic raises the line and nothing lowers it (no
+    # resamplefd): v2 reads a level SPI pending from its line; v3's ISPENDR reads
+    # only the latch, LEVEL_INFO the line
+    if isinstance(g, VgicV2):
+        assert _wait_pending(g, 9), "SPI 41's line did not go up"
+    else:
+        deadline = time.monotonic() + 10
+        while not g.level_info(cpu, 32) >> 9 & 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert g.level_info(cpu, 32) >> 9 & 1, "SPI 41's line did not go up"
+        assert not d["GICD_ISPENDR1"] >> 9 & 1
 
 
 @pytest.mark.arm64

@@ -364,6 +364,8 @@ def loads(text: str) -> dict[str, Any]:
     """A document from JSON text; truncated or malformed text is a SnapshotError."""
     try:
         doc = json.loads(text)
+    except RecursionError:
+        raise SnapshotError(f"not a {FORMAT} document: JSON nested too deeply") from None
     except ValueError as e:
         raise SnapshotError(f"not a {FORMAT} document: {e}") from None
     return GicDocument(doc) if isinstance(doc, dict) else doc

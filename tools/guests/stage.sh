@@ -23,12 +23,13 @@ stage_kvmdev() {
   stage_pyc "$stage"
 }
 
-# stage_pyc DIR [PREFIX]: .pyc for DIR's Python files, compiled with the host's python3.11 (the
-# guests' CPython; same magic number checked, as run-guest.sh does for the stdlib): the
-# guests run with PYTHONDONTWRITEBYTECODE=1, so every process would compile kvmdev anew
-# under TCG (seconds per VMM process start).  Paths as the guest sees them (/work/...).
-# run-guest.sh's options for copying a staged tree: its __pycache__ go in
+# run-guest.sh's options for copying a staged tree: its __pycache__ (stage_pyc) go in
 STAGE_COPY_OPTS=(--no-default-excludes --exclude .git --exclude .pytest_cache --exclude .mypy_cache)
+
+# stage_pyc DIR [PREFIX]: .pyc for DIR's Python files, compiled with the host's python3.11
+# (the guests' CPython): the guests run with PYTHONDONTWRITEBYTECODE=1, so every process
+# would compile kvmdev anew under TCG (seconds per VMM process start).  Unchecked-hash
+# .pyc; PREFIX is the path the guest sees (default /work).
 stage_pyc() {
   local dir=$1 prefix=${2:-/work} hostpy=/usr/bin/python3.11
   [ -x "$hostpy" ] || return 0
