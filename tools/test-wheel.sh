@@ -90,7 +90,9 @@ for i in "${!PYS[@]}"; do
   line="CPython $ver ($what): ${summary:-no pytest summary} [$(cat "$W/version") from ${from:-?}; venv+install $(secs "$t0" "$t1")s, pytest $(secs "$t1" "$t2")s]"
   if [ "$rc" != 0 ]; then
     line="$line FAILED (exit $rc)"; FAIL=1
-    tail -n 60 "$W/pytest-$ver.log"
+    # the first failure in full, then pytest's one-line summary of every failure and skip
+    sed -n '/^=* FAILURES =*$/,/^___.*___$/p' "$W/pytest-$ver.log" | head -n 80
+    sed -n '/short test summary info/,$p' "$W/pytest-$ver.log"
   fi
   echo "$line"
   LINES+=("$line")
