@@ -25,18 +25,11 @@ from typing import Any, Callable
 
 from . import open as kvm_open
 from .errors import KvmError, SequenceError
+from .fuzz import _fds
 
 
 def _kvm_fds() -> set[str]:
-    out = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            t = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if t.startswith(("anon_inode:kvm", "anon_inode:[eventfd]", "/dev/kvm")):
-            out.add(f"{fd}:{t}")
-    return out
+    return _fds(("anon_inode:kvm", "anon_inode:[eventfd]", "/dev/kvm"))
 
 
 def completes(fn: Callable[[], Any], timeout: float = 5.0) -> bool:

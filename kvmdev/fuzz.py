@@ -288,14 +288,15 @@ def _typed_op(t: Any, group: str, attr: str, value: Any, how: str) -> str:
     return "ok"         # a struct (or no payload): its address would differ between runs
 
 
-def _fds() -> set[str]:
+def _fds(kinds: tuple[str, ...] = ("anon_inode:kvm", "anon_inode:[eventfd]")) -> set[str]:
+    """This process's fds of the given kinds (readlink prefixes), as "fd:target"."""
     out = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
             t = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        if t.startswith(("anon_inode:kvm", "anon_inode:[eventfd]")):
+        if t.startswith(kinds):
             out.add(f"{fd}:{t}")
     return out
 

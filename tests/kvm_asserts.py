@@ -27,3 +27,9 @@ def python_child(code: str, *args: str, timeout: float, **kw) -> "subprocess.Com
     cwd = pathlib.Path(kvmdev.__file__).resolve().parent.parent
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
                           cwd=cwd, **kw)
+
+
+def known_host(kvm: kvmdev.Kvm) -> bool:
+    """The QEMU -cpu max guests of tools/guests (or their mock): exact values hold."""
+    import os
+    return kvm.backend == "mock" or "KVMDEV_ARM64_GIC" in os.environ

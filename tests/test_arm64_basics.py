@@ -4,14 +4,13 @@ kernels (make test-arm64).  Where 6.12 and 6.1 differ, the test says so."""
 from __future__ import annotations
 
 import errno as E
-import os
 from typing import Iterator
 
 import pytest
 
 import kvmdev
 from a64 import HVC0, ldst, program
-from kvm_asserts import raises
+from kvm_asserts import known_host, raises
 from kvmdev import arm64 as A
 from kvmdev.arm64 import Affinity, default_mpidr
 
@@ -28,11 +27,6 @@ MMIO = 0x10000000             # an address no memslot holds
 GRP_ADDR = "KVM_DEV_ARM_VGIC_GRP_ADDR"
 GRP_NR_IRQS = "KVM_DEV_ARM_VGIC_GRP_NR_IRQS"
 GRP_CTRL = "KVM_DEV_ARM_VGIC_GRP_CTRL"
-
-
-def known_host(kvm: kvmdev.Kvm) -> bool:
-    """The QEMU -cpu max guests of tools/guests (or their mock): exact values hold."""
-    return kvm.backend == "mock" or "KVMDEV_ARM64_GIC" in os.environ
 
 
 @pytest.fixture

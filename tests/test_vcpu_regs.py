@@ -5,22 +5,16 @@ x86 kernel here and the x86 mock."""
 from __future__ import annotations
 
 import errno as E
-import os
 from typing import Iterator
 
 import pytest
 
 import kvmdev
-from kvm_asserts import raises
+from kvm_asserts import known_host, raises
 from kvmdev import arm64 as A
 from kvmdev.backends.mock import arm64_reglist
 
 V0_VALUE = 0x0123456789ABCDEF_FEDCBA9876543210     # both halves differ: byte order shows
-
-
-def known_host(kvm: kvmdev.Kvm) -> bool:
-    """The QEMU -cpu max guests of tools/guests (or their mock)."""
-    return kvm.backend == "mock" or "KVMDEV_ARM64_GIC" in os.environ
 
 
 @pytest.fixture
