@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno as E
 import os
+import subprocess
 import resource
 import threading
 import time
@@ -393,14 +394,23 @@ def test_enomem_from_the_kernel() -> None:
     if os.geteuid() != 0 or parent is None:
         pytest.skip("needs root and a writable cgroup-v1 memory controller (memory.oom_control): "
                     "under cgroup v2 the kernel OOM-kills instead of failing the ioctl")
-    cg = os.path.join(parent, f"kvmdev-enomem-{os.getpid()}")
-    os.mkdir(cg)
-    try:
-        p = python_child(_MEMCG_CHILD, cg, timeout=120)
-    finally:
-        with open(os.path.join(cg, "memory.limit_in_bytes"), "w") as f:   # if the child hung
-            f.write("-1")
-        os.rmdir(cg)
+    # With the OOM killer off, a page fault of the child's own Python heap at the limit
+    # waits for memory instead of failing (only kernel charges fail with ENOMEM): seen
+    # now and then on 6.1.  Such a run is ended and the measurement made again.
+    for attempt in range(3):
+        cg = os.path.join(parent, f"kvmdev-enomem-{os.getpid()}-{attempt}")
+        os.mkdir(cg)
+        try:
+            p = python_child(_MEMCG_CHILD, cg, timeout=60)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+        finally:
+            with open(os.path.join(cg, "memory.limit_in_bytes"), "w") as f:   # if the child hung
+                f.write("-1")
+            os.rmdir(cg)
+    else:
+        pytest.fail("the child waited at the memory limit in all 3 runs (a user-space fault, not ENOMEM)")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["errno"] == E.ENOMEM and out["ioctl"] in ("KVM_CREATE_VCPU", "KVM_CREATE_VM")
