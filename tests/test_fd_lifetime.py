@@ -8,6 +8,7 @@ import errno as E
 import os
 import subprocess
 import resource
+import sys
 import threading
 import time
 from typing import Any
@@ -453,12 +454,18 @@ def test_keyboard_interrupt_right_after_acquire_leaves_no_user(kvm: kvmdev.Kvm) 
     vm.close()
 
 
-def test_signals_at_random_points_leave_no_user(kvm: kvmdev.Kvm) -> None:
+@pytest.mark.xfail(sys.version_info < (3, 11), strict=False,
+                   reason="CPython 3.10's eval loop may run a signal handler inside the finally "
+                          "block before the call's token is discarded (3.11+ checks only at calls "
+                          "and backward jumps): the guarantee holds from 3.11")
+def test_signals_at_random_points_leave_no_user(kvm: kvmdev.Kvm, request: pytest.FixtureRequest) -> None:
     """A signal handler raising at random points inside kvmdev's fd layer, over
     thousands of ioctls: every interrupted call releases what it held, and
     close() closes the fd.  (The handler raises only when the signal lands in
     kvmdev's own code, so the test's loop is never what is interrupted.)"""
     import signal
+    if sys.version_info < (3, 11):    # a phantom user keeps the fd (see the xfail)
+        request.node.add_marker(pytest.mark.kvmdev_allow_fd_leak)
 
     class Interrupt(Exception):
         pass
@@ -483,10 +490,12 @@ def test_signals_at_random_points_leave_no_user(kvm: kvmdev.Kvm) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         time.sleep(0.01)                 # a last pending SIGALRM lands here, not in SIG_DFL
         signal.signal(signal.SIGALRM, old)
-    assert len(hits) > 0 and "_acquire" in hits or "_ioctl_val" in hits, hits[:20]
-    assert not vm._users
     fd = vm.fileno()
-    vm.close()
+    try:
+        assert len(hits) > 0 and "_acquire" in hits or "_ioctl_val" in hits, hits[:20]
+        assert not vm._users
+    finally:
+        vm.close()
     assert "kvm-vm" not in (_target(fd) or "")
 
 
