@@ -24,10 +24,12 @@ done
 
 STAGE=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-bench.XXXXXX")
 trap 'rm -rf "$STAGE"' EXIT
-EXT=$("$HERE/build-ext.sh" | tail -1)
-tar -C "$ROOT" --exclude=__pycache__ -cf - kvmdev bench | tar -C "$STAGE" -xf -
-find "$STAGE/kvmdev" -name '*.so' -delete
-cp "$EXT"/_kvm_*.abi3.so "$STAGE/kvmdev/"
+DEBARCH=arm64 TRIPLE=aarch64-linux-gnu ELFMACHINE=AArch64 PYTHON=${PYTHON:-python3} LOGS=$STAGE
+die() { echo "bench-arm64.sh: $*" >&2; exit "${2:-3}"; }
+say() { echo "[bench-arm64] $*" >&2; }
+# shellcheck source=stage.sh
+. "$HERE/stage.sh"
+stage_kvmdev "$STAGE" kvmdev bench
 aarch64-linux-gnu-gcc -O2 -Wall -shared -fPIC -o "$STAGE/bench/gic_replay.aarch64.so" "$ROOT/bench/gic_replay.c"
 
 rc=0

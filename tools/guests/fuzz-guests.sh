@@ -23,17 +23,19 @@ while [ $# -gt 0 ]; do
   esac
 done
 case $DEBARCH in
-  arm64) TRIPLE=aarch64-linux-gnu; [ ${#COMBOS[@]} -eq 0 ] && COMBOS=(6.12/3 6.12/2 6.1/3 6.1/2 6.18/3 6.18/2 7.3/3 7.3/2);;
-  ppc64el) TRIPLE=powerpc64le-linux-gnu; COMBOS=(6.1/0);;
+  arm64) TRIPLE=aarch64-linux-gnu ELFMACHINE=AArch64; [ ${#COMBOS[@]} -eq 0 ] && COMBOS=(6.12/3 6.12/2 6.1/3 6.1/2 6.18/3 6.18/2 7.3/3 7.3/2);;
+  ppc64el) TRIPLE=powerpc64le-linux-gnu ELFMACHINE=PowerPC64; COMBOS=(6.1/0);;
   *) echo "fuzz-guests.sh: --arch must be arm64 or ppc64el" >&2; exit 2;;
 esac
 [ ${#ARGS[@]} -eq 0 ] && ARGS=(--ops 10000 --differential)
 STAGE=$(mktemp -d "${TMPDIR:-/tmp}/kvmdev-fuzz.XXXXXX")
 trap 'rm -rf "$STAGE"' EXIT
-EXT=$("$HERE/build-ext.sh" --arch "$DEBARCH" | tail -1)
-tar -C "$ROOT" --exclude=__pycache__ -cf - kvmdev tests/fuzz_corpus | tar -C "$STAGE" -xf -
-find "$STAGE/kvmdev" -name '*.so' -delete
-cp "$EXT"/_kvm_*.abi3.so "$STAGE/kvmdev/"
+PYTHON=${PYTHON:-python3} LOGS=$STAGE
+die() { echo "fuzz-guests.sh: $*" >&2; exit "${2:-3}"; }
+say() { echo "[fuzz-guests] $*" >&2; }
+# shellcheck source=stage.sh
+. "$HERE/stage.sh"
+stage_kvmdev "$STAGE" kvmdev tests/fuzz_corpus
 rc=0
 for c in "${COMBOS[@]}"; do
   k=${c%/*} g=${c#*/}
