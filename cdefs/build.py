@@ -24,6 +24,7 @@ _PRELUDE = """
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/uio.h>
+#include <fcntl.h>
 """
 
 _IOCTL_TABLE = """

@@ -88,3 +88,52 @@ int kvmdev_install_kick_handler(int sig)
 	sa.sa_flags = 0;	/* no SA_RESTART: KVM_RUN returns EINTR */
 	return sigaction(sig, &sa, NULL) < 0 ? -errno : 0;
 }
+
+/* fd cells: an int that holds a kernel fd from the moment the kernel returns it
+ * until it is closed.  The ioctl stores the new fd in C and the close takes it
+ * out with one atomic exchange, so a Python exception (a signal handler's
+ * KeyboardInterrupt) landing anywhere between two Python steps can neither lose
+ * the fd nor close it twice: what is in the cell is closed by whoever empties it,
+ * at the latest when the cell is freed (ffi.gc). */
+long kvmdev_ioctl_val_fd(int fd, unsigned long request, unsigned long arg, int *cell)
+{
+	long r = ioctl(fd, request, arg);
+	if (r < 0)
+		return -errno;
+	__atomic_store_n(cell, (int)r, __ATOMIC_SEQ_CST);
+	return r;
+}
+
+/* the new fd is an int at byte offset `off` of arg (struct kvm_create_device.fd) */
+long kvmdev_ioctl_fd_at(int fd, unsigned long request, void *arg, size_t off, int *cell)
+{
+	long r = ioctl(fd, request, arg);
+	if (r < 0)
+		return -errno;
+	__atomic_store_n(cell, *(int *)((char *)arg + off), __ATOMIC_SEQ_CST);
+	return r;
+}
+
+int kvmdev_open_fd(const char *path, int flags, int *cell)
+{
+	int fd = open(path, flags);
+	if (fd < 0)
+		return -errno;
+	__atomic_store_n(cell, fd, __ATOMIC_SEQ_CST);
+	return fd;
+}
+
+/* 1 if this call closed the cell's fd, 0 if it was empty */
+int kvmdev_cell_close(int *cell)
+{
+	int fd = __atomic_exchange_n(cell, -1, __ATOMIC_SEQ_CST);
+	if (fd < 0)
+		return 0;
+	close(fd);
+	return 1;
+}
+
+void kvmdev_cell_free(int *cell)
+{
+	kvmdev_cell_close(cell);
+}

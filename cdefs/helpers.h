@@ -15,3 +15,8 @@ int kvmdev_attr_batch(int fd, unsigned long request, struct kvm_device_attr *att
 int kvmdev_copy_from_user(void *dst, uint64_t src, size_t len);
 int kvmdev_copy_to_user(uint64_t dst, const void *src, size_t len);
 int kvmdev_install_kick_handler(int sig);
+long kvmdev_ioctl_val_fd(int fd, unsigned long request, unsigned long arg, int *cell);
+long kvmdev_ioctl_fd_at(int fd, unsigned long request, void *arg, size_t off, int *cell);
+int kvmdev_open_fd(const char *path, int flags, int *cell);
+int kvmdev_cell_close(int *cell);
+void kvmdev_cell_free(int *cell);

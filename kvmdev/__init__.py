@@ -23,6 +23,7 @@ __all__ = ["open", "BACKENDS", "Kvm", "Vm", "Vcpu", "Device", "DeviceType", "Gue
            "KvmUnavailable", "ClosedError", "SequenceError", "UnknownNameError", "ArchError", "ARCH_NAMES", "get_arch"]
 
 from ._ipython import load_ipython_extension, register as _register_ipython  # noqa: E402
+from . import _check
 
 _register_ipython()
 
@@ -55,13 +56,13 @@ def open(backend: str | None = None, arch: str | None = None, *, guard_buffers: 
         env = os.environ.get("KVMDEV_BACKEND")
         backend, chosen = (env, f"KVMDEV_BACKEND={env}") if env else ("auto", "")
         if env and env not in BACKENDS:
-            raise ValueError(f"KVMDEV_BACKEND must be one of {', '.join(BACKENDS)}, not {env!r}")
+            raise ValueError(f"KVMDEV_BACKEND must be one of {', '.join(BACKENDS)}, not {_check.show(env)}")
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {_check.show(backend)}")
     if arch is not None and arch not in ARCH_NAMES:
         from ._check import unknown
         raise unknown("architecture", arch, ARCH_NAMES, "(kvmdev.open arch=)")
-    profile = ", ".join(f"{k}={v!r}" for k, v in mock_host.items())
+    profile = ", ".join(f"{k}={_check.show(v)}" for k, v in mock_host.items())
     if mock_host and backend == "real":
         raise ValueError(f"{profile}: a mock profile; the real backend is this host's kernel "
                          f"({os.uname().release}{', ' + chosen if chosen.startswith('KVMDEV') else ''})")

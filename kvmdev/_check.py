@@ -7,6 +7,7 @@ wrong type, ValueError for a wrong value, UnknownNameError for an unknown name.
 from __future__ import annotations
 
 import operator
+import reprlib
 from typing import Any, Iterable, Mapping, TypeVar
 
 from .errors import UnknownNameError
@@ -18,14 +19,14 @@ def integer(name: str, value: Any) -> int:
     """An int (or an object with __index__, e.g. an IntEnum); bools, floats and
     strings are not ints here."""
     if isinstance(value, bool) or isinstance(value, float):
-        raise TypeError(f"{name} takes an int, not {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} takes an int, not {type(value).__name__} {show(value)}")
     try:
         return operator.index(value)
     except TypeError:
         hint = ""
         if isinstance(value, str):
-            hint = f" (for a number written as text use int({value!r}, 0))"
-        raise TypeError(f"{name} takes an int, not {type(value).__name__} {value!r}{hint}") from None
+            hint = f" (for a number written as text use int({show(value)}, 0))"
+        raise TypeError(f"{name} takes an int, not {type(value).__name__} {show(value)}{hint}") from None
 
 
 def uint(name: str, value: Any, bits: int) -> int:
@@ -58,18 +59,18 @@ def flag(name: str, value: Any) -> bool:
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise TypeError(f"{name} takes a bool, not {type(value).__name__} {value!r}")
+    raise TypeError(f"{name} takes a bool, not {type(value).__name__} {show(value)}")
 
 
 def int_list(name: str, values: Any) -> list[Any]:
     """A list of items (a str is one item's worth, not a list of characters)."""
     if isinstance(values, (str, bytes)):
-        raise TypeError(f"{name} takes a list, not the {type(values).__name__} {values!r}: "
-                        f"write [{values!r}]")
+        raise TypeError(f"{name} takes a list, not the {type(values).__name__} {show(values)}: "
+                        f"write [{show(values)}]")
     try:
         return list(values)
     except TypeError:
-        raise TypeError(f"{name} takes a list, not {type(values).__name__} {values!r}") from None
+        raise TypeError(f"{name} takes a list, not {type(values).__name__} {show(values)}") from None
 
 
 def name_lookup(kind: str, name: Any, table: Mapping[str, T], where: str = "", hint: str = "",
@@ -77,7 +78,7 @@ def name_lookup(kind: str, name: Any, table: Mapping[str, T], where: str = "", h
     """``table[name]`` (also upper-cased, ``-`` as ``_``, or through ``aliases``),
     or UnknownNameError with the nearest names."""
     if not isinstance(name, str):
-        raise TypeError(f"{kind} takes a name (str), not {type(name).__name__} {name!r}")
+        raise TypeError(f"{kind} takes a name (str), not {type(name).__name__} {show(name)}")
     for key in (name, name.upper(), name.upper().replace("-", "_")):
         if key in table:
             return table[key]
@@ -92,5 +93,40 @@ def unknown(kind: str, name: Any, known: Iterable[str], where: str = "", hint: s
     return UnknownNameError(kind, name, where, known, hint, aliases)
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 60, 60, 60
+
+
+def show(v: Any) -> str:
+    """An argument as an error message shows it: bounded (a 2,000-deep list or a
+    million-digit int must not make the message itself fail)."""
+    try:
+        return _REPR.repr(v)
+    except Exception:   # noqa: BLE001 - a failing __repr__ is the caller's object's problem
+        return f"<{type(v).__name__} object>"
+
+
 def _show(v: int) -> str:
+    if v.bit_length() > 256:
+        return f"an int of {v.bit_length()} bits"
     return f"{v} ({v:#x})" if v >= 0 else str(v)
+
+
+def fileno(call: str, f: Any) -> int:
+    """An fd: an int, or an object with fileno() (a file, a socket, an os.eventfd wrapper)."""
+    fd = f if isinstance(f, int) and not isinstance(f, bool) else None
+    if fd is None:
+        get = getattr(f, "fileno", None)
+        if not callable(get):
+            raise TypeError(f"{call}: an fd is an int or has fileno(), not {type(f).__name__} {show(f)}")
+        fd = get()
+    if not isinstance(fd, int) or isinstance(fd, bool) or not 0 <= fd < 1 << 31:
+        raise ValueError(f"{call}: {show(fd)} is not an fd number")
+    return fd
+
+
+def instance(call: str, name: str, value: Any, cls: type, what: str = "") -> Any:
+    """``value`` if it is a ``cls`` (TypeError naming the call otherwise)."""
+    if not isinstance(value, cls):
+        raise TypeError(f"{call}: {name} takes {what or cls.__name__}, not {type(value).__name__} {show(value)}")
+    return value

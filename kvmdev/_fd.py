@@ -14,7 +14,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Sequence
 
-from . import _check
+from . import _check, _forksafe
 from .arch import Arch, capability
 from .errors import ClosedError, KvmError
 
@@ -63,10 +63,21 @@ class _Fd:
     _process_bound = True   # KVM answers EIO to VM, vCPU and device ioctls from another process
     _forked = False         # set in a fork child
 
-    def __init__(self, backend: "Backend", fd: int, parent: "_Fd | None") -> None:
+    def __init__(self, backend: "Backend", fd: "int | Any", parent: "_Fd | None") -> None:
+        # ``fd``: the fd cell (backend.new_cell()) the creating ioctl stored the new fd
+        # in, so that no exception between the ioctl and this object can lose it
+        # (the cell closes what it holds when freed); a plain int is wrapped
+        if isinstance(fd, int):
+            cell = backend.new_cell()
+            cell[0] = fd
+        else:
+            cell = fd
+        self._cell = cell
+        fd = int(cell[0])
         self._backend = backend
         self._arch: Arch = backend.arch
         self._fd = fd
+        self._serial = next(_SERIAL)
         self._users: set[object] = set()   # one token per call in flight
         self._deferred: list[int] = []    # the fd close() left to the last of them
         self._generation = _GENERATION[0]
@@ -76,21 +87,27 @@ class _Fd:
         # close() still reaches every live child first.
         self._children: weakref.WeakValueDictionary[int, _Fd] = weakref.WeakValueDictionary()
         self._lock = threading.RLock()
+        _forksafe.register(self)
         if parent is not None:
             # under the parent's lock, which close() holds: a parent closed while this
             # fd was being created (another thread) does not leave it open behind it
             with parent._lock:
                 if parent._fd < 0:
                     self._fd = -1
-                    OPEN_FDS.pop(fd, None)
-                    backend.close(fd)
+                    backend.cell_close(cell)
                     raise ClosedError(f"{parent._target_label()} was closed while this {self._kind} "
                                       f"was being created (its fd is closed again)")
-                OPEN_FDS[fd] = (next(_SERIAL), weakref.ref(self))
+                OPEN_FDS[fd] = (self._serial, weakref.ref(self))
                 parent._children[id(self)] = self
                 parent._child_opened(id(self))
         else:
-            OPEN_FDS[fd] = (next(_SERIAL), weakref.ref(self))
+            OPEN_FDS[fd] = (self._serial, weakref.ref(self))
+
+    def _after_fork(self) -> None:
+        """In a fork child: the parent's threads (and the calls they had in flight)
+        are gone; their locks and tokens must not outlive them."""
+        self._lock = threading.RLock()
+        self._users = set()
 
     # -- lifetime --------------------------------------------------------
     @property
@@ -136,14 +153,26 @@ class _Fd:
             self._close_deferred()
 
     def _close_deferred(self) -> None:
-        """Close the fd close() left, if no one else took it first (atomic pop)."""
+        """Close the fd close() left.  The cell's atomic exchange closes it once
+        whoever gets there first (and whatever interrupts whom); the registry entry
+        goes before the number can be reused."""
+        d = self._deferred
         try:
-            fd = self._deferred.pop()
+            fd = d[0]
         except IndexError:
             return
-        OPEN_FDS.pop(fd, None)
-        self._backend.close(fd)
+        self._unregister(fd)
+        self._backend.cell_close(self._cell)
+        try:
+            d.pop()
+        except IndexError:   # another thread's close finished it
+            return
         self._after_close()
+
+    def _unregister(self, fd: int) -> None:
+        entry = OPEN_FDS.get(fd)
+        if entry is not None and entry[0] == self._serial:
+            OPEN_FDS.pop(fd, None)
 
     def _after_close(self) -> None:
         """What goes with the fd once it is really closed (a vCPU's kvm_run map)."""
@@ -188,14 +217,14 @@ class _Fd:
         # Unreferenced objects still close their fd; the kernel keeps a VM alive
         # while its vCPU and device fds are open, so the order does not matter.
         try:
-            if self._fd >= 0:
-                fd, self._fd = self._fd, -1
-                OPEN_FDS.pop(fd, None)
-                self._backend.close(fd)
-                if self._parent is not None:
-                    self._parent._child_gone(id(self))
-            elif self._deferred:   # a close() whose deferred close an interrupt skipped
-                self._close_deferred()
+            fd = self._fd
+            if fd < 0 and self._deferred:   # a close() whose deferred close was interrupted
+                fd = self._deferred[0]
+            self._fd = -1
+            if fd >= 0:
+                self._unregister(fd)
+            if self._backend.cell_close(self._cell) and self._parent is not None:
+                self._parent._child_gone(id(self))
         except Exception:
             pass
 
@@ -221,6 +250,22 @@ class _Fd:
             raise KvmError(-r, name, self._target_label(), group=group, attr=attr, target_key=self._target_key(),
                            register=register)
         return int(r)
+
+    def _ioctl_val_fd(self, name: str, value: int) -> Any:
+        """An ioctl that creates an fd (KVM_CREATE_VM, KVM_CREATE_VCPU): its fd
+        cell, holding the new fd, for the new object's __init__."""
+        cell = self._backend.new_cell()
+        tok = object()   # this call's hold (see _Fd._acquire)
+        try:
+            fd = self._acquire(tok)
+            r = self._backend.ioctl_val_fd(fd, self._arch.request(name), value, cell)
+        finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+            self._users.discard(tok)
+            if self._deferred and not self._users:
+                self._close_deferred()
+        if r < 0:
+            raise KvmError(-r, name, self._target_label(), target_key=self._target_key())
+        return cell
 
     def _ioctl_val(self, name: str, value: int) -> int:
         tok = object()   # this call's hold (see _Fd._acquire)

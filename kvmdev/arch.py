@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import importlib
 import platform
+from . import _check
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -66,7 +67,7 @@ class Arch:
 
     def __init__(self, name: str) -> None:
         if name not in ARCH_NAMES:
-            raise ValueError(f"unknown architecture {name!r}; kvmdev knows {', '.join(ARCH_NAMES)}")
+            raise ValueError(f"unknown architecture {_check.show(name)}; kvmdev knows {', '.join(ARCH_NAMES)}")
         self.name = name
         self.ioc = POWERPC_IOC if name == "powerpc" else GENERIC_IOC
         mod: Any = importlib.import_module(f"kvmdev._kvm_{name}")

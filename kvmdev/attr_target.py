@@ -11,6 +11,7 @@ import struct
 import threading
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from . import _check, _forksafe
 from . import attrs as _attrs
 from ._fd import _Fd
 from .errors import KvmError, add_note
@@ -66,10 +67,39 @@ class _AttrTarget(_Fd):
                                  f"pass ctype= (e.g. '__u64', '__u8[16]', or 'void' for no payload) "
                                  f"to say what the kernel copies")
             ct = aspec.ctype if ctype is None else (None if ctype == "void" else ctype)  # type: ignore[union-attr]
+            if ctype is not None:
+                self._check_ctype(g, a, ct, aspec, (group, attr))
             spec = _Spec(self._arch.ffi, g, a, ct, (group, attr))
             if ctype is None:
                 self._specs[(group, attr)] = spec
         return spec
+
+    def _check_ctype(self, g: int, a: int, ct: str | None, aspec: Any,
+                     given: tuple[int | str, int | str]) -> None:
+        """A caller's ctype= must name a C type, and for an attribute the table knows,
+        be at least as wide as what the kernel copies (else it writes past the buffer)."""
+        ffi = self._arch.ffi
+        size = 0
+        if ct is not None:
+            if not isinstance(ct, str):
+                raise TypeError(f"ctype must be a str naming a C type, not {type(ct).__name__}")
+            try:
+                t = ffi.typeof(ct)
+                size = ffi.sizeof(t)
+            except (ffi.error, TypeError, ValueError, OverflowError, MemoryError) as e:
+                raise ValueError(f"ctype {_check.show(ct)} is not a C type kvmdev's cdefs know: {e}") from None
+            while t.kind == "array":
+                t = t.item
+            if t.kind not in ("primitive", "struct", "union"):   # a pointer is not what the kernel copies
+                raise ValueError(f"ctype {_check.show(ct)} is a {t.kind} type: name the data the kernel copies "
+                                 f"(an integer, an array of bytes, a struct)")
+        if aspec is None or aspec.ctype is None:
+            return
+        need = ffi.sizeof(aspec.ctype)
+        if size < need:
+            gn, an = self._names(g, a, given)
+            raise ValueError(f"{self._target_label()} group {gn} attr {an}: the kernel copies {need} bytes "
+                             f"({aspec.ctype}); ctype {ct or 'void'!r} is {size} bytes, narrower than that")
 
     def _names(self, g: int, a: int, given: tuple[int | str, int | str] | None = None) -> tuple[str, str]:
         """Kernel names from the table; for values it lacks, the names the caller used."""
@@ -173,7 +203,8 @@ class _AttrTarget(_Fd):
         """The raw ioctl with a caller-chosen ``attr.addr`` (for exploring and for
         regression tests of the kernel's own pointer checks)."""
         if ioctl not in self._IOCTLS:
-            raise ValueError(f"{ioctl} is not a device-attribute ioctl")
+            raise ValueError(f"attr_ioctl: {_check.show(ioctl)} is not a device-attribute ioctl "
+                             f"(one of {', '.join(self._IOCTLS)})")
         which = self._IOCTLS.index(ioctl)
         g, a, _ = self._resolve(group, attr)
         req = (self._has_req, self._get_req, self._set_req)[which]
@@ -255,6 +286,10 @@ class AttrProgram:
         self.err = ffi.new("int *")
         self.request = (target._get_req, target._set_req)[which - 1]
         self.lock = threading.Lock()
+        _forksafe.register(self)
+
+    def _after_fork(self) -> None:
+        self.lock = threading.Lock()
 
     def run(self, values: Sequence[int] | None = None) -> tuple[int, ...]:
         """Get: the values read.  Set: ``values``, one per attribute, checked
@@ -275,8 +310,8 @@ class AttrProgram:
                     gn, an = t._names(s.group, s.attr, s.given)
                     if _not_int(values[i]):
                         raise TypeError(f"{gn}/{an} takes an int ({s.ctype}), not {type(values[i]).__name__} "
-                                        f"{values[i]!r} (nothing was written)") from None
-                    raise ValueError(f"{gn}/{an}: {values[i]!r} does not fit {s.ctype} (nothing was written)") from None
+                                        f"{_check.show(values[i])} (nothing was written)") from None
+                    raise ValueError(f"{gn}/{an}: {_check.show(values[i])} does not fit {s.ctype} (nothing was written)") from None
             tok = object()   # this call's hold (see _Fd._acquire)
             try:
                 fd = t._acquire(tok)

@@ -98,7 +98,7 @@ class UnknownNameError(KeyError, ValueError):
             for m in difflib.get_close_matches(_norm(name), list(canon), n=6, cutoff=0.5):
                 if canon[m] not in self.suggestions and len(self.suggestions) < 3:
                     self.suggestions.append(canon[m])
-        msg = f"unknown {kind} {name!r}" + (f" {where}" if where else "")
+        msg = f"unknown {kind} {_bounded_repr(name)}" + (f" {where}" if where else "")
         if self.suggestions:
             msg += f"; did you mean {' or '.join(self.suggestions)}?"
         elif known and len(known) <= 12:
@@ -133,6 +133,16 @@ class ArchError(AttributeError):
 class SequenceError(RuntimeError):
     """A step of a documented save/restore sequence taken out of order; the
     message quotes the rule."""
+
+
+def _bounded_repr(v: object) -> str:
+    import reprlib
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 3, 60, 60
+    try:
+        return r.repr(v)
+    except Exception:   # noqa: BLE001
+        return f"<{type(v).__name__} object>"
 
 
 def add_note(e: BaseException, text: str) -> None:

@@ -21,7 +21,9 @@ class Kvm(_AttrTarget, X86SystemAttrs):
     _process_bound = False   # /dev/kvm ioctls work from a fork child too
 
     def __init__(self, backend: "Backend") -> None:
-        super().__init__(backend, backend.open_system(), None)
+        cell = backend.new_cell()
+        backend.open_system(cell)
+        super().__init__(backend, cell, None)
         self.backend_reason = ""
 
     def __repr__(self) -> str:
@@ -65,7 +67,6 @@ class Kvm(_AttrTarget, X86SystemAttrs):
             if not 0 < ipa_bits <= mask:
                 raise ValueError(f"ipa_bits must be 1..{mask}, not {ipa_bits}")
             machine_type = (machine_type & ~mask) | ipa_bits
-        fd = self._ioctl_val("KVM_CREATE_VM", machine_type)
-        vm = Vm(self._backend, fd, self)
+        vm = Vm(self._backend, self._ioctl_val_fd("KVM_CREATE_VM", machine_type), self)
         vm.machine_type = machine_type
         return vm

@@ -79,6 +79,13 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         self._kick_pending = False
         self._run_thread: int | None = None
 
+    def _after_fork(self) -> None:
+        super()._after_fork()
+        self._kick_lock = threading.Lock()
+        self._run_lock = threading.Lock()
+        self._kick_pending = False
+        self._run_thread = None
+
     def _target_label(self) -> str:
         return f"vCPU {self.id}"
 
@@ -163,7 +170,7 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
             name = state.upper()
             name = name if name.startswith("KVM_MP_STATE_") else "KVM_MP_STATE_" + name
             if not self._arch.has_const(name):
-                raise ValueError(f"KVM_SET_MP_STATE: unknown state {state!r}; known: "
+                raise ValueError(f"KVM_SET_MP_STATE: unknown state {_check.show(state)}; known: "
                                  f"{', '.join(_mp_state_names(self._arch).values())}")
             value = self._arch.const(name)
         elif isinstance(state, int) and not isinstance(state, bool):
@@ -193,7 +200,7 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         if not isinstance(events, Arm64VcpuEvents):
             raise TypeError(f"KVM_SET_VCPU_EVENTS takes an Arm64VcpuEvents, not {type(events).__name__}")
         if not isinstance(events.serror_esr, int) or not 0 <= events.serror_esr < 1 << 64:
-            raise ValueError(f"KVM_SET_VCPU_EVENTS: serror_esr {events.serror_esr!r} does not fit __u64")
+            raise ValueError(f"KVM_SET_VCPU_EVENTS: serror_esr {_check.show(events.serror_esr)} does not fit __u64")
         ev = self._arch.ffi.new("struct kvm_vcpu_events *")
         x = ev.exception
         x.serror_pending, x.serror_has_esr = bool(events.serror_pending), bool(events.serror_has_esr)

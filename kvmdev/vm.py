@@ -59,7 +59,7 @@ class GuestMemory:
     def _off(self, gpa: int, n: int) -> int:
         off = gpa - self.guest_phys_addr
         if off < 0 or off + n > self.size:
-            raise ValueError(f"{gpa:#x}+{n:#x} is outside {self!r}")
+            raise ValueError(f"{gpa:#x}+{n:#x} is outside {_check.show(self)}")
         return off + self.offset
 
     def read(self, gpa: int, n: int) -> bytes:
@@ -176,6 +176,7 @@ class Vm(_AttrTarget, Arm64VmAttrs):
         ``resample_fd`` (KVM_IRQFD_FLAG_RESAMPLE: lowered at the guest's EOI,
         which signals that eventfd) for level ones.  ``deassign`` removes it.
         Delivery is asynchronous: poll for its effect."""
+        deassign = _check.flag("deassign of KVM_IRQFD", deassign)
         flags = 0
         if deassign:
             flags |= self._arch.const("KVM_IRQFD_FLAG_DEASSIGN")
@@ -192,12 +193,12 @@ class Vm(_AttrTarget, Arm64VmAttrs):
         to ``addr`` (MMIO, or a port with ``mmio=False``), equal to ``datamatch``
         if given, signals eventfd ``fd`` instead of exiting to userspace.
         ``deassign`` removes the one registered with the same arguments (ENOENT if none)."""
+        mmio, deassign = _check.flag("mmio of KVM_IOEVENTFD", mmio), _check.flag("deassign of KVM_IOEVENTFD", deassign)
         c = self._arch.const
         flags = (0 if mmio else c("KVM_IOEVENTFD_FLAG_PIO")) | (c("KVM_IOEVENTFD_FLAG_DEASSIGN") if deassign else 0)
         if datamatch is not None:
             flags |= c("KVM_IOEVENTFD_FLAG_DATAMATCH")
-        if not isinstance(addr, int) or isinstance(addr, bool) or not 0 <= addr < 1 << 64:
-            raise ValueError(f"KVM_IOEVENTFD: addr {addr!r} does not fit __u64")
+        addr = _u64("KVM_IOEVENTFD", "addr", addr)
         a = self._arch.ffi.new("struct kvm_ioeventfd *", {
             "datamatch": 0 if datamatch is None else _u64("KVM_IOEVENTFD", "datamatch", datamatch),
             "addr": addr, "len": _u32("KVM_IOEVENTFD", "len", length),
@@ -241,8 +242,7 @@ class Vm(_AttrTarget, Arm64VmAttrs):
     def create_vcpu(self, vcpu_id: int) -> "Vcpu":
         """KVM_CREATE_VCPU."""
         vcpu_id = _check.u64("vcpu_id of KVM_CREATE_VCPU", vcpu_id)
-        fd = self._ioctl_val("KVM_CREATE_VCPU", vcpu_id)
-        return Vcpu(self._backend, fd, self, vcpu_id)
+        return Vcpu(self._backend, self._ioctl_val_fd("KVM_CREATE_VCPU", vcpu_id), self, vcpu_id)
 
     def preferred_target(self) -> "VcpuInit":
         """KVM_ARM_PREFERRED_TARGET (arm64): the target (and features) this host's
@@ -252,15 +252,21 @@ class Vm(_AttrTarget, Arm64VmAttrs):
         self._ioctl("KVM_ARM_PREFERRED_TARGET", init)
         return VcpuInit(int(init.target), _arm64.feature_names(list(init.features), self._arch))
 
-    def _create_device_call(self, dtype: int, flags: int) -> Any:
-        cd = self._arch.ffi.new("struct kvm_create_device *")
+    def _create_device_call(self, dtype: int, flags: int, cell: Any = None) -> Any:
+        """KVM_CREATE_DEVICE; with ``cell``, the new fd is stored in that fd cell."""
+        ffi = self._arch.ffi
+        cd = ffi.new("struct kvm_create_device *")
         cd.type = dtype
         cd.fd = 0xFFFFFFFF
         cd.flags = flags
         tok = object()   # this call's hold (see _Fd._acquire)
         try:
             fd = self._acquire(tok)
-            r = self._backend.ioctl(fd, self._arch.request("KVM_CREATE_DEVICE"), cd)
+            req = self._arch.request("KVM_CREATE_DEVICE")
+            if cell is None:
+                r = self._backend.ioctl(fd, req, cd)
+            else:
+                r = self._backend.ioctl_fd_at(fd, req, cd, ffi.offsetof("struct kvm_create_device", "fd"), cell)
         finally:   # inline, not _release(): no call (no pending-signal check) before the discard
             self._users.discard(tok)
             if self._deferred and not self._users:
@@ -304,28 +310,22 @@ class Vm(_AttrTarget, Arm64VmAttrs):
         """KVM_CREATE_DEVICE; returns the typed class of the device family
         (e.g. kvmdev.devices.vfio.Vfio) or a plain Device."""
         t = _devtype(dtype)
-        cd = self._create_device_call(t, 0)
         cls = DEVICE_CLASSES.get(device_type_name(t), Device)
-        return cls(self._backend, int(cd.fd), self, t)
+        cell = self._backend.new_cell()
+        self._create_device_call(t, 0, cell)
+        return cls(self._backend, cell, self, t)
 
 
 def _fileno(call: str, f: int | Any) -> int:
-    fd = f if isinstance(f, int) and not isinstance(f, bool) else getattr(f, "fileno", lambda: None)()
-    if not isinstance(fd, int) or not 0 <= fd < 1 << 31:
-        raise TypeError(f"{call}: an eventfd is an fd number or has fileno(), not {f!r}")
-    return fd
+    return _check.fileno(call, f)
 
 
 def _u32(call: str, field: str, v: int) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 1 << 32:
-        raise ValueError(f"{call}: {field} {v!r} does not fit __u32")
-    return v
+    return _check.u32(f"{field} of {call}", v)
 
 
 def _u64(call: str, field: str, v: int) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 1 << 64:
-        raise ValueError(f"{call}: {field} {v!r} does not fit __u64")
-    return v
+    return _check.u64(f"{field} of {call}", v)
 
 
 def _devtype(dtype: int | str) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno as E
 
 import pytest
+from typing import Any
 
 import kvmdev
 from kvmdev.backends.guard import BufferOverrun, GuardPage
@@ -142,8 +143,20 @@ def _width(target, ctype: str) -> int:
     return int(ffi.sizeof(ctype))
 
 
-def test_guard_mode_catches_a_narrow_buffer(kvm) -> None:
-    """The same kernel, a deliberately wrong width (a u32 for the kernel's u64):
+def _narrow_table_entry(monkeypatch: pytest.MonkeyPatch, cpu: Any) -> None:
+    """Make the vCPU table say u32 for the kernel's u64 KVM_VCPU_TSC_OFFSET: the
+    kind of table bug guard mode exists to catch (a caller's narrower ctype= is
+    refused before the ioctl, so only a wrong table can reach the kernel)."""
+    import dataclasses
+    t = cpu.attr_table
+    g = t.group_value("KVM_VCPU_TSC_CTRL")
+    a = t.attr_value(g, "KVM_VCPU_TSC_OFFSET")
+    monkeypatch.setitem(t.attrs[g], a, dataclasses.replace(t.attrs[g][a], ctype="__u32"))
+    monkeypatch.setattr(cpu, "_specs", {})   # resolved entries are cached per fd
+
+
+def test_guard_mode_catches_a_narrow_buffer(kvm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same kernel, a table with a wrong width (a u32 for the kernel's u64):
     guard mode raises BufferOverrun naming the attribute; nothing is corrupted."""
     with kvmdev.open(kvm.backend, arch=kvm.arch, guard_buffers=True) as g:
         if g.arch != "x86_64":
@@ -151,21 +164,24 @@ def test_guard_mode_catches_a_narrow_buffer(kvm) -> None:
         with g.create_vm() as vm:
             cpu = vm.create_vcpu(0)
             assert cpu.tsc_offset == 0                           # the table's u64: fine
+            _narrow_table_entry(monkeypatch, cpu)
             with pytest.raises(BufferOverrun, match=r"wrote 4 byte\(s\) past the 4-byte buffer"):
-                cpu.get_attr("KVM_VCPU_TSC_CTRL", "KVM_VCPU_TSC_OFFSET", ctype="__u32")
+                cpu.get_attr("KVM_VCPU_TSC_CTRL", "KVM_VCPU_TSC_OFFSET")
 
 
-def test_guard_page_catches_a_narrow_set_buffer(kvm) -> None:
-    """A SET buffer narrower than what the kernel reads (a u32 for the kernel's
-    u64): guard mode raises BufferOverrun, and nothing was set."""
+def test_guard_page_catches_a_narrow_set_buffer(kvm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SET buffer narrower than what the kernel reads (a table's u32 for the
+    kernel's u64): guard mode raises BufferOverrun, and nothing was set."""
     with kvmdev.open(kvm.backend, arch=kvm.arch, guard_buffers=True) as g:
         if g.arch != "x86_64":
             pytest.skip("the x86 vCPU TSC attribute is the u64 used here")
         with g.create_vm() as vm:
             cpu = vm.create_vcpu(0)
             cpu.tsc_offset = 0
+            _narrow_table_entry(monkeypatch, cpu)
             with pytest.raises(BufferOverrun, match=r"read past the 4-byte buffer"):
-                cpu.set_attr("KVM_VCPU_TSC_CTRL", "KVM_VCPU_TSC_OFFSET", 7, ctype="__u32")
+                cpu.set_attr("KVM_VCPU_TSC_CTRL", "KVM_VCPU_TSC_OFFSET", 7)
+            monkeypatch.undo()
             assert cpu.tsc_offset == 0
 
 

@@ -522,6 +522,18 @@ class _CloseDuringCreate:
             self.victim.close()  # type: ignore[attr-defined]
         return r
 
+    def ioctl_val_fd(self, fd: int, request: int, value: int, cell: object) -> int:
+        r: int = self.inner.ioctl_val_fd(fd, request, value, cell)  # type: ignore[attr-defined]
+        if request == self.request:
+            self.victim.close()  # type: ignore[attr-defined]
+        return r
+
+    def ioctl_fd_at(self, fd: int, request: int, arg: object, off: int, cell: object) -> int:
+        r: int = self.inner.ioctl_fd_at(fd, request, arg, off, cell)  # type: ignore[attr-defined]
+        if request == self.request:
+            self.victim.close()  # type: ignore[attr-defined]
+        return r
+
 
 def _open_fds() -> set[str]:
     return {f for f in os.listdir("/proc/self/fd")}

@@ -1,6 +1,6 @@
 """Signals and forks at random points (kvmdev.chaos, which `make fuzz` runs
-longer), and the fd-layer bugs they found, as strict xfails until the fd layer
-(kvmdev/_fd.py and its split modules) fixes them."""
+longer), and the fd-layer bugs they found: an interrupt between an ioctl's new fd
+and its object, a fork while other threads hold kvmdev's or the mock's locks."""
 from __future__ import annotations
 
 import os
@@ -51,8 +51,6 @@ def _child_hangs(fn, timeout: float = 5.0) -> bool:
     return True
 
 
-@pytest.mark.xfail(strict=True, reason="fd layer: an interrupt between an ioctl's new fd and the object "
-                   "that owns it (or inside close) leaves the fd open (issue 18, fdcore)")
 def test_interrupt_in_the_fd_layer_leaks_no_fd() -> None:
     before = chaos._kvm_fds()
     kvm = kvmdev.open("mock", arch="arm64")
@@ -66,8 +64,33 @@ def test_interrupt_in_the_fd_layer_leaks_no_fd() -> None:
     assert chaos._kvm_fds() - before == set()
 
 
-@pytest.mark.xfail(strict=True, reason="fd layer: after fork(), a kept attr_program(...).run() blocks "
-                   "forever in the child when a parent thread was running it (issue 18, fdcore)")
+def test_interrupt_anywhere_in_create_and_close_leaks_no_fd_real_x86() -> None:
+    """The same on the real kernel, over every point of KVM_CREATE_VM, KVM_CREATE_VCPU,
+    KVM_CREATE_DEVICE and the closes, until a run goes through uninterrupted."""
+    from conftest import HOST, REAL_UNUSABLE
+    if HOST != "x86_64" or REAL_UNUSABLE:
+        pytest.skip("the real x86 kernel")
+    before = chaos._kvm_fds()
+    kvm = kvmdev.open("real")
+    where = ("kvmdev/kvm.py", "kvmdev/vm.py", "kvmdev/vcpu.py", "kvmdev/_fd.py", "kvmdev/device.py",
+             "kvmdev/attr_target.py", "kvmdev/backends/real.py")
+
+    def cycle() -> None:
+        vm = kvm.create_vm()
+        vm.create_vcpu(0)
+        vm.create_device("VFIO").close()
+        vm.close()
+    at = 0
+    while _interrupt_at(cycle, _Interrupt(at, where=where)):
+        at += 1
+        assert at < 2000
+    kvm.close()
+    import gc
+    gc.collect()
+    assert at > 20                      # it did land in many places
+    assert chaos._kvm_fds() - before == set()
+
+
 def test_fork_while_a_thread_runs_an_attr_program() -> None:
     kvm = kvmdev.open("mock", arch="arm64")
     vm = kvm.create_vm()
@@ -94,8 +117,6 @@ def test_fork_while_a_thread_runs_an_attr_program() -> None:
     assert not hung, "the child's attr_program().run() hung"
 
 
-@pytest.mark.xfail(strict=True, reason="fd layer: a fork while another thread is inside vm.close() "
-                   "deadlocks the child's vm.close() on an inherited lock (issue 18, fdcore)")
 def test_fork_while_a_thread_closes_the_vm() -> None:
     hung = False
     for _ in range(5):
@@ -120,3 +141,28 @@ def _swallow(fn) -> None:
         fn()
     except Exception:   # noqa: BLE001 - a clear error in the child is fine; only a hang is not
         pass
+
+
+def test_fork_while_a_thread_creates_vms_on_the_mock() -> None:
+    """The mock's own locks (its fd table, a VM's kvm->lock) held by a parent thread
+    at fork: the child's system fd (not process-bound) still creates a VM and a vCPU."""
+    kvm = kvmdev.open("mock", arch="arm64")
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            with kvm.create_vm() as vm:
+                vm.create_vcpu(0)
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+
+    def child() -> None:
+        with kvm.create_vm() as vm:
+            vm.create_vcpu(0).vcpu_init(["PSCI_0_2"])
+    try:
+        hung = any(_child_hangs(child, 3.0) for _ in range(10))
+    finally:
+        stop.set()
+        t.join(10)
+        kvm.close()
+    assert not hung, "the child's create_vm()/create_vcpu() hung on a lock the parent's thread held"

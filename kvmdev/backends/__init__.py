@@ -1,7 +1,15 @@
 """Backends below the fd layer: ``real`` issues the syscall, ``mock`` hands the
 same request to an in-process emulator.  Both have this contract:
 
-- ``open_system()`` returns the fd of a new system (/dev/kvm) handle;
+- ``open_system(cell)`` returns the fd of a new system (/dev/kvm) handle, stored in
+  the fd cell ``cell`` as well;
+- ``new_cell()``: an fd cell, a cffi ``int[1]`` holding -1 until a call stores a new fd
+  in it; ``cell_close(cell)`` takes the fd out and closes it in one atomic step
+  (1 if it did, 0 if the cell was empty); freeing the cell closes what it holds.
+  ``ioctl_val_fd(fd, request, value, cell)`` and ``ioctl_fd_at(fd, request, arg,
+  offset, cell)`` are ioctls that create an fd (the result, or the int at ``offset``
+  of ``arg``) and store it in ``cell`` before returning: no fd is ever only a
+  Python value that an exception could drop;
 - ``ioctl(fd, request, arg)`` takes a cffi pointer to the argument struct
   (or NULL) and returns the ioctl's result, or -errno;
 - ``ioctl_val(fd, request, value)`` passes an integer argument;
@@ -29,7 +37,11 @@ class Backend(Protocol):
     arch: Arch
     kernel_release: str
 
-    def open_system(self) -> int: ...
+    def open_system(self, cell: Any) -> int: ...
+    def new_cell(self) -> Any: ...
+    def cell_close(self, cell: Any) -> int: ...
+    def ioctl_val_fd(self, fd: int, request: int, value: int, cell: Any) -> int: ...
+    def ioctl_fd_at(self, fd: int, request: int, arg: Any, off: int, cell: Any) -> int: ...
     def ioctl(self, fd: int, request: int, arg: Any) -> int: ...
     def ioctl_val(self, fd: int, request: int, value: int) -> int: ...
     def attr(self, fd: int, request: int, group: int, attr: int, addr: Any) -> int: ...

@@ -5,9 +5,11 @@ import ctypes
 import errno
 import mmap
 import os
+import sys
 import threading
 from typing import Any
 from ..arch import Arch, get_arch, host_arch_name
+from .. import _forksafe
 from ..errors import KvmUnavailable
 
 KVM_PATH = "/dev/kvm"
@@ -16,6 +18,7 @@ KVM_PATH = "/dev/kvm"
 KICK_SIGNAL: int | None = None
 _kick_installed: list[int] = []
 _kick_lock = threading.Lock()
+_forksafe.register_module_lock(sys.modules[__name__], "_kick_lock")
 
 
 class RealBackend:
@@ -34,17 +37,25 @@ class RealBackend:
         self.ioctl_val = self.arch.lib.kvmdev_ioctl_val
         self.attr = self.arch.lib.kvmdev_attr
         self.attr_batch = self.arch.lib.kvmdev_attr_batch
+        self.ioctl_val_fd = self.arch.lib.kvmdev_ioctl_val_fd
+        self.ioctl_fd_at = self.arch.lib.kvmdev_ioctl_fd_at
+        self.cell_close = self.arch.lib.kvmdev_cell_close
         self.kernel_release = os.uname().release
 
-    def open_system(self) -> int:
-        try:
-            return os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as e:
-            raise KvmUnavailable(e.errno or errno.EIO, "open", self.path,
-                                 target_key=None) from None
+    def open_system(self, cell: Any) -> int:
+        r = self.arch.lib.kvmdev_open_fd(os.fsencode(self.path), os.O_RDWR | os.O_CLOEXEC, cell)
+        if r < 0:
+            raise KvmUnavailable(-r, "open", self.path, target_key=None)
+        return r
 
     def close(self, fd: int) -> None:
         os.close(fd)
+
+    def new_cell(self) -> Any:
+        """An fd cell (cdefs/helpers.c): -1 until an ioctl stores a new fd in it; its
+        fd is closed by cell_close() or, at the latest, when the cell is freed."""
+        ffi = self.arch.ffi
+        return ffi.gc(ffi.new("int[1]", [-1]), self.arch.lib.kvmdev_cell_free)
 
     def mmap(self, fd: int, length: int) -> Any:
         """mmap(2) of the fd, shared, read-write; unmapped when the last reference

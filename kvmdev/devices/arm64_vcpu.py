@@ -20,6 +20,7 @@ from __future__ import annotations
 from ..attrs import RW, WO, AttrOps, Attr, Group, VcpuOps, arch_only, register
 from ..errnos import register as _register_errnos
 from ..errors import KvmError
+from .. import _check
 
 ARM64 = ("arm64",)
 PMU, TIMER, PVTIME = "KVM_ARM_VCPU_PMU_V3_CTRL", "KVM_ARM_VCPU_TIMER_CTRL", "KVM_ARM_VCPU_PVTIME_CTRL"
@@ -134,7 +135,7 @@ class Arm64VcpuAttrs:
         """KVM_ARM_VCPU_PMU_V3_FILTER: allow or deny events base_event..+nevents-1
         (VM-wide; the first filter makes the rest denied (allow) or allowed (deny))."""
         if action not in PMU_EVENT_ACTIONS:
-            raise ValueError(f"action is one of {', '.join(PMU_EVENT_ACTIONS)}, not {action!r}")
+            raise ValueError(f"action is one of {', '.join(PMU_EVENT_ACTIONS)}, not {_check.show(action)}")
         self.set_attr(PMU, "KVM_ARM_VCPU_PMU_V3_FILTER",
                       {"base_event": base_event, "nevents": nevents, "action": PMU_EVENT_ACTIONS[action]})
 
@@ -153,7 +154,7 @@ class Arm64VcpuAttrs:
     def timer_irq(self: AttrOps, timer: str) -> int:
         """KVM_ARM_VCPU_TIMER_IRQ_<timer>: VTIMER, PTIMER, HVTIMER, HPTIMER."""
         if timer not in TIMERS:
-            raise ValueError(f"timer is one of {', '.join(TIMERS)}, not {timer!r}")
+            raise ValueError(f"timer is one of {', '.join(TIMERS)}, not {_check.show(timer)}")
         return int(self.get_attr(TIMER, f"KVM_ARM_VCPU_TIMER_IRQ_{timer}"))
 
     def set_timer_irq(self: AttrOps, timer: str, ppi: int) -> None:
@@ -162,7 +163,7 @@ class Arm64VcpuAttrs:
         and "setting the same PPI for different timers will prevent the VCPUs from
         running" (the kernel accepts it and fails the first KVM_RUN)."""
         if timer not in TIMERS:
-            raise ValueError(f"timer is one of {', '.join(TIMERS)}, not {timer!r}")
+            raise ValueError(f"timer is one of {', '.join(TIMERS)}, not {_check.show(timer)}")
         if not 16 <= ppi < 32:
             raise ValueError(f"timer interrupt {ppi}: it must be a PPI (16 <= intid < 32) (vcpu.rst)")
         for other in TIMERS:
@@ -198,6 +199,6 @@ class Arm64VmAttrs:
         the SMCCC function ids base..base+nr_functions-1, before any vCPU runs.
         Ranges may not overlap each other or KVM's own SMCCC architecture ranges."""
         if action not in SMCCC_FILTER_ACTIONS:
-            raise ValueError(f"action is one of {', '.join(SMCCC_FILTER_ACTIONS)}, not {action!r}")
+            raise ValueError(f"action is one of {', '.join(SMCCC_FILTER_ACTIONS)}, not {_check.show(action)}")
         self.set_attr(SMCCC, "KVM_ARM_VM_SMCCC_FILTER", {"base": base, "nr_functions": nr_functions,
                                                           "action": SMCCC_FILTER_ACTIONS.index(action)})

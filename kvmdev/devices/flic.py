@@ -14,8 +14,9 @@ Several groups take a length or an id in ``attr`` rather than a name.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
+from .. import _check
 from .. import attrs as _attrs
 from ..errnos import register as _register_errnos
 from ..errors import KvmError
@@ -105,7 +106,7 @@ class Flic(Device):
                 size = -1
             if size != a:
                 raise ValueError(f"FLIC {self.attr_table.group_name(g)}: the kernel copies attr = {a} bytes at "
-                                 f"attr.addr; ctype {ctype!r} is {size if size >= 0 else 'no C type'} "
+                                 f"attr.addr; ctype {_check.show(ctype)} is {size if size >= 0 else 'no C type'} "
                                  "(leave ctype out: the buffer is sized from attr)")
         return f"__u8[{a}]" if 0 < a <= MAX_BUFFER else "void"
 
@@ -128,11 +129,34 @@ class Flic(Device):
         """KVM_DEV_FLIC_ENQUEUE: inject records ({"type": ..., "io"/"ext"/"mchk": {...}})."""
         ffi = self._arch.ffi
         buf = ffi.new("struct kvm_s390_irq[]", max(len(irqs), 1))
-        for i, irq in enumerate(irqs):
-            buf[i].type = irq["type"]
+        for i, irq in enumerate(irqs):       # every record checked before the ioctl
+            where = f"KVM_DEV_FLIC_ENQUEUE record {i}"
+            if not isinstance(irq, Mapping):
+                raise TypeError(f"{where}: a dict {{'type': ..., 'io'/'ext'/'mchk'/'pgm': {{...}}}}, "
+                                f"not {type(irq).__name__} {_check.show(irq)}")
+            if "type" not in irq:
+                raise ValueError(f"{where}: no 'type' (the kernel's KVM_S390_* interrupt type)")
+            extra = set(irq) - {"type", "io", "ext", "mchk", "pgm"}
+            if extra:
+                raise ValueError(f"{where}: unknown keys {sorted(map(str, extra))}")
+            buf[i].type = _check.u64(f"{where} type", irq["type"])
             for part in ("io", "ext", "mchk", "pgm"):
-                for k, v in irq.get(part, {}).items():
-                    setattr(getattr(buf[i].u, part), k, v)
+                fields = irq.get(part, {})
+                if not isinstance(fields, Mapping):
+                    raise TypeError(f"{where}: {_check.show(part)} is a dict of fields, not {type(fields).__name__}")
+                st = getattr(buf[i].u, part)
+                types = {f: t.type for f, t in ffi.typeof(st).fields}
+                for k, v in fields.items():
+                    if k not in types:
+                        raise ValueError(f"{where}: struct kvm_s390_{part}_info has no field "
+                                         f"{_check.show(k)} ({', '.join(sorted(types))})")
+                    t = types[k]
+                    if t.kind == "primitive":
+                        setattr(st, k, _check.uint(f"{where} {part}.{k}", v, 8 * ffi.sizeof(t)))
+                    elif isinstance(v, (bytes, bytearray)) and len(v) == ffi.sizeof(t):
+                        ffi.memmove(getattr(st, k), bytes(v), len(v))
+                    else:
+                        raise TypeError(f"{where} {part}.{k}: {ffi.sizeof(t)} bytes, not {_check.show(v)}")
         self._raw("KVM_SET_DEVICE_ATTR", "KVM_DEV_FLIC_ENQUEUE", len(irqs) * IRQ_SIZE,
                   int(ffi.cast("uintptr_t", buf)))
 
@@ -140,7 +164,10 @@ class Flic(Device):
         """KVM_DEV_FLIC_GET_ALL_IRQS, doubling the buffer while the kernel says
         ENOMEM (up to KVM_S390_FLIC_MAX_BUFFER)."""
         ffi = self._arch.ffi
-        n = start
+        n = _check.uint("start of KVM_DEV_FLIC_GET_ALL_IRQS", start, 32)
+        if not 0 < n * IRQ_SIZE <= MAX_BUFFER:
+            raise ValueError(f"get_all_irqs: start {n} records is outside 1..{MAX_BUFFER // IRQ_SIZE} "
+                             f"(KVM_S390_FLIC_MAX_BUFFER {MAX_BUFFER} bytes)")
         while True:
             buf = ffi.new("struct kvm_s390_irq[]", n)
             try:
@@ -170,7 +197,7 @@ class Flic(Device):
     def adapter_modify(self, adapter_id: int, op: str, mask: int = 0, addr: int = 0) -> None:
         """KVM_S390_IO_ADAPTER_MASK / _MAP / _UNMAP."""
         if op not in ADAPTER_OPS:
-            raise ValueError(f"op is one of {', '.join(ADAPTER_OPS)}, not {op!r}")
+            raise ValueError(f"op is one of {', '.join(ADAPTER_OPS)}, not {_check.show(op)}")
         self.set_attr("KVM_DEV_FLIC_ADAPTER_MODIFY", 0,
                       {"id": adapter_id, "type": ADAPTER_OPS[op], "mask": mask, "addr": addr})
 
@@ -180,7 +207,7 @@ class Flic(Device):
 
     def aism(self, isc: int, mode: str) -> None:
         if mode not in AIS_MODES:
-            raise ValueError(f"mode is one of {', '.join(AIS_MODES)}, not {mode!r}")
+            raise ValueError(f"mode is one of {', '.join(AIS_MODES)}, not {_check.show(mode)}")
         self.set_attr("KVM_DEV_FLIC_AISM", 0, {"isc": isc, "mode": AIS_MODES[mode]})
 
     def airq_inject(self, adapter_id: int) -> None:

@@ -26,6 +26,7 @@ from ..arm64 import Affinity
 from ..errors import SequenceError, add_note
 from .its import GITS, RESTORE_ORDER, Its, ItsState
 from .vgic import Registers, Vgic, VgicV2, VgicV3
+from .. import _check
 
 # version 2: GICv2 documents keep each SGI's source vCPUs (GICD_SPENDSGIRn)
 FORMAT, VERSION = "kvmdev.gic", 2
@@ -279,7 +280,7 @@ def _bad_value(prog: Any, w: _Walk, sections: list[dict[str, int]], labels: list
         lim = prog.limits[i] if kind == PLAIN else 1 << 64 if kind in (LOW, HIGH) else mask + 1
         if type(v) is not int or not 0 <= v < lim:
             raise SnapshotError(f"the GIC document cannot be restored here (nothing was written):\n  "
-                                f"{labels[sec]} {name}: {v!r} is not a {lim.bit_length() - 1}-bit value") from None
+                                f"{labels[sec]} {name}: {_check.show(v)} is not a {lim.bit_length() - 1}-bit value") from None
 
 
 # -- save -----------------------------------------------------------------------------------
@@ -640,7 +641,7 @@ def _validate(gic: Vgic, doc: Any, by_mpidr: dict[str, Any], its: list[Its]) -> 
             b = st.get("base")
             if bad or type(b) is not int or not 0 <= b < UNDEF or b % 0x10000:
                 problems.append(f"ITS {n}: bad registers {', '.join(map(str, bad[:6]))}" if bad else
-                                f"ITS {n}: base {b!r} is not a 64K-aligned guest physical address")
+                                f"ITS {n}: base {_check.show(b)} is not a 64K-aligned guest physical address")
                 continue
             rev = st["regs"].get("GITS_IIDR", 0) >> 12 & 0xF
             base = dev.base

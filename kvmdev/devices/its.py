@@ -24,6 +24,7 @@ from ..errnos import register as _register_errnos
 from ..errors import SequenceError
 from ..device import DEVICE_CLASSES, Device
 from .vgic import Frame, Reg, Registers, _bits
+from .. import _check
 
 # -- GITS_* registers (the ITS control frame) ------------------------------------------------
 _CACHE = {"InnerCache": (59, 3), "OuterCache": (53, 3), "Shareability": (10, 2)}
@@ -100,11 +101,11 @@ def command(name: str, **fields: int) -> bytes:
     pINTID=8192, ICID=0)``.  Size is EventID bits - 1; RDbase is the target's
     GICR_TYPER.Processor_Number (GITS_TYPER.PTA is 0)."""
     if name not in COMMANDS:
-        raise ValueError(f"unknown ITS command {name!r}; known: {', '.join(COMMANDS)}")
+        raise ValueError(f"unknown ITS command {_check.show(name)}; known: {', '.join(COMMANDS)}")
     dw = [COMMANDS[name], 0, 0, 0]
     for key, value in fields.items():
         if key not in CMD_FIELDS:
-            raise ValueError(f"unknown ITS command field {key!r}; known: {', '.join(CMD_FIELDS)}")
+            raise ValueError(f"unknown ITS command field {_check.show(key)}; known: {', '.join(CMD_FIELDS)}")
         word, shift, width, scale = CMD_FIELDS[key]
         if value & ((1 << scale) - 1):
             raise ValueError(f"{key} {value:#x} is not {1 << scale}-byte aligned")

@@ -14,6 +14,7 @@ from typing import Any
 from .. import attrs as _attrs
 from ..errnos import register as _register_errnos
 from ..vm import Vm
+from .. import _check
 
 S390 = ("s390",)
 _A, _G, RW, RO, WO = _attrs.Attr, _attrs.Group, _attrs.RW, _attrs.RO, _attrs.WO
@@ -109,7 +110,7 @@ class S390VmAttrs:
     # crypto
     def crypto(self, op: str) -> None:
         if op not in CRYPTO_OPS:
-            raise ValueError(f"op is one of {', '.join(CRYPTO_OPS)}, not {op!r}")
+            raise ValueError(f"op is one of {', '.join(CRYPTO_OPS)}, not {_check.show(op)}")
         self.vm.set_attr(CRYPTO, "KVM_S390_VM_CRYPTO_" + op)
 
     # CPU model: cffi structs in and out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import IO, Union
 
+from .. import _check
 from ..attrs import WO, Attr, Group, register
 from ..device import DEVICE_CLASSES, Device
 
@@ -25,8 +26,8 @@ register("VFIO", [
 FileLike = Union[int, IO[bytes], IO[str]]
 
 
-def _fd(f: FileLike) -> int:
-    return f if isinstance(f, int) else f.fileno()
+def _fd(f: FileLike, call: str = "KVM_DEV_VFIO_FILE") -> int:
+    return _check.fileno(call, f)
 
 
 class Vfio(Device):

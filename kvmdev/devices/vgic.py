@@ -67,7 +67,7 @@ class Frame:
 
     def lookup(self, name: str) -> tuple[Reg, int]:
         if not isinstance(name, str):
-            raise TypeError(f"a {self.name} register is named by a str, not {type(name).__name__} {name!r}")
+            raise TypeError(f"a {self.name} register is named by a str, not {type(name).__name__} {_check.show(name)}")
         r = self.regs.get(name)
         if r is not None and r.count == 1:
             return r, r.offset
@@ -368,7 +368,7 @@ class Registers:
         return RegValue(self._word(off), name, r.fields)
 
     def __repr__(self) -> str:
-        return (f"<kvmdev.devices.vgic.Registers {self.frame.name} of {self.dev!r} via {self.group}"
+        return (f"<kvmdev.devices.vgic.Registers {self.frame.name} of {_check.show(self.dev)} via {self.group}"
                 f"{f' (prefix {self.prefix:#x})' if self.prefix else ''}: {len(self.frame.regs)} kinds>")
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
@@ -481,7 +481,7 @@ class SysRegisters:
         return RegValue(int(self.dev.get_attr(self.group, self._attr(name))), name, ICC[name].fields)
 
     def __repr__(self) -> str:
-        return f"<kvmdev.devices.vgic.SysRegisters ICC_* of {self.dev!r} (mpidr prefix {self.prefix:#x})>"
+        return f"<kvmdev.devices.vgic.SysRegisters ICC_* of {_check.show(self.dev)} (mpidr prefix {self.prefix:#x})>"
 
     def _ipython_key_completions_(self) -> list[str]:
         return list(ICC)
@@ -671,7 +671,7 @@ def _affinity(vcpu: "Vcpu | int") -> int:
 
 def _vcpu_arg(vcpu: Any, what: str) -> Any:
     if isinstance(vcpu, str):
-        raise TypeError(f"a vCPU is given as a kvmdev Vcpu (vm.vcpus[0]) or {what} (an int), not the str {vcpu!r}")
+        raise TypeError(f"a vCPU is given as a kvmdev Vcpu (vm.vcpus[0]) or {what} (an int), not the str {_check.show(vcpu)}")
     return vcpu
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import _check
 from .. import attrs as _attrs
 from ..errnos import register as _register_errnos
 from ..device import DEVICE_CLASSES, Device
@@ -90,18 +91,23 @@ class Xics(Device):
         return XicsSource.decode(int(self.get_attr(_SOURCES, number)))
 
     def set_source(self, number: int, state: XicsSource) -> None:
+        _check.instance("Xics.set_source", "state", state, XicsSource)
         self.set_attr(_SOURCES, number, state.encode())
 
     def connect(self, vcpu: Vcpu, server: int | None = None) -> None:
         """KVM_ENABLE_CAP(KVM_CAP_IRQ_XICS) on ``vcpu``: give it an ICP with this
         server number (default: its vcpu id), once per vCPU."""
+        _check.instance("Xics.connect", "vcpu", vcpu, Vcpu, "a kvmdev Vcpu")
         vcpu.enable_cap("KVM_CAP_IRQ_XICS", self.fileno(), vcpu.id if server is None else server)
 
     def icp(self, vcpu: Vcpu) -> IcpState:
         """The vCPU's ICP (KVM_GET_ONE_REG KVM_REG_PPC_ICP_STATE; ENXIO unconnected)."""
+        _check.instance("Xics.icp", "vcpu", vcpu, Vcpu, "a kvmdev Vcpu")
         return IcpState.decode(vcpu.get_one_reg(KVM_REG_PPC_ICP_STATE))
 
     def set_icp(self, vcpu: Vcpu, state: IcpState) -> None:
+        _check.instance("Xics.set_icp", "vcpu", vcpu, Vcpu, "a kvmdev Vcpu")
+        _check.instance("Xics.set_icp", "state", state, IcpState)
         vcpu.set_one_reg(KVM_REG_PPC_ICP_STATE, state.encode())
 
 

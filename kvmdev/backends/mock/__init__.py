@@ -15,6 +15,7 @@ import os
 import threading
 from typing import Any
 
+from ... import _forksafe
 from ...arch import Arch, device_type_name, get_arch, host_arch_name
 from .host import HostProfile, check_options
 from .kernel import ArchModel, Errno, KernelObject, MockSystem, MockVcpu, MockVm, UserMemory, fd_is_open
@@ -50,11 +51,17 @@ class MockBackend:
             self.host.device_types = tuple(self.arch_model.device_types())
         self._objects: dict[int, KernelObject] = {}
         self._lock = threading.Lock()
+        self._cell_lock = threading.Lock()
+        _forksafe.register(self)
         # every eventfd of this backend starts with this count: an fd an interrupt
         # (KeyboardInterrupt) caught between its creation and its registration is
         # found by it and closed (_sweep); in the kernel that step is one C call
         self._tag = _TAG | next(_BACKEND_IDS) & 0xFFFF
         self._caps = {v: n for n, v in self.arch.constants("KVM_CAP_").items()}
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._cell_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<MockBackend {self.arch.name} fds={len(self._objects)}>"
@@ -93,12 +100,45 @@ class MockBackend:
                 if tag in info:
                     os.close(fd)
 
-    def open_system(self) -> int:
+    def open_system(self, cell: Any) -> int:
         try:
-            return self.new_fd(MockSystem(self))
+            fd = cell[0] = self.new_fd(MockSystem(self))
+            return fd
         except Errno as e:
             from ...errors import KvmUnavailable
             raise KvmUnavailable(e.errno, "open", "/dev/kvm (mock)", target_key=None) from None
+
+    # fd cells (see RealBackend.new_cell); the mock is the kernel here: its steps
+    # between the "syscall" and the store are not interruptible kvmdev code
+    def new_cell(self) -> Any:
+        ffi = self.arch.ffi
+        return ffi.gc(ffi.new("int[1]", [-1]), self._cell_free)
+
+    def ioctl_val_fd(self, fd: int, request: int, value: int, cell: Any) -> int:
+        r = self.ioctl_val(fd, request, value)
+        if r >= 0:
+            cell[0] = r
+        return r
+
+    def ioctl_fd_at(self, fd: int, request: int, arg: Any, off: int, cell: Any) -> int:
+        r = self.ioctl(fd, request, arg)
+        if r >= 0:
+            cell[0] = self.arch.ffi.cast("int *", self.arch.ffi.cast("char *", arg) + off)[0]
+        return r
+
+    def cell_close(self, cell: Any) -> int:
+        with self._cell_lock:   # the exchange of kvmdev_cell_close
+            fd, cell[0] = cell[0], -1
+        if fd < 0:
+            return 0
+        self.close(fd)
+        return 1
+
+    def _cell_free(self, cell: Any) -> None:
+        try:
+            self.cell_close(cell)
+        except Exception:
+            pass
 
     def ioctl(self, fd: int, request: int, arg: Any) -> int:
         return self._dispatch(fd, request, int(self.arch.ffi.cast("uintptr_t", arg)))

@@ -10,6 +10,7 @@ import struct
 import threading
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
+from ... import _forksafe
 from .errno_ import Errno
 from .eventfds import EventFds
 
@@ -295,6 +296,10 @@ class MockVm(KernelObject):
         # attribute access, so threads racing these see one at a time (and a
         # register access trylocks the vCPUs only under it: no EBUSY between two).
         self.lock = threading.RLock()
+        _forksafe.register(self)
+
+    def _after_fork(self) -> None:
+        self.lock = threading.RLock()
 
     def owner_vm(self) -> "MockVm":
         return self
@@ -494,6 +499,15 @@ class MockVcpu(KernelObject):
         # a signal to the thread in KVM_RUN (MockBackend.kick): checked by the run loop
         self.kicked = threading.Event()
         self.part = backend.arch_model.vcpu_part(self)
+        _forksafe.register(self)
+
+    def _after_fork(self) -> None:
+        # the parent's thread in an ioctl of this vCPU is not in the child
+        self.mutex = threading.RLock()
+        kicked = self.kicked.is_set()
+        self.kicked = threading.Event()
+        if kicked:
+            self.kicked.set()
 
     def kick(self) -> None:
         self.kicked.set()
