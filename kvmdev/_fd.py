@@ -46,6 +46,8 @@ def _enable_cap(target: "_Fd", cap: int | str, args: Sequence[int], flags: int) 
     args = [_check.u64(f"args[{i}] of KVM_ENABLE_CAP", a) for i, a in enumerate(args)]
     flags = _check.u32("flags of KVM_ENABLE_CAP", flags)
     number = _cap(target._arch, cap)
+    if number >= 1 << 32:   # struct kvm_enable_cap.cap is a __u32 (KVM_CHECK_EXTENSION takes a long)
+        raise ValueError(f"KVM_ENABLE_CAP: capability {number:#x} does not fit struct kvm_enable_cap.cap (__u32)")
     ec = target._arch.ffi.new("struct kvm_enable_cap *", {"cap": number, "flags": flags, "args": list(args)})
     return target._ioctl("KVM_ENABLE_CAP", ec, attr=cap if isinstance(cap, str) else None)
 
@@ -179,6 +181,12 @@ class _Fd:
         if self._parent is not None:
             self._parent._child_gone(id(self))
 
+    def _live_children_list(self) -> "list[_Fd]":
+        """The children alive now.  The underlying dict is copied in one C step:
+        iterating the WeakValueDictionary itself while another thread creates a
+        child raises "dictionary changed size during iteration"."""
+        return [c for c in (r() for r in list(self._children.data.values())) if c is not None]
+
     def _child_opened(self, key: int) -> None:
         """A child fd exists (the VM keeps its guest memory until none is left)."""
 
@@ -198,7 +206,7 @@ class _Fd:
         with self._lock:
             if self._fd < 0:
                 return
-            for child in list(self._children.values()):
+            for child in self._live_children_list():
                 child.close()
             self._deferred.append(self._fd)
             self._fd = -1

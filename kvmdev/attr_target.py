@@ -382,7 +382,10 @@ def _pack(ffi: Any, ct: str, value: Any, names: tuple[str, str]) -> Any:
         buf = ffi.new(ct + " *")
         ffi.memmove(buf, bytes(value), size)
         return buf
+    if value is None:   # cffi would make it an all-zero struct: never what a caller meant
+        raise TypeError(f"{names[0]}/{names[1]} takes {ct} (a dict of its fields, {ffi.sizeof(ct)} bytes, "
+                        f"or the struct get_attr returned), not None (nothing was written)")
     try:
         return ffi.new(ct + " *", value)
-    except (TypeError, KeyError, OverflowError) as e:
+    except (TypeError, KeyError, IndexError, OverflowError, ValueError) as e:
         raise TypeError(f"{names[0]}/{names[1]} takes {ct}: {e}") from None

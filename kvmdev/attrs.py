@@ -67,7 +67,11 @@ class AttrTable:
             return self.group_values[group]
         except KeyError:
             if self.arch.has_const(group):
-                return self.arch.const(group)
+                v = self.arch.const(group)
+                if 0 <= v < 1 << 32:
+                    return v
+                raise ValueError(f"{group} is {v:#x}, not a device-attribute group: "
+                                 f"struct kvm_device_attr.group is a __u32") from None
             raise unknown("group", group, self.group_values, f"of {self.target} on {self.arch.name}") from None
 
     def attr_value(self, group: int, attr: int | str) -> int:
@@ -80,7 +84,10 @@ class AttrTable:
         # any kernel name is taken as given (raw access, e.g. another device's
         # attribute to see what the kernel answers); unknown names are errors
         if self.arch.has_const(attr) and attr not in self.other_arch:
-            return self.arch.const(attr)
+            v = self.arch.const(attr)
+            if 0 <= v < 1 << 64:
+                return v
+            raise ValueError(f"{attr} is {v}, not a device attribute: struct kvm_device_attr.attr is a __u64")
         from ._check import unknown
         raise unknown("attribute", attr, named, f"of group {self.group_name(group)} of {self.target} "
                       f"on {self.arch.name}")

@@ -131,6 +131,38 @@ def _strategies(names: list[str]) -> Any:
     return st.one_of(value, deep)
 
 
+_WORLD: dict[str, Any] = {}   # the running fuzz's world, for parameters that take its objects
+
+
+def _plausible(names: list[str], annotation: str) -> Any:
+    """Values of the kind a parameter's annotation names, mostly in range, so calls
+    get past the first check into the deeper paths."""
+    from hypothesis import strategies as st
+    g = _WORLD.get("gicstate")
+    if g is not None and annotation in ("dict", "'dict'"):
+        return st.one_of(st.just(g.doc), _mutated(g.doc, _strategies(names)))
+    if g is not None and "list[Any]" in annotation:
+        objs = [*g.vcpus, g.its, g.gic, _WORLD.get("vcpu")]
+        return st.one_of(st.none(), st.lists(st.sampled_from(objs), max_size=3),
+                         st.just(list(g.vcpus)), st.just([g.its]))
+    small = st.one_of(st.integers(0, 64), st.sampled_from([0x8000000, 0x8010000, 0x80A0000, 1 << 32, 4096]))
+    out = []
+    a = annotation or ""
+    if "bool" in a:
+        out.append(st.booleans())
+    if "int" in a:
+        out.append(small)
+    if "str" in a:
+        out.append(st.sampled_from(names))
+    if "bytes" in a:
+        out.append(st.binary(max_size=64))
+    if "Sequence" in a or "list" in a or "Iterable" in a:
+        out.append(st.lists(st.one_of(small, st.sampled_from(names)), max_size=8))
+    if not out:
+        out = [small, st.sampled_from(names), st.booleans(), st.none()]
+    return st.one_of(*out)
+
+
 def _nest(n: int) -> Any:
     v: Any = 0
     for _ in range(n):
@@ -168,6 +200,23 @@ def _world(kvm: Any) -> dict[str, Any]:
     if kvm.arch == "arm64":
         cpu.vcpu_init(["PSCI_0_2"])
     w["vcpu"] = cpu
+    if kvm.arch == "arm64":   # a second VM with a working VGIC v3 + ITS, for the snapshot calls
+        vm2 = kvm.create_vm()
+        w["vm2"] = vm2
+        cpus = [vm2.create_vcpu(i) for i in range(2)]
+        for c in cpus:
+            c.vcpu_init(["PSCI_0_2"])
+        try:
+            gic = vm2.create_device("ARM_VGIC_V3")
+            gic.dist_base, gic.redist_base = 0x08000000, 0x080A0000
+            its = vm2.create_device("ARM_VGIC_ITS")
+            its.base = 0x08080000
+            gic.init()
+            its.init()
+            w["gic_ready"], w["its_ready"] = gic, its
+            w["gicstate"] = GicstateTarget(gic, its, cpus)
+        except (KE, ValueError):
+            pass
     for t in sorted(set(getattr(kvm._backend, "host", None) and kvm._backend.host.device_types or ())
                     or ("VFIO",)):
         name = device_type_name(t) if isinstance(t, int) else t
@@ -178,6 +227,71 @@ def _world(kvm: Any) -> dict[str, Any]:
     return w
 
 
+class GicstateTarget:
+    """kvmdev.devices.gicstate's calls on the world's initialised VGIC v3 (+ ITS), so
+    that their documents and vCPU lists are fuzzed (``doc``: a real saved document,
+    mutated at one random place)."""
+
+    def __init__(self, gic: Any, its: Any, vcpus: list[Any]) -> None:
+        from .devices import gicstate
+        self._g, self.gic, self.its, self.vcpus = gicstate, gic, its, vcpus
+        self.doc = gicstate.save(gic, vcpus, [its] if its is not None else [])
+
+    def save(self, vcpus: "list[Any] | None" = None, its: "list[Any]" = ()) -> Any:   # type: ignore[assignment]
+        return self._g.save(self.gic, vcpus, its)
+
+    def restore(self, doc: "dict", vcpus: "list[Any] | None" = None, its: "list[Any]" = (),  # type: ignore[assignment]
+                *, rollback: bool = True) -> None:
+        self._g.restore(self.gic, doc, vcpus, its, rollback=rollback)
+
+    def loads(self, text: str) -> Any:
+        return self._g.loads(text)
+
+    def dumps(self, doc: "dict") -> str:
+        return self._g.dumps(doc)
+
+    def diff(self, a: "dict", b: "dict") -> Any:
+        return self._g.diff(a, b)
+
+    def seal(self, doc: "dict") -> Any:
+        return self._g.seal(doc)
+
+
+def _mutated(doc: Any, value: Any) -> Any:
+    """A copy of ``doc`` with one random place replaced by a drawn value (or removed)."""
+    from hypothesis import strategies as st
+    import copy
+    import json
+
+    def places(d: Any, path: tuple = ()) -> list[tuple]:
+        out = [path]
+        if isinstance(d, dict):
+            for k, v in d.items():
+                out += places(v, path + (k,))
+        elif isinstance(d, list):
+            for i, v in enumerate(d):
+                out += places(v, path + (i,))
+        return out
+    paths = places(doc)
+
+    @st.composite
+    def gen(draw: Any) -> Any:
+        d = copy.deepcopy(doc)
+        path = draw(st.sampled_from(paths[1:] or paths))
+        how = draw(st.sampled_from(["set", "set", "del", "json"]))
+        if how == "json":
+            return json.dumps(d) if draw(st.booleans()) else json.dumps(d)[: draw(st.integers(0, 200))]
+        parent = d
+        for k in path[:-1]:
+            parent = parent[k]
+        if how == "del" and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = draw(value)
+        return d
+    return gen()
+
+
 def fuzz(kvm: Any, examples: int, seed: int = 0, timeout: float = 10.0,
          log: Callable[[str], None] = print) -> Stats:
     """``examples`` calls drawn by hypothesis on a world built on ``kvm``."""
@@ -186,23 +300,33 @@ def fuzz(kvm: Any, examples: int, seed: int = 0, timeout: float = 10.0,
     counting = CountingBackend(kvm._backend)
     kvm._backend = counting
     world = _world(kvm)
+    _WORLD.clear()
+    _WORLD.update(world)
     targets = [(label, obj, _members(obj, real)) for label, obj in world.items()]
     targets = [t for t in targets if t[2]]
-    args_st = _strategies(_names(kvm))
+    names = _names(kvm)
+    for _, obj in world.items():     # the targets' own group and attribute names
+        t = getattr(obj, "attr_table", None)
+        if t is not None:
+            names += list(t.group_values)[:40] + [a for g in list(t.attr_values.values())[:40] for a in list(g)[:20]]
+    args_st = _strategies(names)
     stats = Stats()
 
     def on_alarm(sig: int, frame: Any) -> None:
         raise Hang()
     old = signal.signal(signal.SIGALRM, on_alarm)
 
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+    import hypothesis
+
+    @hypothesis.seed(seed)
+    @settings(max_examples=examples, deadline=None, database=None,
               suppress_health_check=list(HealthCheck), phases=[__import__("hypothesis").Phase.generate])
     @given(data=st.data())
     def one(data: Any) -> None:
         label, obj, members = data.draw(st.sampled_from(targets))
         kind, name = data.draw(st.sampled_from(members))
         if kind == "set":
-            args: list[Any] = [data.draw(args_st)]
+            args: list[Any] = [data.draw(st.one_of(args_st, _plausible(names, "int bool")))]
             kwargs: dict[str, Any] = {}
         else:
             fn = getattr(obj, name)
@@ -211,10 +335,18 @@ def fuzz(kvm: Any, examples: int, seed: int = 0, timeout: float = 10.0,
                           if p.kind not in (p.VAR_KEYWORD,)]
             except (TypeError, ValueError):
                 params = []
-            n = data.draw(st.integers(0, max(len(params), 1) + 1))
-            args = [data.draw(args_st) for _ in range(n)]
-            kw = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
-            kwargs = {k: data.draw(args_st) for k in kw if data.draw(st.booleans()) and k not in kw[:n]}
+            required = sum(1 for p in params if p.default is p.empty and p.kind == p.POSITIONAL_OR_KEYWORD)
+            n = data.draw(st.one_of(st.just(required), st.integers(0, len(params) + 1)))
+            positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+
+            def arg(p: Any) -> Any:
+                wild = data.draw(st.integers(0, 9)) < 3
+                return data.draw(args_st if wild or p is None else _plausible(names, str(p.annotation)))
+            args = [arg(positional[i] if i < len(positional) else (positional[-1] if positional and
+                    positional[-1].kind == positional[-1].VAR_POSITIONAL else None)) for i in range(n)]
+            kw = [p for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            kwargs = {p.name: arg(p) for p in kw if p.name not in [q.name for q in positional[:n]]
+                      and data.draw(st.integers(0, 3)) == 0}
         call = f"{name}({', '.join(map(_short, args))}{', ' if args and kwargs else ''}" \
                f"{', '.join(f'{k}={_short(v)}' for k, v in kwargs.items())})"
         stats.calls += 1
@@ -249,8 +381,9 @@ def fuzz(kvm: Any, examples: int, seed: int = 0, timeout: float = 10.0,
         one()
     finally:
         signal.signal(signal.SIGALRM, old)
+        _WORLD.clear()
         for obj in reversed(list(world.values())):
-            if obj is not kvm:
+            if obj is not kvm and hasattr(obj, "close"):
                 try:
                     obj.close()
                 except Exception:
@@ -287,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel", default=None, help="mock kernel profile (arm64)")
     p.add_argument("--examples", type=int, default=2000)
     p.add_argument("--timeout", type=float, default=10.0, help="seconds one call may take")
+    p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     import kvmdev
     try:
@@ -301,12 +435,12 @@ def main(argv: list[str] | None = None) -> int:
     from .chaos import _kvm_fds
     fds = _kvm_fds()
     t0 = time.monotonic()
-    st = fuzz(kvm, a.examples, timeout=a.timeout)
+    st = fuzz(kvm, a.examples, seed=a.seed, timeout=a.timeout)
     import gc
     gc.collect()
     leaked = _kvm_fds() - fds
     kvm.close()
-    label = f"{kvm.backend} {kvm.arch}" + (f" {a.kernel}" if a.kernel else "")
+    label = f"{kvm.backend} {kvm.arch}" + (f" {a.kernel}" if a.kernel else "") + f" seed {a.seed}"
     print(f"fuzz_api {label}: {st.calls} calls in {time.monotonic() - t0:.1f}s: {st.ok} returned, "
           f"refused {dict(sorted(st.refused.items()))}; {len(st.violations)} violation(s), "
           f"{len(leaked)} fd(s) left open")

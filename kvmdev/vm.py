@@ -106,7 +106,7 @@ class Vm(_AttrTarget, Arm64VmAttrs):
         # the last child's and the VM's own real close may come from two threads
         with self._lock:
             if self._fd < 0 and not self._deferred and not self._live_children:
-                for m in self.memory.values():
+                for m in list(self.memory.values()):
                     m.close()
                 self.memory.clear()
 
@@ -151,7 +151,7 @@ class Vm(_AttrTarget, Arm64VmAttrs):
         return mem
 
     def guest_memory(self, gpa: int, n: int = 1) -> GuestMemory:
-        for m in self.memory.values():
+        for m in list(self.memory.values()):   # one C step: add_memory may run in another thread
             if m.guest_phys_addr <= gpa and gpa + n <= m.guest_phys_addr + m.size:
                 return m
         raise ValueError(f"no memory slot holds {gpa:#x}+{n:#x}")
@@ -225,11 +225,11 @@ class Vm(_AttrTarget, Arm64VmAttrs):
 
     @property
     def vcpus(self) -> list["Vcpu"]:
-        return sorted((c for c in self._children.values() if isinstance(c, Vcpu)), key=lambda v: v.id)
+        return sorted((c for c in self._live_children_list() if isinstance(c, Vcpu)), key=lambda v: v.id)
 
     @property
     def devices(self) -> list["Device"]:
-        return [c for c in self._children.values() if isinstance(c, Device)]
+        return [c for c in self._live_children_list() if isinstance(c, Device)]
 
     def check_extension(self, cap: int | str) -> int:
         """KVM_CHECK_EXTENSION on the VM fd (some answers depend on the VM)."""

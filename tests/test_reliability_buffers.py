@@ -151,3 +151,20 @@ def test_a_malformed_ctype_is_a_value_error(kvm, ctype: str) -> None:
         kvm.get_attr("KVM_X86_GRP_SYSTEM", "KVM_X86_XCOMP_GUEST_SUPP", ctype=ctype)
     with pytest.raises(TypeError, match="ctype"):
         kvm.get_attr("KVM_X86_GRP_SYSTEM", "KVM_X86_XCOMP_GUEST_SUPP", ctype=8)  # type: ignore[arg-type]
+
+
+def test_a_struct_attribute_refuses_none() -> None:
+    """Issue 18: set_attr(<struct attribute>, None) sent an all-zero struct (the s390
+    guest CPU features wiped).  Now a TypeError, and the features are as before."""
+    with kvmdev.open("mock", arch="s390") as kvm, kvm.create_vm() as vm:
+        def feat() -> list[int]:
+            return list(vm.get_attr("KVM_S390_VM_CPU_MODEL", "KVM_S390_VM_CPU_PROCESSOR_FEAT").feat)
+        machine = list(vm.get_attr("KVM_S390_VM_CPU_MODEL", "KVM_S390_VM_CPU_MACHINE_FEAT").feat)
+        vm.set_attr("KVM_S390_VM_CPU_MODEL", "KVM_S390_VM_CPU_PROCESSOR_FEAT", {"feat": machine})
+        before = feat()
+        assert any(before) and before == machine
+        for call in (lambda: vm.set_attr("KVM_S390_VM_CPU_MODEL", "KVM_S390_VM_CPU_PROCESSOR_FEAT", None),
+                     lambda: vm.set_attr("KVM_S390_VM_CPU_MODEL", "KVM_S390_VM_CPU_PROCESSOR_FEAT")):
+            with pytest.raises(TypeError, match="not None"):
+                call()
+        assert feat() == before

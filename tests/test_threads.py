@@ -167,3 +167,33 @@ def test_vgic_registers_from_threads(arm64_kvm: kvmdev.Kvm, arm64_gic: int) -> N
         assert race(work) == [0] * N
         assert [g.dist[f"GICD_IPRIORITYR{8 + i}"] for i in range(N)] == \
             [((i * 0x20 + 99) & 0xF8) * 0x01010101 for i in range(N)]
+
+
+def test_listing_while_another_thread_creates(kvm: kvmdev.Kvm) -> None:
+    """Issue 18: vm.vcpus, vm.devices and vm.guest_memory() while another thread creates
+    vCPUs and adds memory raised "dictionary changed size during iteration"."""
+    with kvm.create_vm() as vm:
+        vm.add_memory(0x100000, 4096)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def lister() -> None:
+            try:
+                while not stop.is_set():
+                    vm.vcpus, vm.devices, vm.guest_memory(0x100000)
+            except BaseException as e:   # noqa: BLE001 - reported below
+                errors.append(e)
+        ts = [threading.Thread(target=lister) for _ in range(2)]
+        for t in ts:
+            t.start()
+        kept = []   # vm.vcpus lists live vCPUs (kvmdev holds them weakly)
+        try:
+            for i in range(200):
+                kept.append(vm.create_vcpu(i))
+                vm.add_memory(0x10000000 + i * 0x10000, 4096)
+        finally:
+            stop.set()
+            for t in ts:
+                t.join(10)
+        assert errors == []
+        assert [c.id for c in vm.vcpus] == list(range(200))

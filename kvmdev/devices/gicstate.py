@@ -290,8 +290,7 @@ def save(gic: Vgic, vcpus: Sequence[Any] | None = None, its: Iterable[Its] = ())
     first; ``doc["memory"]`` names the guest RAM that must travel with it.
     The registers are read by compiled batches, one C call each (two on v3:
     the ICC APnR set depends on ICC_CTLR_EL1.PRIbits)."""
-    vcpus = list(gic.vm.vcpus if vcpus is None else vcpus)
-    its = list(its)
+    vcpus, its = _targets(gic, vcpus, its)
     nr = gic.nr_irqs
     if isinstance(gic, VgicV2) and its:
         raise ValueError("an ITS goes with a VGIC v3")
@@ -354,10 +353,40 @@ def _digest(doc: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def _targets(gic: Any, vcpus: Any, its: Any) -> tuple[list[Any], list[Its]]:
+    """The vCPU and ITS lists of save/restore, checked (TypeError before any ioctl)."""
+    from ..vcpu import Vcpu
+    _check.instance("gicstate", "gic", gic, Vgic, "a VgicV3 or VgicV2")
+    if vcpus is None:
+        vcpus = gic.vm.vcpus
+    vcpus = _check.int_list("vcpus of gicstate", vcpus)
+    for v in vcpus:
+        _check.instance("gicstate", "each of vcpus", v, Vcpu, "a kvmdev Vcpu")
+    its = _check.int_list("its of gicstate", its)
+    for i in its:
+        _check.instance("gicstate", "each of its", i, Its, "a kvmdev Its")
+    return vcpus, its
+
+
+def _document(name: str, doc: Any) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise TypeError(f"gicstate.{name} takes a document (a dict, as save() or loads() gives), "
+                        f"not {type(doc).__name__} {_check.show(doc)}")
+    return doc
+
+
+def _json(name: str, fn: Any, *args: Any, **kw: Any) -> Any:
+    try:
+        return fn(*args, **kw)
+    except RecursionError:
+        raise SnapshotError(f"gicstate.{name}: the document is nested too deeply to be one") from None
+
+
 def seal(doc: dict[str, Any]) -> dict[str, Any]:
     """Set the document's sha256 (save() does; call it after a deliberate edit).
     restore() refuses a document whose content no longer matches it."""
-    doc["sha256"] = _digest(doc)
+    _document("seal", doc)
+    doc["sha256"] = _json("seal", _digest, doc)
     return doc
 
 
@@ -429,8 +458,7 @@ def restore(gic: Vgic, doc: dict[str, Any], vcpus: Sequence[Any] | None = None, 
     write, and the error's note says so, or names what could not be put back.
     That read costs about a save; ``rollback=False`` skips it (a restore into a
     fresh VM that is discarded on failure)."""
-    vcpus = list(gic.vm.vcpus if vcpus is None else vcpus)
-    its = list(its)
+    vcpus, its = _targets(gic, vcpus, its)
     by_mpidr = _by_mpidr(vcpus)
     _validate(gic, doc, by_mpidr, its)
     packed = _pack_doc(gic, doc, vcpus, by_mpidr)     # every value checked: still nothing written
@@ -579,7 +607,7 @@ def _validate(gic: Vgic, doc: Any, by_mpidr: dict[str, Any], its: list[Its]) -> 
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise SnapshotError(f"not a {FORMAT} document")
     try:
-        intact = doc.get("sha256") == _digest(doc)
+        intact = doc.get("sha256") == _json("restore", _digest, doc)
     except (TypeError, ValueError):   # not JSON data any more
         intact = False
     if not intact:
@@ -713,7 +741,8 @@ def diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
         elif x != y:
             out.append(f"{path}: {_fmt(x)} -> {_fmt(y)}")
 
-    walk("", {k: v for k, v in a.items() if k != "sha256"}, {k: v for k, v in b.items() if k != "sha256"})
+    a, b = _document("diff", a), _document("diff", b)
+    _json("diff", walk, "", {k: v for k, v in a.items() if k != "sha256"}, {k: v for k, v in b.items() if k != "sha256"})
     return out
 
 
@@ -723,7 +752,7 @@ def _fmt(v: Any) -> str:
 
 def dumps(doc: dict[str, Any]) -> str:
     """JSON text of a document (registers as numbers)."""
-    return json.dumps(doc, indent=1, sort_keys=False)
+    return _json("dumps", json.dumps, _document("dumps", doc), indent=1, sort_keys=False)
 
 
 __all__ = ["save", "restore", "diff", "dumps", "loads", "seal", "SnapshotError", "SequenceError", "FORMAT",
