@@ -74,7 +74,8 @@ def test_cli_runs_and_reports(tmp_path) -> None:
 def test_every_public_call_keeps_the_policy_arm64(arm64_kvm: kvmdev.Kvm) -> None:
     """On each arm64 mock profile, and in the arm64 guests on the real kernel (where
     `make fuzz` runs the longer fuzz_api too)."""
-    st = fuzz_api.fuzz(arm64_kvm, 600 if arm64_kvm.backend == "real" else 120, seed=5)
+    # 40 on the real kernel: in the TCG guests hypothesis itself is ~50x slower (~25 s)
+    st = fuzz_api.fuzz(arm64_kvm, 40 if arm64_kvm.backend == "real" else 120, seed=5)
     assert st.violations == [], "\n".join(map(str, st.violations[:5]))
     assert st.refused.get("KvmError", 0) > 0
 
@@ -87,4 +88,4 @@ def test_forks_with_threads_running_real_arm64(arm64_kvm: kvmdev.Kvm, arm64_gic:
     if arm64_kvm.backend != "real" or arm64_gic != 3:
         pytest.skip("the real arm64 kernel with a GICv3 (the host runs the mock's in test_reliability_chaos)")
     out: list[str] = []
-    assert chaos.forks(20, seed=5, arch="arm64", backend="real", log=out.append) == 0, out
+    assert chaos.forks(6, seed=5, arch="arm64", backend="real", log=out.append) == 0, out
