@@ -132,3 +132,22 @@ def test_ioctl_corpus(kvm, entry) -> None:
         pytest.skip(f"recorded on {entry['release']}, this kernel is {kvm.kernel_release}")
     case = fuzz.Case(entry["device"], [tuple(o) for o in entry["ops"]])
     assert fuzz.run(kvm, case) == entry["real"]
+
+
+def test_differential_on_an_unrecorded_host_records_it(kvm, monkeypatch, capsys) -> None:
+    """A host whose release x86_hosts does not know (every new CI machine may be one):
+    `kvmdev.fuzz --differential` records its answers first, so the mock answers as
+    this host and the run finds no divergence (before, the default record's
+    capabilities were compared with this host's: 4 divergences on 6.18.44-fc-v1300)."""
+    from kvmdev import fuzz
+    from kvmdev.backends.mock import x86_hosts
+    if kvm.backend != "real":
+        pytest.skip("the real x86 kernel")
+    monkeypatch.setattr(x86_hosts, "X86_HOSTS", {k: v for k, v in x86_hosts.X86_HOSTS.items()
+                                                  if k != kvm.kernel_release})
+    assert fuzz.main(["--backend", "real", "--ops", "600", "--differential", "--only", "KVM_IOCTLS",
+                      "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "has no record in x86_hosts: recorded now" in out and "divergences from the mock: 0" in out
+    assert x86_hosts.X86_HOSTS[kvm.kernel_release].caps == {c: v for c in range(260)
+                                                           if (v := kvm.check_extension(c))}
