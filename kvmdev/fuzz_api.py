@@ -25,12 +25,13 @@ import argparse
 import inspect
 import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import ArchError, KvmError, SequenceError, UnknownNameError
+from .errors import ArchError, ClosedError, KvmError, SequenceError, UnknownNameError
 
 ALLOWED: tuple[type[BaseException], ...] = (KvmError, ValueError, TypeError, UnknownNameError,
                                             ArchError, SequenceError)
@@ -293,8 +294,10 @@ def _mutated(doc: Any, value: Any) -> Any:
 
 
 def fuzz(kvm: Any, examples: int, seed: int = 0, timeout: float = 10.0,
-         log: Callable[[str], None] = print) -> Stats:
-    """``examples`` calls drawn by hypothesis on a world built on ``kvm``."""
+         log: Callable[[str], None] = print, race_close: bool = False) -> Stats:
+    """``examples`` calls drawn by hypothesis on a world built on ``kvm``.  With
+    ``race_close``, another thread closes the call's target (or its VM) at a random
+    moment of each call; the world is built again after each close."""
     from hypothesis import HealthCheck, given, settings, strategies as st
     real = kvm.backend == "real"
     counting = CountingBackend(kvm._backend)
@@ -304,6 +307,7 @@ def fuzz(kvm: Any, examples: int, seed: int = 0, timeout: float = 10.0,
     _WORLD.update(world)
     targets = [(label, obj, _members(obj, real)) for label, obj in world.items()]
     targets = [t for t in targets if t[2]]
+    current = [world]                # race_close: the world the next call uses
     names = _names(kvm)
     for _, obj in world.items():     # the targets' own group and attribute names
         t = getattr(obj, "attr_table", None)
@@ -324,6 +328,15 @@ def fuzz(kvm: Any, examples: int, seed: int = 0, timeout: float = 10.0,
     @given(data=st.data())
     def one(data: Any) -> None:
         label, obj, members = data.draw(st.sampled_from(targets))
+        obj = current[0].get(label, obj)
+        closer = None
+        if race_close:
+            # never the system fd: the world is rebuilt on it
+            victim = current[0].get(data.draw(st.sampled_from([label if label != "kvm" else "vm", "vm", "vm2"])),
+                                    current[0]["vm"])
+            delay = data.draw(st.sampled_from([0.0, 1e-5, 1e-4, 1e-3]))
+            closer = threading.Thread(target=lambda: (time.sleep(delay), victim.close()) if hasattr(victim, "close")
+                                      else None, daemon=True)
         kind, name = data.draw(st.sampled_from(members))
         if kind == "set":
             args: list[Any] = [data.draw(st.one_of(args_st, _plausible(names, "int bool")))]
@@ -353,6 +366,8 @@ def fuzz(kvm: Any, examples: int, seed: int = 0, timeout: float = 10.0,
         before = counting.writes
         signal.setitimer(signal.ITIMER_REAL, timeout)
         try:
+            if closer is not None:
+                closer.start()
             if kind == "set":
                 setattr(obj, name, args[0])
             else:
@@ -366,7 +381,7 @@ def fuzz(kvm: Any, examples: int, seed: int = 0, timeout: float = 10.0,
         except ALLOWED as e:
             kind_name = type(e).__name__
             stats.refused[kind_name] = stats.refused.get(kind_name, 0) + 1
-            if isinstance(e, (ValueError, TypeError)) and not isinstance(e, KvmError) \
+            if isinstance(e, (ValueError, TypeError)) and not isinstance(e, (KvmError, ClosedError)) \
                     and counting.writes != before and not _kernel_caused(e):
                 stats.violations.append(Violation(label, call, f"{kind_name} after {counting.writes - before} "
                                                   f"state-changing ioctl(s): {e}", _tb(e)))
@@ -376,20 +391,34 @@ def fuzz(kvm: Any, examples: int, seed: int = 0, timeout: float = 10.0,
             stats.violations.append(Violation(label, call, f"{type(e).__name__}: {str(e)[:300]}", _tb(e)))
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+            if closer is not None:
+                closer.join(timeout)
+                if closer.is_alive():
+                    stats.violations.append(Violation(label, call, f"close() racing it hung {timeout} s"))
+                elif any(getattr(o, "closed", False) for o in current[0].values()):
+                    _close_world(current[0], kvm)
+                    current[0] = _world(kvm)
+                    _WORLD.clear()
+                    _WORLD.update(current[0])
 
     try:
         one()
     finally:
         signal.signal(signal.SIGALRM, old)
         _WORLD.clear()
-        for obj in reversed(list(world.values())):
-            if obj is not kvm and hasattr(obj, "close"):
-                try:
-                    obj.close()
-                except Exception:
-                    pass
+        _close_world(world, kvm)
+        _close_world(current[0], kvm)
         kvm._backend = counting._inner
     return stats
+
+
+def _close_world(world: dict[str, Any], kvm: Any) -> None:
+    for obj in reversed(list(world.values())):
+        if obj is not kvm and hasattr(obj, "close"):
+            try:
+                obj.close()
+            except Exception:   # noqa: BLE001 - teardown: each object is closed whatever the others do
+                pass
 
 
 def _kernel_caused(e: BaseException) -> bool:
@@ -421,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--examples", type=int, default=2000)
     p.add_argument("--timeout", type=float, default=10.0, help="seconds one call may take")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--race-close", action="store_true", help="close the target or its VM from another thread "
+                   "at a random moment of each call")
     a = p.parse_args(argv)
     import kvmdev
     try:
@@ -435,12 +466,12 @@ def main(argv: list[str] | None = None) -> int:
     from .chaos import _kvm_fds
     fds = _kvm_fds()
     t0 = time.monotonic()
-    st = fuzz(kvm, a.examples, seed=a.seed, timeout=a.timeout)
+    st = fuzz(kvm, a.examples, seed=a.seed, timeout=a.timeout, race_close=a.race_close)
     import gc
     gc.collect()
     leaked = _kvm_fds() - fds
     kvm.close()
-    label = f"{kvm.backend} {kvm.arch}" + (f" {a.kernel}" if a.kernel else "") + f" seed {a.seed}"
+    label = f"{kvm.backend} {kvm.arch}" + (f" {a.kernel}" if a.kernel else "") + f" seed {a.seed}" + (" race-close" if a.race_close else "")
     print(f"fuzz_api {label}: {st.calls} calls in {time.monotonic() - t0:.1f}s: {st.ok} returned, "
           f"refused {dict(sorted(st.refused.items()))}; {len(st.violations)} violation(s), "
           f"{len(leaked)} fd(s) left open")

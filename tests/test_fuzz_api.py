@@ -89,3 +89,9 @@ def test_forks_with_threads_running_real_arm64(arm64_kvm: kvmdev.Kvm, arm64_gic:
         pytest.skip("the real arm64 kernel with a GICv3 (the host runs the mock's in test_reliability_chaos)")
     out: list[str] = []
     assert chaos.forks(6, seed=5, arch="arm64", backend="real", log=out.append) == 0, out
+
+
+def test_close_racing_every_call(kvm: kvmdev.Kvm) -> None:
+    """--race-close: the target or its VM closed from another thread during each call."""
+    st = fuzz_api.fuzz(kvm, 150, seed=9, race_close=True)
+    assert st.violations == [], "\n".join(map(str, st.violations[:5]))
