@@ -13,7 +13,7 @@ from .attr_target import _AttrTarget
 from .device import DEVICE_CLASSES, Device
 # typed VM attributes (a mixin; the module imports nothing of the fd layer)
 from .devices.arm64_vcpu import Arm64VmAttrs
-from .errors import KvmError
+from .errors import ClosedError, KvmError
 from .vcpu import Vcpu, VcpuInit
 
 if TYPE_CHECKING:
@@ -46,7 +46,13 @@ class GuestMemory:
         self.size = size
         self.readonly = readonly
         pad = HUGE_ALIGN if size >= HUGE_ALIGN else 0     # address space only: never touched
-        self.buf = mmap.mmap(-1, size + pad, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            self.buf = mmap.mmap(-1, size + pad, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except OSError as e:   # the kernel refusing the mapping (ENOMEM: address space, overcommit)
+            raise KvmError(e.errno or E.ENOMEM, "mmap", f"guest RAM of {size:#x} bytes for slot {slot}",
+                           target_key=None) from None
+        except (OverflowError, MemoryError):
+            raise ValueError(f"add_memory: {size:#x} bytes cannot be mapped in this process") from None
         self._ffi = vm._arch.ffi
         self._ptr = self._ffi.from_buffer(self.buf)
         base = int(self._ffi.cast("uintptr_t", self._ptr))
@@ -57,6 +63,7 @@ class GuestMemory:
         return f"<GuestMemory slot {self.slot} {self.guest_phys_addr:#x}+{self.size:#x}>"
 
     def _off(self, gpa: int, n: int) -> int:
+        gpa, n = _check.u64("gpa", gpa), _check.u64("length", n)
         off = gpa - self.guest_phys_addr
         if off < 0 or off + n > self.size:
             raise ValueError(f"{gpa:#x}+{n:#x} is outside {_check.show(self)}")
@@ -71,9 +78,14 @@ class GuestMemory:
         self.buf[off:off + len(data)] = data
 
     def close(self) -> None:
+        """Unmap it; while a memoryview of it lives, it is unmapped when the last one
+        is released (mmap cannot close under an exported buffer)."""
         if not self.buf.closed:
             self._ffi.release(self._ptr)
-            self.buf.close()
+            try:
+                self.buf.close()
+            except BufferError:   # a view outlives the VM: the mapping goes with it
+                pass
 
 
 class Vm(_AttrTarget, Arm64VmAttrs):
@@ -137,20 +149,34 @@ class Vm(_AttrTarget, Arm64VmAttrs):
                 raise ValueError(f"add_memory: {name} {v:#x} is not a multiple of the {mmap.PAGESIZE}-byte page "
                                  f"(KVM_SET_USER_MEMORY_REGION answers EINVAL): round to {v & -mmap.PAGESIZE:#x} "
                                  f"or {(v + mmap.PAGESIZE - 1) & -mmap.PAGESIZE:#x}")
-        if slot is None:
-            slot = max(self.memory, default=-1) + 1
-        slot = _check.u32("slot", slot)
-        mem = GuestMemory(self, slot, guest_phys_addr, size, readonly)
+        if slot is not None:
+            slot = _check.u32("slot", slot)
+        # The mapping is in self.memory, under the VM's lock, before the ioctl: a
+        # concurrent add_memory picks another slot, a concurrent close() frees it,
+        # and an interrupt can never unmap RAM a registered slot points at (it stays
+        # until the VM is freed).  Only the kernel's refusal unmaps it again.
+        with self._lock:
+            if self._fd < 0:
+                self._refuse(-1)
+            if slot is None:
+                slot = max(self.memory, default=-1) + 1
+            elif slot in self.memory:
+                raise ValueError(f"add_memory: slot {slot} already holds {_check.show(self.memory[slot])}")
+            mem = self.memory[slot] = GuestMemory(self, slot, guest_phys_addr, size, readonly)
         try:
             self.set_user_memory_region(slot, guest_phys_addr, size, mem.userspace_addr,
                                         self._arch.const("KVM_MEM_READONLY") if readonly else 0)
-        except BaseException:
+        except (KvmError, ClosedError):
+            with self._lock:
+                if self.memory.get(slot) is mem:
+                    del self.memory[slot]
             mem.close()
             raise
-        self.memory[slot] = mem
         return mem
 
     def guest_memory(self, gpa: int, n: int = 1) -> GuestMemory:
+        """The slot holding guest physical bytes gpa .. gpa + n - 1."""
+        gpa, n = _check.u64("gpa of guest_memory", gpa), _check.u64("n of guest_memory", n)
         for m in list(self.memory.values()):   # one C step: add_memory may run in another thread
             if m.guest_phys_addr <= gpa and gpa + n <= m.guest_phys_addr + m.size:
                 return m
