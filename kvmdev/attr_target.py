@@ -330,6 +330,49 @@ class AttrProgram:
             return self.layout.unpack_from(self.buf)
 
 
+def _padding(field: str) -> bool:
+    return field.startswith(("pad", "reserved", "__pad", "_pad", "unused"))
+
+
+def _checked_fields(ffi: Any, t: Any, value: Any, where: str) -> Any:
+    """A dict (or list) initialiser of C type ``t`` checked as the policy says, before
+    cffi sees it: every field of a struct named (padding aside: cffi would zero-fill
+    the rest, and the kernel reads them all), ints in their field's range, no bools."""
+    if t.kind in ("struct", "union"):
+        if not isinstance(value, dict):
+            if isinstance(value, ffi.CData):   # a struct get_attr returned
+                return value
+            raise TypeError(f"{where}: a dict of fields, not {type(value).__name__} {_check.show(value)}")
+        fields = dict(t.fields)
+        unknown = [k for k in value if k not in fields]
+        if unknown:
+            raise ValueError(f"{where}: no field {_check.show(unknown[0])} (fields: {', '.join(fields)})")
+        if t.kind == "struct":
+            missing = [f for f in fields if f not in value and not _padding(f)]
+            if missing:
+                raise ValueError(f"{where}: fields {', '.join(missing)} not given (the kernel reads every "
+                                 f"field; nothing was written)")
+        elif len(value) != 1:
+            raise ValueError(f"{where}: a union takes one member, not {len(value)}")
+        return {k: _checked_fields(ffi, fields[k].type, v, f"{where}.{k}") for k, v in value.items()}
+    if t.kind == "array":
+        n = t.length
+        if isinstance(value, (bytes, bytearray)) and t.item.kind == "primitive" and ffi.sizeof(t.item) == 1:
+            if len(value) != n:
+                raise ValueError(f"{where}: {n} bytes, not {len(value)}")
+            return bytes(value)
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{where}: a list of {n}, not {type(value).__name__} {_check.show(value)}")
+        if len(value) != n:   # cffi would zero-fill a short list
+            raise ValueError(f"{where}: {n} items, not {len(value)}")
+        return [_checked_fields(ffi, t.item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if t.kind == "primitive" and t.cname not in ("float", "double", "char"):
+        bits = 8 * ffi.sizeof(t)
+        signed = ffi.cast(t, -1) < 0
+        return (_check.sint if signed else _check.uint)(where, value, bits)
+    return value
+
+
 def _not_int(v: Any) -> bool:
     return not isinstance(v, int) or isinstance(v, bool)
 
@@ -385,6 +428,8 @@ def _pack(ffi: Any, ct: str, value: Any, names: tuple[str, str]) -> Any:
     if value is None:   # cffi would make it an all-zero struct: never what a caller meant
         raise TypeError(f"{names[0]}/{names[1]} takes {ct} (a dict of its fields, {ffi.sizeof(ct)} bytes, "
                         f"or the struct get_attr returned), not None (nothing was written)")
+    if isinstance(value, dict):
+        value = _checked_fields(ffi, ffi.typeof(ct), value, f"{names[0]}/{names[1]} {ct}")
     try:
         return ffi.new(ct + " *", value)
     except (TypeError, KeyError, IndexError, OverflowError, ValueError) as e:

@@ -168,3 +168,19 @@ def test_a_struct_attribute_refuses_none() -> None:
             with pytest.raises(TypeError, match="not None"):
                 call()
         assert feat() == before
+
+
+@pytest.mark.parametrize("value, exc", [
+    ({}, ValueError), ({"feat": [0] * 15}, ValueError), ({"feat": [True] + [0] * 15}, TypeError),
+    ({"feat": [2 ** 70] + [0] * 15}, ValueError), ({"feat": [-1] + [0] * 15}, ValueError),
+    ({"feat": "x"}, TypeError), ({"feat": [0] * 16, "bogus": 1}, ValueError), ([1, 2], TypeError)])
+def test_struct_dicts_are_checked_whole_before_the_ioctl(value, exc) -> None:
+    """Issue 18 review: a dict missing fields (cffi zero-fills them: `{}` wiped the s390
+    CPU features like None did), short arrays, bools, out-of-range and negative ints
+    in struct fields are refused before the ioctl with the field's name."""
+    with kvmdev.open("mock", arch="s390") as kvm, kvm.create_vm() as vm:
+        machine = list(vm.get_attr("KVM_S390_VM_CPU_MODEL", "KVM_S390_VM_CPU_MACHINE_FEAT").feat)
+        vm.set_attr("KVM_S390_VM_CPU_MODEL", "KVM_S390_VM_CPU_PROCESSOR_FEAT", {"feat": machine})
+        with pytest.raises(exc, match="KVM_S390_VM_CPU_PROCESSOR_FEAT"):
+            vm.set_attr("KVM_S390_VM_CPU_MODEL", "KVM_S390_VM_CPU_PROCESSOR_FEAT", value)
+        assert list(vm.get_attr("KVM_S390_VM_CPU_MODEL", "KVM_S390_VM_CPU_PROCESSOR_FEAT").feat) == machine
