@@ -100,7 +100,7 @@ def _ioctl_ops(kvm: Kvm, n: int, rng: random.Random) -> Case:
     case = Case(IOCTLS_CASE)
     u64 = (1 << 64) - 1
     for _ in range(n):
-        kind = rng.choice(["memslot"] * 4 + ["vcpu", "cap", "enable", "onereg", "onereg", "irq", "msi"])
+        kind = rng.choice(["memslot"] * 4 + ["vcpu", "cap", "enable", "onereg", "onereg", "irq", "msi", "mp"])
         if kind == "memslot":
             gpa = rng.choice([0, 0x1000, 0x10000, 1 << 32, (1 << top) - 0x1000, 1 << top, (1 << 64) - 0x2000,
                               rng.getrandbits(40) << 12, rng.getrandbits(64), 0x800])
@@ -138,6 +138,8 @@ def _ioctl_ops(kvm: Kvm, n: int, rng: random.Random) -> Case:
                               0x2030000300000000 | rng.getrandbits(2), 0x2020000200000000 | lo,
                               0x2030000000000000 | rng.getrandbits(32), rng.getrandbits(64) & ~(0xF << 52) | 3 << 52])
             case.ops.append(("onereg", rid))
+        elif kind == "mp":    # KVM_SET_MP_STATE then KVM_GET_MP_STATE
+            case.ops.append(("mp", rng.choice([0, 1, 2, 3, 4, 5, 9, 10, rng.getrandbits(32)])))
         elif kind == "irq":
             case.ops.append(("irq", rng.choice([0, 1, 15, 16, 23, 24, rng.getrandbits(32)]), rng.choice([0, 1, 2])))
         else:
@@ -167,6 +169,9 @@ def _ioctl_op(targets: dict[str, Any], op: Op, mem: int) -> str:
     if op[0] == "irq":
         vm.irq_line(op[1], op[2])
         return "ok"
+    if op[0] == "mp":
+        cpu.mp_state = op[1]
+        return f"ok {cpu.mp_state}"
     _, address, data, devid = op
     return f"ok {vm.signal_msi(address, data, devid)}"
 

@@ -151,3 +151,35 @@ def test_differential_on_an_unrecorded_host_records_it(kvm, monkeypatch, capsys)
     assert "has no record in x86_hosts: recorded now" in out and "divergences from the mock: 0" in out
     assert x86_hosts.X86_HOSTS[kvm.kernel_release].caps == {c: v for c in range(260)
                                                            if (v := kvm.check_extension(c))}
+
+
+@pytest.mark.parametrize("irqchip", [False, True])
+def test_mp_state(kvm, irqchip: bool) -> None:
+    """KVM_GET/SET_MP_STATE on x86 (the review found the mock answering ENOTTY while
+    advertising KVM_CAP_MP_STATE): RUNNABLE at creation, except for APs with the
+    in-kernel irqchip (UNINITIALIZED); RUNNABLE always settable, the LAPIC states only
+    with the irqchip; SIPI_RECEIVED reads back RUNNABLE (the pending SIPI is taken)."""
+    if kvm.arch != "x86_64":
+        pytest.skip("x86")
+    assert kvm.check_extension("KVM_CAP_MP_STATE") == 1
+    with kvm.create_vm() as vm:
+        if irqchip:
+            vm.create_irqchip()
+        bsp, ap = vm.create_vcpu(0), vm.create_vcpu(1)
+        assert bsp.mp_state == "KVM_MP_STATE_RUNNABLE"
+        assert ap.mp_state == ("KVM_MP_STATE_UNINITIALIZED" if irqchip else "KVM_MP_STATE_RUNNABLE")
+        got = {}
+        for st in range(12):
+            try:
+                ap.mp_state = st
+                got[st] = ap.mp_state
+            except kvmdev.KvmError as e:
+                assert e.errno == E.EINVAL
+                got[st] = "EINVAL"
+        lapic = {1: "KVM_MP_STATE_UNINITIALIZED", 2: "KVM_MP_STATE_INIT_RECEIVED", 3: "KVM_MP_STATE_HALTED",
+                 4: "KVM_MP_STATE_RUNNABLE", 9: "KVM_MP_STATE_AP_RESET_HOLD"}
+        want = {st: "EINVAL" for st in range(12)}
+        want[0] = "KVM_MP_STATE_RUNNABLE"
+        if irqchip:
+            want.update(lapic)
+        assert got == want

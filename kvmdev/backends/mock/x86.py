@@ -104,6 +104,12 @@ APIC_BUS_CYCLES_NS = 237   # KVM_CAP_X86_APIC_BUS_CYCLES_NS
 X86_REG_MSR = 0x2030000200000000
 
 
+# KVM_MP_STATE_*: RUNNABLE, and the LAPIC's (UNINITIALIZED, INIT_RECEIVED, HALTED,
+# SIPI_RECEIVED, AP_RESET_HOLD)
+MP_RUNNABLE, MP_UNINITIALIZED, MP_SIPI_RECEIVED = 0, 1, 4
+MP_LAPIC_STATES = frozenset({1, 2, 3, 4, 9})
+
+
 class X86Vcpu:
     """vcpu->arch: the ioctls of kvm_arch_vcpu_ioctl the mock models."""
 
@@ -111,6 +117,25 @@ class X86Vcpu:
         self.vcpu = vcpu
         self.host = host
         self.msrs: dict[int, int] = {}     # what SET_ONE_REG wrote (0 until then)
+        # kvm_arch_vcpu_create: RUNNABLE without an in-kernel irqchip and for the BSP
+        # (vcpu_id 0), UNINITIALIZED (waiting for INIT/SIPI) for the others
+        irqchip = getattr(vcpu.vm.part, "irqchip", False)
+        self.mp_state = MP_RUNNABLE if not irqchip or vcpu.id == 0 else MP_UNINITIALIZED
+
+    def ioctl_KVM_GET_MP_STATE(self, arg: int) -> int:
+        self.vcpu.user.put("__u32", arg, self.mp_state)
+        return 0
+
+    def ioctl_KVM_SET_MP_STATE(self, arg: int) -> int:
+        """kvm_arch_vcpu_ioctl_set_mpstate: RUNNABLE always; the LAPIC states only with
+        the in-kernel irqchip; SIPI_RECEIVED is taken as INIT_RECEIVED with the SIPI
+        pending, which the next GET (kvm_apic_accept_events) delivers: RUNNABLE."""
+        state = self.vcpu.user.get("__u32", arg)
+        if state != MP_RUNNABLE:
+            if state not in MP_LAPIC_STATES or not getattr(self.vcpu.vm.part, "irqchip", False):
+                raise Errno(E.EINVAL)
+        self.mp_state = MP_RUNNABLE if state == MP_SIPI_RECEIVED else state
+        return 0
 
     def ioctl_KVM_GET_REG_LIST(self, arg: int) -> int:
         """6.18 (kvm_get_reg_list): no register without CET in the guest's CPUID,
