@@ -57,8 +57,12 @@ def open(backend: str | None = None, arch: str | None = None, *, guard_buffers: 
         backend, chosen = (env, f"KVMDEV_BACKEND={env}") if env else ("auto", "")
         if env and env not in BACKENDS:
             raise ValueError(f"KVMDEV_BACKEND must be one of {', '.join(BACKENDS)}, not {_check.show(env)}")
+    if not isinstance(backend, str):
+        raise TypeError(f"backend is a name ({', '.join(BACKENDS)}), not {type(backend).__name__} {_check.show(backend)}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {_check.show(backend)}")
+    if arch is not None and not isinstance(arch, str):
+        raise TypeError(f"arch is a name ({', '.join(ARCH_NAMES)}), not {type(arch).__name__} {_check.show(arch)}")
     if arch is not None and arch not in ARCH_NAMES:
         from ._check import unknown
         raise unknown("architecture", arch, ARCH_NAMES, "(kvmdev.open arch=)")

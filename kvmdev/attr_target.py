@@ -88,6 +88,9 @@ class _AttrTarget(_Fd):
                 size = ffi.sizeof(t)
             except (ffi.error, TypeError, ValueError, OverflowError, MemoryError) as e:
                 raise ValueError(f"ctype {_check.show(ct)} is not a C type kvmdev's cdefs know: {e}") from None
+            if size > _MAX_CTYPE:
+                raise ValueError(f"ctype {_check.show(ct)} is {size} bytes: no attribute copies more than "
+                                 f"{_MAX_CTYPE}")
             while t.kind == "array":
                 t = t.item
             if t.kind not in ("primitive", "struct", "union"):   # a pointer is not what the kernel copies
@@ -262,9 +265,14 @@ class AttrProgram:
     struct (un)pack and one call, whatever the number of attributes."""
 
     def __init__(self, target: _AttrTarget, ioctl: str, items: Sequence[tuple[int | str, int | str]]) -> None:
+        if not isinstance(ioctl, str) or ioctl not in target._IOCTLS[1:]:
+            raise ValueError(f"an attr program does KVM_GET_DEVICE_ATTR or KVM_SET_DEVICE_ATTR, "
+                             f"not {_check.show(ioctl)}")
         which = target._IOCTLS.index(ioctl)
-        if which == 0:
-            raise ValueError("an attr program does KVM_GET_DEVICE_ATTR or KVM_SET_DEVICE_ATTR")
+        items = _check.int_list("items of an attr batch", items)
+        for i, it in enumerate(items):
+            if not isinstance(it, (tuple, list)) or len(it) != 2:
+                raise TypeError(f"attr batch item {i}: a (group, attr) pair, not {_check.show(it)}")
         self.target, self.which, self.n = target, which, len(items)
         self.specs = [target._spec(g, a, None) for g, a in items]
         fmts = []
@@ -294,6 +302,8 @@ class AttrProgram:
     def run(self, values: Sequence[int] | None = None) -> tuple[int, ...]:
         """Get: the values read.  Set: ``values``, one per attribute, checked
         against their widths before any ioctl."""
+        if values is not None:
+            values = _check.int_list("values of an attr batch", values)
         if (values is None) != (self.which == 1) or values is not None and len(values) != self.n:
             raise ValueError("KVM_SET_DEVICE_ATTR takes one value per attribute; KVM_GET_DEVICE_ATTR none")
         t = self.target
@@ -328,6 +338,9 @@ class AttrProgram:
             if values is not None:
                 return tuple(values)
             return self.layout.unpack_from(self.buf)
+
+
+_MAX_CTYPE = 1 << 24    # 16 MiB: far above any attribute (the largest, s390's CPU model, is 4 KiB)
 
 
 def _padding(field: str) -> bool:

@@ -209,3 +209,40 @@ def test_attr_batch_values_are_ints(kvm: kvmdev.Kvm) -> None:
                     lambda: cpu.attr_batch("KVM_SET_DEVICE_ATTR", [item], [True]))
             refused(TypeError, r"not float 1.5", lambda: cpu.attr_batch("KVM_SET_DEVICE_ATTR", [item], [1.5]))
             refused(ValueError, r"-1 does not fit", lambda: cpu.attr_batch("KVM_SET_DEVICE_ATTR", [item], [-1]))
+
+
+def test_review_cases_of_issue_18(kvm) -> None:
+    """Cases an adversarial review of the fixes found outside the policy: each the
+    policy's exception, with the call's own words (not an internal one's)."""
+    from kvmdev.devices import gicstate
+    with pytest.raises(TypeError, match="arch is a name"):
+        kvmdev.open("mock", arch=5)  # type: ignore[arg-type]
+    with pytest.raises(gicstate.SnapshotError, match="NaN is not a register value"):
+        gicstate.loads('{"format": "kvmdev.gic", "nr_irqs": NaN}')
+    with pytest.raises(ValueError, match="KVM_GET_DEVICE_ATTR or KVM_SET_DEVICE_ATTR, not 'KVM_RUN'"):
+        kvm.attr_batch("KVM_RUN", [])
+    with pytest.raises(ValueError, match="not None"):
+        kvm.attr_program(None, [])  # type: ignore[arg-type]
+    item = [("KVM_X86_GRP_SYSTEM", "KVM_X86_XCOMP_GUEST_SUPP")]
+    with pytest.raises(TypeError, match="values of an attr batch"):
+        kvm.attr_batch("KVM_SET_DEVICE_ATTR", item, "abc")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="attr batch item 0"):
+        kvm.attr_batch("KVM_GET_DEVICE_ATTR", ["KVM_X86_GRP_SYSTEM"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="no attribute copies more"):
+        kvm.get_attr(*item[0], ctype="__u8[1000000000000]")
+    with kvm.create_vm() as vm:
+        vm.add_memory(0x100000, 0x1000)
+        with pytest.raises(TypeError, match="gpa of guest_memory"):
+            vm.guest_memory("x")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="length"):
+            vm.guest_memory(0x100000).read(0x100000, -5)
+        with pytest.raises(kvmdev.KvmError, match="ENOMEM"):
+            vm.add_memory(0x10000000, 1 << 62)          # no address space for it: mmap's ENOMEM
+
+
+def test_pmu_irq_of_the_wrong_type_is_a_type_error() -> None:
+    kvm = kvmdev.open("mock", arch="arm64")
+    with kvm, kvm.create_vm() as vm:
+        cpu = vm.create_vcpu(0)
+        with pytest.raises(TypeError, match="PMU overflow interrupt"):
+            cpu.pmu_irq = True

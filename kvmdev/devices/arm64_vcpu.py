@@ -99,6 +99,7 @@ def _pmu_irq_rule(vcpu: VcpuOps, irq: int) -> None:
     """vcpu.rst: "a PPI or SPI, but the interrupt type must be same for each vcpu.
     As a PPI, the interrupt number is the same for all vcpus, while as an SPI it
     must be a separate number per vcpu"."""
+    irq = _check.integer("PMU overflow interrupt", irq)
     if not 16 <= irq <= 1019:
         raise ValueError(f"PMU overflow interrupt {irq}: a PPI (16..31) or an SPI (32..1019)")
     for other in vcpu.vm.vcpus:

@@ -392,8 +392,10 @@ def seal(doc: dict[str, Any]) -> dict[str, Any]:
 
 def loads(text: str) -> dict[str, Any]:
     """A document from JSON text; truncated or malformed text is a SnapshotError."""
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a register value")
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=constant)
     except RecursionError:
         raise SnapshotError(f"not a {FORMAT} document: JSON nested too deeply") from None
     except ValueError as e:
