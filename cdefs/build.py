@@ -25,6 +25,7 @@ _PRELUDE = """
 #include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 """
 
 _IOCTL_TABLE = """

@@ -137,3 +137,24 @@ void kvmdev_cell_free(int *cell)
 {
 	kvmdev_cell_close(cell);
 }
+
+/* A vCPU's kvm_run mapping held the same way: mmap(2) stores the address in the
+ * cell before returning, and freeing the cell (ffi.gc) unmaps it, so no
+ * exception between the two can leak a mapping (one that pins the vCPU file,
+ * and with it the whole VM, after close). */
+int kvmdev_map_fd(int fd, size_t len, struct kvmdev_map *m)
+{
+	void *a = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (a == MAP_FAILED)
+		return -errno;
+	m->len = len;
+	__atomic_store_n(&m->addr, a, __ATOMIC_SEQ_CST);
+	return 0;
+}
+
+void kvmdev_map_free(struct kvmdev_map *m)
+{
+	void *a = __atomic_exchange_n(&m->addr, NULL, __ATOMIC_SEQ_CST);
+	if (a)
+		munmap(a, m->len);
+}

@@ -20,3 +20,9 @@ long kvmdev_ioctl_fd_at(int fd, unsigned long request, void *arg, size_t off, in
 int kvmdev_open_fd(const char *path, int flags, int *cell);
 int kvmdev_cell_close(int *cell);
 void kvmdev_cell_free(int *cell);
+struct kvmdev_map {
+	void *addr;
+	size_t len;
+};
+int kvmdev_map_fd(int fd, size_t len, struct kvmdev_map *m);
+void kvmdev_map_free(struct kvmdev_map *m);

@@ -641,3 +641,32 @@ def test_add_memory_from_threads_and_racing_close(kvm: kvmdev.Kvm) -> None:
         vm.close()
         t.join(10)
         assert vm.memory == {}, f"trial {trial}: {vm.memory}"
+
+
+def test_interrupted_kvm_run_mapping_leaks_no_mapping(kvm: kvmdev.Kvm) -> None:
+    """A KeyboardInterrupt at every point of a vCPU's first kvm_run mapping (real: the
+    mmap of the vCPU fd, which pins the vCPU file and so the VM): once the VM is
+    closed and its objects gone, no kvm-vcpu mapping is left."""
+    import gc
+    from test_reliability_signals import _Interrupt, _interrupt_at
+    if kvm.backend != "real":
+        pytest.skip("the real backend's mmap of the vCPU fd (the mock maps no vCPU file)")
+
+    def vcpu_maps() -> int:
+        with open("/proc/self/maps") as f:
+            return sum("kvm-vcpu" in line for line in f)
+    before = vcpu_maps()
+    at = 0
+    while True:
+        vm = kvm.create_vm()
+        cpu = vm.create_vcpu(0)
+        hit = _interrupt_at(lambda: cpu.kvm_run, _Interrupt(at, where=("kvmdev/",)))
+        vm.close()
+        del cpu, vm
+        gc.collect()
+        assert vcpu_maps() == before, f"interrupt point {at}"
+        if not hit:
+            break
+        at += 1
+        assert at < 300
+    assert at > 3

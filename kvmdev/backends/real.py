@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import mmap
 import os
 import sys
 import threading
@@ -61,7 +60,7 @@ class RealBackend:
         """mmap(2) of the fd, shared, read-write; unmapped when the last reference
         goes.  Not Python's mmap.mmap: before 3.13 (trackfd=False) it dup()s the fd,
         so a vCPU's first run() failed with EMFILE in a full fd table."""
-        return _map_fd(fd, length)
+        return _map_fd(self.arch, fd, length)
 
 
     def kick(self, fd: int, thread_ident: int) -> None:
@@ -81,23 +80,22 @@ class RealBackend:
         signal.pthread_kill(thread_ident, _kick_installed[0])
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_MAP_FAILED = ctypes.c_void_p(-1).value
 _MAP_TYPES: dict[int, type] = {}
 
 
-def _map_fd(fd: int, length: int) -> Any:
-    """A ctypes char array over mmap(fd) that munmaps itself when freed (cffi's
-    from_buffer keeps it alive as long as a view of it is)."""
-    addr = _libc.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
-    if addr is None or addr == _MAP_FAILED:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
+def _map_fd(arch: Arch, fd: int, length: int) -> Any:
+    """A ctypes char array over mmap(fd), holding the C map cell (kvmdev_map_fd)
+    that unmaps it when freed; cffi's from_buffer keeps it alive as long as a view
+    of it is.  The address is in the cell before any Python step: an exception
+    cannot leak the mapping."""
+    ffi, lib = arch.ffi, arch.lib
+    cell = ffi.gc(ffi.new("struct kvmdev_map *"), lib.kvmdev_map_free)
+    r = lib.kvmdev_map_fd(fd, length, cell)
+    if r < 0:
+        raise OSError(-r, os.strerror(-r))
     t = _MAP_TYPES.get(length)
     if t is None:
-        t = _MAP_TYPES[length] = type("kvm_run_map", (ctypes.c_char * length,),
-                                      {"__del__": lambda self: _libc.munmap(ctypes.addressof(self), length)})
-    return t.from_address(addr)
+        t = _MAP_TYPES[length] = type("kvm_run_map", (ctypes.c_char * length,), {})
+    m = t.from_address(int(ffi.cast("uintptr_t", cell.addr)))
+    m._cell = cell
+    return m
