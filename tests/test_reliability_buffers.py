@@ -128,7 +128,7 @@ def test_ctype_narrower_than_the_table_is_refused(kvm) -> None:
         guarded.close()
 
 
-@pytest.mark.parametrize("ctype", ["__u32", "__u8[7]", "void"])
+@pytest.mark.parametrize("ctype", ["__u8[0]", "__u32", "__u8[7]", "void"])
 def test_every_narrower_ctype_is_refused_before_the_ioctl(kvm, ctype: str) -> None:
     """Not only the zero-width array: any ctype narrower than the 8 bytes the kernel
     copies (an int type, a short array, void) is a ValueError naming both widths,

@@ -117,6 +117,30 @@ def test_fork_while_a_thread_runs_an_attr_program() -> None:
     assert not hung, "the child's attr_program().run() hung"
 
 
+def test_fork_while_a_thread_runs_an_attr_program_real_x86() -> None:
+    """The same on the real x86 kernel, with a program of the system fd (which, unlike
+    a VM's, a fork child may still use: it runs there)."""
+    from conftest import HOST, REAL_UNUSABLE
+    if HOST != "x86_64" or REAL_UNUSABLE:
+        pytest.skip("the real x86 kernel")
+    kvm = kvmdev.open("real")
+    prog = kvm.attr_program("KVM_GET_DEVICE_ATTR", [("KVM_X86_GRP_SYSTEM", "KVM_X86_XCOMP_GUEST_SUPP")] * 32)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            prog.run()
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        hung = any(_child_hangs(lambda: prog.run(), 3.0) for _ in range(10))
+    finally:
+        stop.set()
+        t.join(10)
+        kvm.close()
+    assert not hung, "the child's attr_program().run() hung"
+
+
 def test_fork_while_a_thread_closes_the_vm() -> None:
     hung = False
     for _ in range(5):

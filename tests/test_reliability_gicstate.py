@@ -95,6 +95,19 @@ def test_duplicate_mpidr_is_refused(arm64_kvm, arm64_gic) -> None:
         gicstate.restore(a.gic, doc, [a.vcpus[0], a.vcpus[1], a.vcpus[1]], its=a.its)
 
 
+def test_two_vcpus_sharing_an_mpidr_are_refused(arm64_kvm, arm64_gic) -> None:
+    """Two distinct vCPUs whose MPIDR_EL1 userspace made equal: save and restore
+    refuse it, given the vCPUs or taking the VM's (vcpus=None), before any write."""
+    a = machine(arm64_kvm, arm64_gic)
+    doc = a.save()
+    a.vcpus[1].set_one_reg("MPIDR_EL1", a.vcpus[0].get_one_reg("MPIDR_EL1"))
+    for vcpus in (None, a.vcpus):
+        with pytest.raises(ValueError, match="same MPIDR"):
+            gicstate.save(a.gic, vcpus, its=a.its)
+        with pytest.raises(ValueError, match="same MPIDR"):
+            gicstate.restore(a.gic, doc, vcpus, its=a.its)
+
+
 def test_own_snapshot_into_the_same_live_vm(arm64_kvm, arm64_gic) -> None:
     """issue 18: RESTORE_TABLES answered EEXIST (the collections exist) and the
     rollback dropped the translations.  The ITS is reset first now: it works."""

@@ -179,8 +179,9 @@ def test_listing_while_another_thread_creates(kvm: kvmdev.Kvm) -> None:
 
         def lister() -> None:
             try:
-                while not stop.is_set():
-                    vm.vcpus, vm.devices, vm.guest_memory(0x100000)
+                while not stop.is_set():   # the last slot: the lookup walks every slot
+                    last = max(vm.memory)
+                    vm.vcpus, vm.devices, vm.guest_memory(vm.memory[last].guest_phys_addr)
             except BaseException as e:   # noqa: BLE001 - reported below
                 errors.append(e)
         ts = [threading.Thread(target=lister) for _ in range(2)]
