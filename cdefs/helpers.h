@@ -15,3 +15,16 @@ int kvmdev_attr_batch(int fd, unsigned long request, struct kvm_device_attr *att
 int kvmdev_copy_from_user(void *dst, uint64_t src, size_t len);
 int kvmdev_copy_to_user(uint64_t dst, const void *src, size_t len);
 int kvmdev_install_kick_handler(int sig);
+
+/* Hot paths of the real backend (helpers.c): a typed integer attribute in one
+ * call, and KVM_RUN with the request_exit protocol in C. */
+struct kvmdev_attr_int { long long err; unsigned long long val; };
+struct kvmdev_attr_int kvmdev_attr_get_int(int fd, unsigned long request, __u32 group, __u64 attr, int width);
+long kvmdev_attr_set_int(int fd, unsigned long request, __u32 group, __u64 attr, int width,
+			 unsigned long long value);
+#define KVMDEV_RUN_BUSY 1048576
+struct kvmdev_runctl;
+struct kvmdev_runctl *kvmdev_runctl_new(struct kvm_run *run);
+void kvmdev_runctl_free(struct kvmdev_runctl *ctl);
+long kvmdev_vcpu_run(int fd, unsigned long request, struct kvmdev_runctl *ctl, int immediate);
+int kvmdev_vcpu_kick(struct kvmdev_runctl *ctl, int sig);
