@@ -62,6 +62,9 @@ class Recorder:
         self.reqs = dict(zip(a.attr_requests, ("has", "get", "set")))
         self.one_reg = a.request("KVM_GET_ONE_REG")
 
+    # the real backend's C fast path of typed attributes would bypass the recording
+    attr_int_get = attr_int_set = None
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 

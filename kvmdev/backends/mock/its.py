@@ -679,8 +679,15 @@ class ItsModel(DeviceModel):
         """scan_its_table: ``fn(id, entry)`` gives the ID offset to the next entry
         (0: that was the last); 1 when the table ends first."""
         ident, gpa, left = first, base, size
+        # one copy of the table when all of it is RAM (the kernel reads entry by
+        # entry: where part of it is not, entry by entry here too, faulting where it does)
+        try:
+            table = self.vm.read_guest(base, size)
+        except Errno:
+            table = None
         while True:
-            step = fn(ident, unpack(self.vm.read_guest(gpa, ESZ)))
+            raw = table[gpa - base:gpa - base + ESZ] if table is not None else self.vm.read_guest(gpa, ESZ)
+            step = fn(ident, unpack(raw))
             if step <= 0:
                 return step
             if step * ESZ >= left:

@@ -375,13 +375,26 @@ class _Vgic(DeviceModel):
                 vid = next(iter(vcpus), None)
             else:
                 want = attr >> 32 & 0xFFFFFFFF
-                vid = next((v for v, c in vcpus.items() if Affinity.of(c.part.mpidr).packed() == want), None)
+                vid = self._mpidr_map().get(want)
         else:
             vid = attr >> 32 & 0xFF
             vid = vid if vid in vcpus else None
         if vid is None:
             raise Errno(E.EINVAL)
         return vid
+
+    def _mpidr_map(self) -> dict[int, int]:
+        """Packed affinity -> the first vCPU id with it (kvm_mpidr_to_vcpu), kept
+        until a vCPU is created or an MPIDR_EL1 written (vm.mpidr_gen)."""
+        vm = self.vm
+        key = (vm.mpidr_gen, len(vm.vcpus))
+        cached = getattr(self, "_mpidr_cache", None)
+        if cached is None or cached[0] != key:
+            m: dict[int, int] = {}
+            for v, c in vm.vcpus.items():
+                m.setdefault(Affinity.of(c.part.mpidr).packed(), v)
+            cached = self._mpidr_cache = (key, m)
+        return cached[1]
 
     def _access(self, regs: "GicRegs", group: int, vcpu: int, attr: int, value: int | None) -> int | None:
         off = attr & 0xFFFFFFFF
