@@ -177,8 +177,18 @@ class attr_property:
         # the C fast path, once the first call has checked arch and access and
         # resolved the spec (kept in obj._specs under this descriptor)
         spec = obj._specs.get(self)
-        if spec is not None:
-            return obj._get_int(spec)
+        if spec is not None:     # _AttrTarget._get_int, inline: one Python frame less per call
+            tok = object()   # this call's hold (see _Fd._acquire)
+            try:
+                fd = obj._acquire(tok)
+                r = obj._int_get(fd, obj._get_req, spec.group, spec.attr, spec.width)
+            finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+                obj._users.discard(tok)
+                if obj._deferred and not obj._users:
+                    obj._close_deferred()
+            if r.err:
+                raise obj._attr_error(-r.err, 1, spec.group, spec.attr, spec.given)
+            return r.val
         if self.arches and obj._arch.name not in self.arches:
             raise _arch_error(obj, self.name, self.arches, f" ({self.key[0]}/{self.key[1]})")
         if "r" not in self.access:
