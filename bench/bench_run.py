@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark (`make bench`): the vCPU run loop -- KVM_RUN round trips of a tiny
-x86 real-mode guest through kvmdev against a C loop built in this run.
+x86 real-mode guest (or, in the arm64 guests, a two-instruction arm64 loop)
+through kvmdev against a C loop built in this run.
 
 Three scenarios, each with its own VM whose guest loops on one exiting
 instruction at the reset vector (see bench/run_loop.c, which runs the same code):
@@ -51,6 +52,13 @@ CODE = {
     "mmio_write": bytes([0xA2, 0x00, 0x10, 0xEB, 0xFB]),   # mov [0x1000], al; jmp .-5
     "mmio_read": bytes([0xA0, 0x00, 0x10, 0xEB, 0xFB]),    # mov al, [0x1000]; jmp .-5
 }
+# arm64 (the real guests, tools/guests/bench-arm64.sh): RAM at 0x40000000, x1 = MMIO
+A64_RAM, A64_MMIO = 0x40000000, 0x10000000
+A64_CODE = {
+    "io": bytes.fromhex("200000b9ffffff17"),           # str w0, [x1]; b .-4 (nothing reads it)
+    "mmio_write": bytes.fromhex("200000b9ffffff17"),   # str w0, [x1]; b .-4
+    "mmio_read": bytes.fromhex("200040b9ffffff17"),    # ldr w0, [x1]; b .-4
+}
 TITLES = {
     "io": "(a) KVM_EXIT_IO, no handling: vcpu.run()",
     "mmio_write": "(b) KVM_EXIT_MMIO write: vcpu.run(); vcpu.mmio",
@@ -83,10 +91,15 @@ def c_runner(exe: Path, mode: str, device: str) -> Callable[[int, int], list[flo
 
 def guest(kvm: Any, mode: str) -> tuple[Any, Any]:
     vm = kvm.create_vm()
-    mem = vm.add_memory(0xFFFF0000, 0x10000)
-    mem.write(RESET, CODE[mode])
-    vcpu = vm.create_vcpu(0)
-    return vm, vcpu
+    if kvm.arch == "arm64":
+        vm.add_memory(A64_RAM, 0x10000).write(A64_RAM, A64_CODE[mode])
+        vcpu = vm.create_vcpu(0)
+        vcpu.vcpu_init(["PSCI_0_2"])
+        vcpu.set_one_reg("pc", A64_RAM)
+        vcpu.set_one_reg("x1", A64_MMIO)
+        return vm, vcpu
+    vm.add_memory(0xFFFF0000, 0x10000).write(RESET, CODE[mode])
+    return vm, vm.create_vcpu(0)
 
 
 def kvmdev_loop(vcpu: Any, mode: str) -> Callable[[int], int]:
@@ -105,7 +118,7 @@ def kvmdev_loop(vcpu: Any, mode: str) -> Callable[[int], int]:
                 vcpu.mmio
             return time.perf_counter_ns() - t0
     else:
-        complete, value = vcpu.complete_mmio_read, b"\x2a"
+        complete, value = vcpu.complete_mmio_read, b"\x2a" if vcpu.arch == "x86_64" else b"\x2a\0\0\0"
 
         def loop(n: int) -> int:
             t0 = time.perf_counter_ns()
@@ -159,11 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-ms", type=float, default=20.0)
     ap.add_argument("--only", action="append", choices=list(CODE))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--c-loop", help="a prebuilt bench/run_loop.c (the arm64 guests have no compiler)")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of the kvmdev loop per scenario")
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
     data: dict[str, Any] = {
-        "benchmark": "KVM_RUN round trips (x86 real-mode guest)",
+        "benchmark": "KVM_RUN round trips",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": {"machine": platform.machine(), "kernel": platform.release(), "cpus": os.cpu_count(),
                  "python": platform.python_version(), "loadavg": os.getloadavg()},
@@ -172,9 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"kvmdev bench: KVM_RUN round trips (python {platform.python_version()}, kernel "
           f"{platform.release()}, load average {os.getloadavg()[0]:.2f})")
-    if platform.machine() != "x86_64":
-        print("  skipped: the run-loop guest is x86 real-mode code (arm64: tools/guests/bench-arm64.sh)")
+    if platform.machine() not in ("x86_64", "aarch64"):
+        print(f"  skipped: no guest code for {platform.machine()}")
         return 0
+    if platform.machine() == "aarch64":
+        TITLES["io"] = "(a) KVM_EXIT_MMIO write nothing reads (arm64 has no port I/O): vcpu.run()"
     try:
         kvm = kvmdev.open("real")
     except (kvmdev.KvmUnavailable, OSError) as e:
@@ -182,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     device = os.environ.get("KVMDEV_DEVICE") or "/dev/kvm"
     with tempfile.TemporaryDirectory(prefix="kvmdev-bench-") as tmp:
-        exe, how = build_c(Path(tmp))
+        exe, how = (Path(args.c_loop), f"prebuilt {args.c_loop}") if args.c_loop else build_c(Path(tmp))
         print(f"C loop: {how}")
         for mode in CODE:
             if args.only and mode not in args.only:
@@ -190,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             vm, vcpu = guest(kvm, mode)
             try:
                 first = vcpu.run()
-                want = "KVM_EXIT_IO" if mode == "io" else "KVM_EXIT_MMIO"
+                want = "KVM_EXIT_IO" if mode == "io" and kvm.arch == "x86_64" else "KVM_EXIT_MMIO"
                 if first != want:
                     print(f"\n{TITLES[mode]}\n  skipped: the guest's first exit is {first}, not {want}")
                     continue
@@ -207,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                                f"{time.perf_counter() - t0:.1f} s", results)
                 if mode != "io":
                     check = vcpu.mmio
-                    assert check.phys_addr == 0x1000 and check.is_write == (mode == "mmio_write"), check
+                    assert check.phys_addr in (0x1000, A64_MMIO) and check.is_write == (mode == "mmio_write"), check
                 data["scenarios"][mode] = {"title": TITLES[mode], "methods": results, **extra}
                 if args.profile:
                     ba_profile(kvmdev_loop(vcpu, mode))

@@ -72,7 +72,6 @@ def make_ffi(arch: str) -> FFI:
         # the limited API of CPython 3.10 (cffi would define a bare Py_LIMITED_API
         # itself): the modules are abi3, one build for 3.10 and every later 3.x
         extra_compile_args=["-O2", "-std=gnu11", f"-DPy_LIMITED_API=0x{LIMITED_API:08X}"],
-        libraries=["pthread"],   # the run helper's mutex and pthread_kill (in libc from glibc 2.34)
     )
     return ffi
 
