@@ -387,7 +387,10 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
     def mmio(self) -> MmioExit:
         """kvm_run.mmio after a KVM_EXIT_MMIO."""
         layout = self._layout
-        reason, addr, data, n, w = layout.mmio.unpack_from(self._run_view(), layout.off_exit)
+        buf = self._run_buf
+        if buf is None or self._fd < 0:
+            buf = self._run_view()
+        reason, addr, data, n, w = layout.mmio.unpack_from(buf, layout.off_exit)
         if reason != layout.exit_mmio:
             raise ValueError(f"vCPU {self.id}'s last exit is {exit_reason_name(self._arch, reason)}, "
                              f"not KVM_EXIT_MMIO")
@@ -397,7 +400,9 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         """Supply the value of the guest's MMIO read (exactly kvm_run.mmio.len
         bytes); the next run() loads it into the guest register."""
         layout = self._layout
-        buf = self._run_view()
+        buf = self._run_buf
+        if buf is None or self._fd < 0:
+            buf = self._run_view()
         reason, addr, _, n, w = layout.mmio.unpack_from(buf, layout.off_exit)
         if reason != layout.exit_mmio:
             raise ValueError(f"vCPU {self.id}'s last exit is {exit_reason_name(self._arch, reason)}, "
