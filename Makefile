@@ -43,10 +43,21 @@ test-guarded: $(STAMP)
 example: $(STAMP)
 	$(VPY) examples/hello.py
 
+# text in bench/out/bench.txt (and on stdout), figures as JSON and the scale plot
+# (bench/out/scale.png, with the optional `bench` extra: matplotlib) beside it
+BENCH_OUT := bench/out
+bench: SHELL := /bin/bash
 bench: $(STAMP)
-	$(VPY) bench/bench_attr.py
-	$(VPY) bench/bench_gicstate.py --backend mock --vcpus 64 --irqs 992
-	$(GUESTS) bash tools/guests/bench-arm64.sh
+	@mkdir -p $(BENCH_OUT)
+	@$(VPY) -c 'import matplotlib' 2>/dev/null || $(VPY) -m pip install -q --disable-pip-version-check 'matplotlib>=3.5' \
+	  || echo "make bench: matplotlib (the bench extra) did not install: no plot"
+	set -o pipefail; { \
+	  $(VPY) bench/bench_run.py --json $(BENCH_OUT)/run.json && \
+	  $(VPY) bench/bench_attr.py --json $(BENCH_OUT)/attr.json && \
+	  $(VPY) bench/bench_gicstate.py --backend mock --vcpus 64 --irqs 992 && \
+	  $(VPY) bench/bench_gicstate.py --backend mock --vcpus 512 --irqs 992 --repeats 3 && \
+	  $(VPY) bench/bench_scale.py --json $(BENCH_OUT)/scale.json --png $(BENCH_OUT)/scale.png && \
+	  $(GUESTS) bash tools/guests/bench-arm64.sh; } 2>&1 | tee $(BENCH_OUT)/bench.txt
 
 # 100,000 operations per device type on each mock (arm64: each kernel and host GIC; powerpc:
 # book3s and e500), 10,000 on the real x86 kernel (per device, and of the VM/vCPU ioctls:

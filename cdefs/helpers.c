@@ -158,3 +158,127 @@ void kvmdev_map_free(struct kvmdev_map *m)
 	if (a)
 		munmap(a, m->len);
 }
+
+/* A typed integer attribute (__u8 .. __u64) in one call: the buffer is the
+ * attribute's own width on the C stack, the value comes back by value and the
+ * error as -errno beside it (no per-call allocation, no second call). */
+union kvmdev_int_buf {
+	__u8 u8;
+	__u16 u16;
+	__u32 u32;
+	__u64 u64;
+};
+
+struct kvmdev_attr_int kvmdev_attr_get_int(int fd, unsigned long request, __u32 group, __u64 attr, int width)
+{
+	union kvmdev_int_buf b = { .u64 = 0 };
+	struct kvm_device_attr a = { .flags = 0, .group = group, .attr = attr,
+				     .addr = (__u64)(uintptr_t)&b };
+	struct kvmdev_attr_int r = { 0, 0 };
+
+	if (ioctl(fd, request, &a) < 0) {
+		r.err = -errno;
+		return r;
+	}
+	switch (width) {
+	case 1: r.val = b.u8; break;
+	case 2: r.val = b.u16; break;
+	case 4: r.val = b.u32; break;
+	default: r.val = b.u64; break;
+	}
+	return r;
+}
+
+long kvmdev_attr_set_int(int fd, unsigned long request, __u32 group, __u64 attr, int width,
+			 unsigned long long value)
+{
+	union kvmdev_int_buf b = { .u64 = 0 };
+	struct kvm_device_attr a = { .flags = 0, .group = group, .attr = attr,
+				     .addr = (__u64)(uintptr_t)&b };
+
+	switch (width) {
+	case 1: b.u8 = (__u8)value; break;
+	case 2: b.u16 = (__u16)value; break;
+	case 4: b.u32 = (__u32)value; break;
+	default: b.u64 = value; break;
+	}
+	long r = ioctl(fd, request, &a);
+	return r < 0 ? -errno : r;
+}
+
+/* Vcpu.run/request_exit on the real backend.  The protocol the Python code
+ * had under two locks, under one pthread mutex (taken with the GIL released):
+ * one KVM_RUN per vCPU at a time (a second gets KVMDEV_RUN_BUSY and waits in
+ * Python, where a signal can interrupt it); immediate_exit is set before the
+ * ioctl when asked; a kick (kick_pending + immediate_exit + the signal to the
+ * thread in KVM_RUN) is never lost: set before the run it is seen through
+ * immediate_exit, during it the signal makes KVM_RUN return EINTR, after it it
+ * stays pending (immediate_exit = 1) for the next run, and only a run that
+ * returns EINTR clears it. */
+#include <pthread.h>
+#include <stdlib.h>
+
+struct kvmdev_runctl {
+	pthread_mutex_t lock;
+	struct kvm_run *run;
+	pthread_t thread;	/* valid while running */
+	int running;
+	int kick_pending;
+};
+
+struct kvmdev_runctl *kvmdev_runctl_new(struct kvm_run *run)
+{
+	struct kvmdev_runctl *c = calloc(1, sizeof(*c));
+	if (c == NULL)
+		return NULL;
+	pthread_mutex_init(&c->lock, NULL);
+	c->run = run;
+	return c;
+}
+
+void kvmdev_runctl_free(struct kvmdev_runctl *c)
+{
+	pthread_mutex_destroy(&c->lock);
+	free(c);
+}
+
+/* KVM_RUN: the exit reason (>= 0), -errno, or -KVMDEV_RUN_BUSY. */
+long kvmdev_vcpu_run(int fd, unsigned long request, struct kvmdev_runctl *c, int immediate)
+{
+	pthread_mutex_lock(&c->lock);
+	if (c->running) {
+		pthread_mutex_unlock(&c->lock);
+		return -KVMDEV_RUN_BUSY;
+	}
+	c->running = 1;
+	c->thread = pthread_self();
+	if (immediate)
+		c->run->immediate_exit = 1;
+	pthread_mutex_unlock(&c->lock);
+
+	long r = ioctl(fd, request, 0);
+	r = r < 0 ? -errno : (long)c->run->exit_reason;
+
+	pthread_mutex_lock(&c->lock);
+	c->running = 0;
+	if (r == -EINTR)		/* this run is what the kick stopped */
+		c->kick_pending = 0;
+	/* a kick that came after the exit stays for the next run */
+	c->run->immediate_exit = c->kick_pending ? 1 : 0;
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}
+
+/* request_exit: 0 or -errno of pthread_kill. */
+int kvmdev_vcpu_kick(struct kvmdev_runctl *c, int sig)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&c->lock);
+	c->kick_pending = 1;
+	c->run->immediate_exit = 1;
+	if (c->running)
+		r = -pthread_kill(c->thread, sig);
+	pthread_mutex_unlock(&c->lock);
+	return r;
+}

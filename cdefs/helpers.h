@@ -26,3 +26,16 @@ struct kvmdev_map {
 };
 int kvmdev_map_fd(int fd, size_t len, struct kvmdev_map *m);
 void kvmdev_map_free(struct kvmdev_map *m);
+
+/* Hot paths of the real backend (helpers.c): a typed integer attribute in one
+ * call, and KVM_RUN with the request_exit protocol in C. */
+struct kvmdev_attr_int { long long err; unsigned long long val; };
+struct kvmdev_attr_int kvmdev_attr_get_int(int fd, unsigned long request, __u32 group, __u64 attr, int width);
+long kvmdev_attr_set_int(int fd, unsigned long request, __u32 group, __u64 attr, int width,
+			 unsigned long long value);
+#define KVMDEV_RUN_BUSY 1048576
+struct kvmdev_runctl;
+struct kvmdev_runctl *kvmdev_runctl_new(struct kvm_run *run);
+void kvmdev_runctl_free(struct kvmdev_runctl *ctl);
+long kvmdev_vcpu_run(int fd, unsigned long request, struct kvmdev_runctl *ctl, int immediate);
+int kvmdev_vcpu_kick(struct kvmdev_runctl *ctl, int sig);

@@ -31,6 +31,10 @@ class _AttrTarget(_Fd):
         self._has_req, self._get_req, self._set_req = backend.arch.attr_requests
         self._attr_fn = backend.attr
         self._null = backend.arch.ffi.NULL
+        # the real backend's C fast path of unsigned integer attributes (one call,
+        # the buffer on the C stack); None: every call takes the buffer path
+        self._int_get = getattr(backend, "attr_int_get", None)
+        self._int_set = getattr(backend, "attr_int_set", None)
         # (group, attr) as the caller names them -> resolved values and buffer type
         self._specs: dict[tuple[int | str, int | str], _Spec] = {}
 
@@ -121,6 +125,33 @@ class _AttrTarget(_Fd):
         return KvmError(err, self._IOCTLS[which], self._target_label(), group=gn, attr=an,
                         target_key=self._target_key())
 
+    # The C fast path (kvmdev_attr_{get,set}_int) of an unsigned integer attribute
+    # whose spec is resolved: the fd held as in _ioctl, the error built only on failure.
+    def _get_int(self, spec: "_Spec") -> int:
+        tok = object()   # this call's hold (see _Fd._acquire)
+        try:
+            fd = self._acquire(tok)
+            r = self._int_get(fd, self._get_req, spec.group, spec.attr, spec.width)
+        finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+            self._users.discard(tok)
+            if self._deferred and not self._users:
+                self._close_deferred()
+        if r.err:
+            raise self._attr_error(-r.err, 1, spec.group, spec.attr, spec.given)
+        return int(r.val)
+
+    def _set_int(self, spec: "_Spec", value: int) -> None:
+        tok = object()   # this call's hold (see _Fd._acquire)
+        try:
+            fd = self._acquire(tok)
+            r = self._int_set(fd, self._set_req, spec.group, spec.attr, spec.width, value)
+        finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+            self._users.discard(tok)
+            if self._deferred and not self._users:
+                self._close_deferred()
+        if r < 0:
+            raise self._attr_error(-r, 2, spec.group, spec.attr, spec.given)
+
     def has_attr(self, group: int | str, attr: int | str) -> bool:
         """KVM_HAS_DEVICE_ATTR: True if the kernel implements (group, attr) here.
 
@@ -147,6 +178,10 @@ class _AttrTarget(_Fd):
         names what the kernel copies for attributes kvmdev has no table entry for.
         ``value_in`` fills the buffer first, for reads that take an input
         (e.g. the index of KVM_VGIC_V3_ADDR_TYPE_REDIST_REGION)."""
+        if ctype is None and value_in is None:
+            spec = self._specs.get((group, attr))
+            if spec is not None and spec.width and self._int_get is not None:
+                return self._get_int(spec)
         spec = self._spec(group, attr, ctype)
         if value_in is not None and spec.ctype is not None:
             buf = _pack(self._arch.ffi, spec.ctype, value_in, self._names(spec.group, spec.attr, spec.given))
@@ -167,6 +202,11 @@ class _AttrTarget(_Fd):
     def set_attr(self, group: int | str, attr: int | str, value: Any = None, *, ctype: str | None = None) -> None:
         """KVM_SET_DEVICE_ATTR: ``value`` is an int, bytes (exactly the attribute's
         width), a dict of struct fields, or None for attributes without payload."""
+        if ctype is None:
+            spec = self._specs.get((group, attr))
+            if (spec is not None and spec.width and value.__class__ is int and 0 <= value < spec.limit
+                    and self._int_set is not None):
+                return self._set_int(spec, value)
         spec = self._spec(group, attr, ctype)
         if spec.ctype is None:
             if value is not None:
@@ -386,6 +426,9 @@ def _checked_fields(ffi: Any, t: Any, value: Any, where: str) -> Any:
     return value
 
 
+_UINT_WIDTHS = {"__u8": 1, "__u16": 2, "__u32": 4, "__u64": 8}
+
+
 def _not_int(v: Any) -> bool:
     return not isinstance(v, int) or isinstance(v, bool)
 
@@ -393,7 +436,7 @@ def _not_int(v: Any) -> bool:
 class _Spec:
     """A resolved (group, attr): its values and how to allocate and read its buffer."""
 
-    __slots__ = ("group", "attr", "ctype", "given", "new", "decode")
+    __slots__ = ("group", "attr", "ctype", "given", "new", "decode", "width", "limit")
 
     def __init__(self, ffi: Any, group: int, attr: int, ctype: str | None,
                  given: tuple[int | str, int | str] | None = None) -> None:
@@ -401,6 +444,9 @@ class _Spec:
         self.attr = attr
         self.ctype = ctype
         self.given = given  # the caller's names, for messages
+        # an unsigned integer: the C fast path's width in bytes (0: none) and bound
+        self.width = _UINT_WIDTHS.get(ctype or "", 0)
+        self.limit = 1 << 8 * self.width
         if ctype is None:
             return
         t = ffi.typeof(ctype if ctype.endswith("]") else ctype + " *")

@@ -171,6 +171,7 @@ class attr_property:
 
     def __init__(self, group: str, attr: str, access: str = "rw", doc: str = "") -> None:
         self.key = (group, attr)
+        self.set_key = object()   # obj._specs key of the checked set path
         self.access = access
         self.__doc__ = f"KVM_{{GET,SET}}_DEVICE_ATTR {group}/{attr}" + (f": {doc}" if doc else "")
 
@@ -180,11 +181,29 @@ class attr_property:
     def __get__(self, obj: _AttrTarget | None, owner: type | None = None) -> Any:
         if obj is None:
             return self
+        # the C fast path, once the first call has checked arch and access and
+        # resolved the spec (kept in obj._specs under this descriptor)
+        spec = obj._specs.get(self)
+        if spec is not None:     # _AttrTarget._get_int, inline: one Python frame less per call
+            tok = object()   # this call's hold (see _Fd._acquire)
+            try:
+                fd = obj._acquire(tok)
+                r = obj._int_get(fd, obj._get_req, spec.group, spec.attr, spec.width)
+            finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+                obj._users.discard(tok)
+                if obj._deferred and not obj._users:
+                    obj._close_deferred()
+            if r.err:
+                raise obj._attr_error(-r.err, 1, spec.group, spec.attr, spec.given)
+            return r.val
         if self.arches and obj._arch.name not in self.arches:
             raise _arch_error(obj, self.name, self.arches, f" ({self.key[0]}/{self.key[1]})")
         if "r" not in self.access:
             raise AttributeError(f"{self.key[1]} is write-only")
         spec = obj._specs.get(self.key) or obj._spec(*self.key, None)
+        if spec.width and obj._int_get is not None:
+            obj._specs[self] = spec
+            return obj._get_int(spec)
         buf = spec.new()
         tok = object()   # this call's hold (see _Fd._acquire)
         try:
@@ -199,11 +218,17 @@ class attr_property:
         return spec.decode(buf)
 
     def __set__(self, obj: _AttrTarget, value: Any) -> None:
+        spec = obj._specs.get(self.set_key)
+        if spec is not None and value.__class__ is int and 0 <= value < spec.limit:
+            return obj._set_int(spec, value)
         if self.arches and obj._arch.name not in self.arches:
             raise _arch_error(obj, self.name, self.arches, f" ({self.key[0]}/{self.key[1]})")
         if "w" not in self.access:
             raise AttributeError(f"{self.key[1]} is read-only")
         obj.set_attr(*self.key, value)
+        spec = obj._specs.get(self.key)
+        if spec is not None and spec.width and obj._int_set is not None:
+            obj._specs[self.set_key] = spec     # checked: later sets take the fast path
 
 
 

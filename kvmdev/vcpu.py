@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import errno as E
+import os
+import struct
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, cast
@@ -78,6 +81,12 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         self._run_lock = threading.Lock()
         self._kick_pending = False
         self._run_thread: int | None = None
+        # the real backend's KVM_RUN in C (kvmdev_vcpu_run: the same protocol under
+        # a pthread mutex, see cdefs/helpers.c); None: the Python protocol above
+        self._crun = getattr(backend, "vcpu_run", None)
+        self._ctl: Any = None                 # its struct kvmdev_runctl, made with the map
+        self._run_buf: Any = None             # ffi.buffer over kvm_run (mmio, complete_mmio_read)
+        self._layout = _run_layout(self._arch)
 
     def _after_fork(self) -> None:
         super()._after_fork()
@@ -239,8 +248,17 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
                     tok = object()   # this call's hold (see _Fd._acquire)
                     try:
                         fd = self._acquire(tok)
-                        self._run_map = self._backend.mmap(fd, size)
-                        self._run = self._arch.ffi.from_buffer("struct kvm_run *", self._run_map)
+                        run_map = self._backend.mmap(fd, size)
+                        ffi = self._arch.ffi
+                        run = ffi.from_buffer("struct kvm_run *", run_map)
+                        if self._crun is not None:
+                            lib = self._arch.lib
+                            ctl = lib.kvmdev_runctl_new(run)
+                            if ctl == ffi.NULL:
+                                raise MemoryError("kvmdev_runctl_new")
+                            self._ctl = ffi.gc(ctl, lib.kvmdev_runctl_free)
+                        self._run_map, self._run_buf = run_map, ffi.buffer(run)
+                        self._run = run
                     except KvmError:
                         raise                   # the refusal of _acquire (closed, fork child)
                     except OSError as e:
@@ -265,7 +283,49 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         run() waits for the first to return (the kernel serialises KVM_RUN on
         vcpu->mutex too).  The fd and the kvm_run map stay until this returns,
         even if another thread closes the vCPU meanwhile."""
-        immediate_exit = _check.flag("immediate_exit", immediate_exit)
+        if immediate_exit is not False and immediate_exit is not True:
+            immediate_exit = _check.flag("immediate_exit", immediate_exit)
+        crun = self._crun
+        if crun is None:
+            return self._run_py(immediate_exit)
+        # The hot path: one C call does the locking, the kick protocol and the
+        # ioctl, and returns the exit reason (see kvmdev_vcpu_run).
+        tok = object()   # this call's hold (see _Fd._acquire)
+        try:
+            fd = self._acquire(tok)
+            ctl = self._ctl
+            if ctl is None:
+                self.kvm_run          # the first run maps kvm_run (and makes ctl)
+                ctl = self._ctl
+            layout = self._layout
+            r = crun(fd, layout.run_req, ctl, immediate_exit)
+            if r == layout.busy:
+                r = self._run_wait(fd, ctl, immediate_exit)
+        finally:   # inline, not _release(): no call (no pending-signal check) before the discard
+            self._users.discard(tok)
+            if self._deferred and not self._users:
+                self._close_deferred()
+        if r >= 0:
+            names = layout.exit_names
+            return names[r] if r < len(names) else f"exit reason {r}"
+        if r == -E.EINTR:
+            return "KVM_EXIT_INTR"
+        raise KvmError(-r, "KVM_RUN", self._target_label(), target_key=self._target_key())
+
+    def _run_wait(self, fd: int, ctl: Any, immediate_exit: bool) -> int:
+        """Another thread's KVM_RUN is in flight: wait for it here, in Python, where
+        a signal (Ctrl-C) can interrupt the wait; polls at most every millisecond."""
+        delay = 1e-5
+        while True:
+            time.sleep(delay)
+            r = self._crun(fd, self._layout.run_req, ctl, immediate_exit)
+            if r != self._layout.busy:
+                return int(r)
+            delay = min(2 * delay, 1e-3)
+
+    def _run_py(self, immediate_exit: bool) -> str:
+        """run() on a backend without the C helper (the mock): the same protocol
+        under _run_lock and _kick_lock."""
         tok = object()   # this call's hold (see _Fd._acquire)
         try:
             fd = self._acquire(tok)
@@ -277,7 +337,7 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
                     self._run_thread = threading.get_ident()
                 r = -E.EINTR
                 try:
-                    r = self._backend.ioctl_val(fd, self._arch.request("KVM_RUN"), 0)
+                    r = self._backend.ioctl_val(fd, self._layout.run_req, 0)
                 finally:
                     with self._kick_lock:
                         self._run_thread = None
@@ -307,6 +367,12 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
         tok = object()   # this call's hold (see _Fd._acquire)
         try:
             fd = self._acquire(tok)
+            ctl = self._ctl
+            if ctl is not None:                  # the C protocol (kvmdev_vcpu_kick)
+                r = self._arch.lib.kvmdev_vcpu_kick(ctl, self._backend.kick_signal())
+                if r < 0:
+                    raise OSError(-r, f"kvmdev: pthread_kill of vCPU {self.id}'s thread: {os.strerror(-r)}")
+                return
             with self._kick_lock:
                 self._kick_pending = True
                 run.immediate_exit = 1
@@ -317,22 +383,42 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
             if self._deferred and not self._users:
                 self._close_deferred()
 
+    def _run_view(self) -> Any:
+        buf = self._run_buf
+        if buf is None or self._fd < 0:
+            self.kvm_run                  # maps it, or refuses (closed)
+            buf = self._run_buf
+        return buf
+
     @property
     def mmio(self) -> MmioExit:
         """kvm_run.mmio after a KVM_EXIT_MMIO."""
-        m = self._exit("KVM_EXIT_MMIO").mmio
-        n = min(int(m.len), 8)
-        return MmioExit(int(m.phys_addr), bytes(self._arch.ffi.buffer(m.data))[:n], bool(m.is_write))
+        layout = self._layout
+        buf = self._run_buf
+        if buf is None or self._fd < 0:
+            buf = self._run_view()
+        reason, addr, data, n, w = layout.mmio.unpack_from(buf, layout.off_exit)
+        if reason != layout.exit_mmio:
+            raise ValueError(f"vCPU {self.id}'s last exit is {exit_reason_name(self._arch, reason)}, "
+                             f"not KVM_EXIT_MMIO")
+        return _tuple_new(MmioExit, (addr, data[:n] if n < 8 else data, w != 0))
 
     def complete_mmio_read(self, data: bytes) -> None:
         """Supply the value of the guest's MMIO read (exactly kvm_run.mmio.len
         bytes); the next run() loads it into the guest register."""
-        m = self._exit("KVM_EXIT_MMIO").mmio
-        if m.is_write:
+        layout = self._layout
+        buf = self._run_buf
+        if buf is None or self._fd < 0:
+            buf = self._run_view()
+        reason, addr, _, n, w = layout.mmio.unpack_from(buf, layout.off_exit)
+        if reason != layout.exit_mmio:
+            raise ValueError(f"vCPU {self.id}'s last exit is {exit_reason_name(self._arch, reason)}, "
+                             f"not KVM_EXIT_MMIO")
+        if w:
             raise ValueError("the pending KVM_EXIT_MMIO is a write; there is nothing to complete")
-        if len(data) != m.len:
-            raise ValueError(f"the guest reads {m.len} bytes at {m.phys_addr:#x}, not {len(data)}")
-        self._arch.ffi.memmove(m.data, data, len(data))
+        if len(data) != n:
+            raise ValueError(f"the guest reads {n} bytes at {addr:#x}, not {len(data)}")
+        buf[layout.off_data:layout.off_data + n] = data
 
     @property
     def system_event(self) -> SystemEvent:
@@ -351,7 +437,7 @@ class Vcpu(_AttrTarget, Arm64VcpuAttrs, X86VcpuAttrs):
     def _after_close(self) -> None:
         # Dropped, not unmapped: a kvm_run view still held elsewhere (another
         # thread's mmio read) keeps the mapping valid; it goes with the last one.
-        self._run = self._run_map = None
+        self._run = self._run_map = self._run_buf = self._ctl = None
         super()._after_close()
 
 
@@ -385,6 +471,34 @@ def _exit_names(arch: Arch) -> dict[int, str]:
         if name not in ("KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT"):
             names.setdefault(v, name)
     return names
+
+
+class _RunLayout(NamedTuple):
+    """Per-Arch constants of the run path, computed once."""
+
+    run_req: int
+    exit_names: tuple[str, ...]     # by exit reason (gaps: "exit reason N")
+    exit_mmio: int
+    off_exit: int                   # offsetof(struct kvm_run, exit_reason)
+    off_data: int                   # offsetof(struct kvm_run, mmio.data)
+    mmio: struct.Struct             # exit_reason .. mmio.is_write, from off_exit
+    busy: int                       # -KVMDEV_RUN_BUSY: another thread's KVM_RUN is in flight
+
+
+_tuple_new = tuple.__new__
+
+
+@lru_cache(maxsize=None)
+def _run_layout(arch: Arch) -> _RunLayout:
+    ffi = arch.ffi
+    names = _exit_names(arch)
+    table = tuple(names.get(i, f"exit reason {i}") for i in range(max(names) + 1))
+    off_exit = ffi.offsetof("struct kvm_run", "exit_reason")
+    off_mmio = ffi.offsetof("struct kvm_run", "mmio")
+    gap = off_mmio - off_exit - 4
+    # mmio: __u64 phys_addr; __u8 data[8]; __u32 len; __u8 is_write
+    return _RunLayout(arch.request("KVM_RUN"), table, arch.const("KVM_EXIT_MMIO"), off_exit, off_mmio + 8,
+                      struct.Struct(f"=I{gap}xQ8sIB"), -arch.lib.KVMDEV_RUN_BUSY)
 
 
 def exit_reason_name(arch: Arch, reason: int) -> str:

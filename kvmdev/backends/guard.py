@@ -55,6 +55,9 @@ class GuardedBackend:
         self._set = inner.arch.request("KVM_SET_DEVICE_ATTR")
         self._pages = threading.local()    # a guard page per thread: calls run concurrently
 
+    # the inner backend's C fast paths of typed attributes would bypass the guard
+    attr_int_get = attr_int_set = None
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 

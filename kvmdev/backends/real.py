@@ -39,6 +39,12 @@ class RealBackend:
         self.ioctl_val_fd = self.arch.lib.kvmdev_ioctl_val_fd
         self.ioctl_fd_at = self.arch.lib.kvmdev_ioctl_fd_at
         self.cell_close = self.arch.lib.kvmdev_cell_close
+        # the hot paths in C (cdefs/helpers.c): typed integer attributes, and
+        # KVM_RUN with request_exit's protocol (Vcpu.run); backends without them
+        # (the mock, the buffer guard) take the Python paths
+        self.attr_int_get = self.arch.lib.kvmdev_attr_get_int
+        self.attr_int_set = self.arch.lib.kvmdev_attr_set_int
+        self.vcpu_run = self.arch.lib.kvmdev_vcpu_run
         self.kernel_release = os.uname().release
 
     def open_system(self, cell: Any) -> int:
@@ -66,6 +72,11 @@ class RealBackend:
     def kick(self, fd: int, thread_ident: int) -> None:
         """KICK_SIGNAL to the thread in (or entering) KVM_RUN: EINTR in the ioctl."""
         import signal   # here: a process that dropped privileges may not read the stdlib later
+        signal.pthread_kill(thread_ident, self.kick_signal())
+
+    def kick_signal(self) -> int:
+        """KICK_SIGNAL, its empty C handler installed on first use."""
+        import signal   # here: a process that dropped privileges may not read the stdlib later
         global KICK_SIGNAL
         if not _kick_installed:
             with _kick_lock:
@@ -77,7 +88,7 @@ class RealBackend:
                                           + (os.strerror(-r) if r != -errno.EBUSY else "another handler owns it"))
                     KICK_SIGNAL = sig
                     _kick_installed.append(sig)
-        signal.pthread_kill(thread_ident, _kick_installed[0])
+        return _kick_installed[0]
 
 
 _MAP_TYPES: dict[int, type] = {}

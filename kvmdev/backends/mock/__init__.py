@@ -36,6 +36,9 @@ def _extent(ffi: Any, p: Any) -> int | None:
     return int(ffi.sizeof(p)) if t.kind == "array" else None
 
 
+_ATTR_ACCESSORS = {"KVM_HAS_DEVICE_ATTR": "has", "KVM_GET_DEVICE_ATTR": "get", "KVM_SET_DEVICE_ATTR": "set"}
+
+
 class MockBackend:
     name = "mock"
 
@@ -153,8 +156,13 @@ class MockBackend:
             return self.ioctl(fd, request, st)
 
     def attr_batch(self, fd: int, request: int, attrs: Any, count: int, err: Any) -> int:
-        """kvmdev_attr_batch: in order, stopping at the first failure."""
+        """kvmdev_attr_batch: in order, stopping at the first failure (a device's
+        batch under one lock_all_vcpus, see MockVm.batch_locked)."""
         err[0] = 0
+        batch = getattr(self._objects.get(fd), "attr_batch", None)
+        name = self.arch.ioctl_names.get(request)
+        if batch is not None and count > 1 and name in _ATTR_ACCESSORS:
+            return int(batch(_ATTR_ACCESSORS[name], attrs, count, err))
         for i in range(count):
             r = self.ioctl(fd, request, attrs + i)
             if r < 0:

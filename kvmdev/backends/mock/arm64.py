@@ -187,6 +187,7 @@ class Arm64Vcpu:
         self.pseudo[c("KVM_REG_ARM_PSCI_VERSION")] = int(self.vcpu.backend.host.fact("psci_version")) if self.has("PSCI_0_2") else 0
         self.sysregs = {enc: v for enc, (_, v) in sysregs.items()}
         self.sysregs.update({MIDR_EL1: MIDR, MPIDR_EL1: default_mpidr(self.vcpu.id), SCTLR_EL1: SCTLR_RESET})
+        self.vcpu.vm.mpidr_gen += 1           # the VGIC's MPIDR -> vCPU map is stale
         # kvm_arm_copy_reg_indices' order, as captured: the PMU registers go into the
         # final run of system registers, which sys_reg_descs keeps sorted by encoding
         ids = [rid for rid, _ in arm64_reglist.REGS[kernel]]
@@ -313,6 +314,8 @@ class Arm64Vcpu:
         value = int.from_bytes(self.vcpu.user.read(addr, size), "little")
         if kind == "sys":
             self.sysregs[key] = value
+            if key == MPIDR_EL1:
+                self.vcpu.vm.mpidr_gen += 1   # the VGIC's MPIDR -> vCPU map is stale
         elif kind == "core_more":
             self.core_more[key] = value
         elif kind == "pseudo":

@@ -12,6 +12,7 @@ SAVE_PENDING_TABLES) and target vCPU.
 from __future__ import annotations
 
 import errno as E
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -45,6 +46,9 @@ CMD_SIZE = 32
 # GITS command opcodes (include/linux/irqchip/arm-gic-v3.h)
 MOVI, INT, CLEAR, SYNC, MAPD, MAPC, MAPTI, MAPI, INV, INVALL, MOVALL, DISCARD = (
     0x01, 0x03, 0x04, 0x05, 0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F)
+
+
+_NONZERO = re.compile(rb"[^\x00]")   # _scan: the next non-zero byte of a table
 
 
 class Lpi:
@@ -679,8 +683,23 @@ class ItsModel(DeviceModel):
         """scan_its_table: ``fn(id, entry)`` gives the ID offset to the next entry
         (0: that was the last); 1 when the table ends first."""
         ident, gpa, left = first, base, size
+        # one copy of the table when all of it is RAM (the kernel reads entry by
+        # entry: where part of it is not, entry by entry here too, faulting where it does)
+        try:
+            table = self.vm.read_guest(base, size)
+        except Errno:
+            table = None
         while True:
-            step = fn(ident, unpack(self.vm.read_guest(gpa, ESZ)))
+            if table is not None and not any(table[gpa - base:gpa - base + ESZ]):
+                # a run of zero entries at once: every fn here (L1 entry, DTE, ITE)
+                # answers 1 to a zero (invalid) entry, so the kernel steps over each
+                m = _NONZERO.search(table, gpa - base)
+                k = ((m.start() if m else len(table)) - (gpa - base)) // ESZ
+                if k * ESZ >= left:
+                    return 1
+                ident, gpa, left = ident + k, gpa + k * ESZ, left - k * ESZ
+            raw = table[gpa - base:gpa - base + ESZ] if table is not None else self.vm.read_guest(gpa, ESZ)
+            step = fn(ident, unpack(raw))
             if step <= 0:
                 return step
             if step * ESZ >= left:

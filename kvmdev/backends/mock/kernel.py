@@ -8,6 +8,8 @@ import errno as E
 import os
 import struct
 import threading
+from collections import deque
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 from ... import _forksafe
@@ -90,6 +92,11 @@ def fd_is_open(fd: int) -> bool:
     except OSError:
         return False
     return fd >= 0
+
+
+_RLOCK_IS_OWNED = type(threading.RLock())._is_owned     # type: ignore[attr-defined]
+_RLOCK_ACQUIRE = type(threading.RLock()).acquire
+_RLOCK_RELEASE = type(threading.RLock()).release
 
 
 class KernelObject:
@@ -286,6 +293,10 @@ class MockVm(KernelObject):
         super().__init__(backend)
         self.machine_type = machine_type
         self.vcpus: dict[int, MockVcpu] = {}
+        # bumped on each vCPU creation and MPIDR_EL1 write (the VGIC caches MPIDR -> vCPU)
+        self.mpidr_gen = 0
+        # the thread holding every vCPU mutex for a whole attr batch (batch_locked)
+        self._batch_owner: int | None = None
         self.devices: list[DeviceModel] = []
         self.memslots: dict[int, tuple[int, int, int, int]] = {}  # slot -> gpa, size, uaddr, flags
         self.dead = False  # kvm_vm_dead(): an unrecoverable error; ioctls answer EIO
@@ -353,26 +364,49 @@ class MockVm(KernelObject):
         exception at any point (a KeyboardInterrupt from a signal handler, which
         CPython raises at a function's entry too, e.g. a Python __exit__'s) cannot
         leave a mutex held; which are held is asked of the locks (RLock._is_owned)."""
+        if self._batch_owner is not None and self._batch_owner == threading.get_ident():
+            return fn()      # this thread's batch_locked holds them all already
         mine = [c.mutex for c in list(self.vcpus.values())]
+        # (map over the C methods: no Python frame per vCPU, as this is O(vCPUs) per call)
         # mutex_trylock fails on a mutex this thread holds too: those are not ours
-        if any(m._is_owned() for m in mine):   # type: ignore[attr-defined]
+        if any(map(_RLOCK_IS_OWNED, mine)):
             raise Errno(E.EBUSY)
         try:
-            if not all(m.acquire(blocking=False) for m in mine):
+            if not all(map(_RLOCK_ACQUIRE, mine, repeat(False))):
                 raise Errno(E.EBUSY)
             return fn()
         finally:
             err: BaseException | None = None
             while True:    # an interrupt inside the loop: go round again (idempotent)
                 try:
-                    for m in mine:
-                        if m._is_owned():   # type: ignore[attr-defined]
-                            m.release()
+                    deque(map(_RLOCK_RELEASE, filter(_RLOCK_IS_OWNED, mine)), maxlen=0)
                     break
                 except BaseException as e:   # noqa: BLE001 - re-raised once every mutex is free
                     err = err or e
             if err is not None:
                 raise err
+
+    def batch_locked(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` (a kvmdev_attr_batch of device ioctls) with every vCPU mutex
+        taken once for the whole batch instead of once per ioctl (lock_all_vcpus is
+        O(vCPUs) per call: O(vCPUs^2) for a GIC save).  The kernel may let a vCPU
+        ioctl in between two of the batch's ioctls; here it waits for the batch,
+        an interleaving no caller can rely on either way.  If a vCPU is busy,
+        each ioctl meets that on its own, as in the kernel."""
+        me = threading.get_ident()
+
+        def hoisted() -> Any:
+            self._batch_owner = me
+            try:
+                return fn()
+            finally:
+                self._batch_owner = None
+        try:
+            return self.with_all_vcpus_locked(hoisted)
+        except Errno:           # EBUSY from the locking (fn reports errors as values)
+            if self._batch_owner == me:
+                self._batch_owner = None
+            return fn()
 
     def ioctl_KVM_CHECK_EXTENSION(self, arg: int) -> int:
         return self.backend.arch_model.check_extension_number(self, arg & 0xFFFFFFFFFFFFFFFF)
@@ -386,6 +420,7 @@ class MockVm(KernelObject):
         if arg in self.vcpus:
             raise Errno(E.EEXIST)
         self.vcpus[arg] = vcpu
+        self.mpidr_gen += 1
         try:
             return self.backend.new_fd(vcpu)
         except BaseException:     # create_vcpu_fd failed (or an interrupt): the vCPU goes again
@@ -576,6 +611,34 @@ class MockDevice(KernelObject):
             raise Errno(E.EPERM)
         a = self.read_attr(arg)
         return int(fn(a.group, a.attr, a.addr) or 0)   # a few accessors return a count
+
+    def attr_batch(self, which: str, attrs: Any, count: int, err: Any) -> int:
+        """kvmdev_attr_batch of ``which`` ("get", "set", "has") on this device: each
+        ioctl's checks as in ioctl() and _accessor, the dispatch resolved once, the
+        locks taken once for the batch (kvm->lock, then every vCPU mutex: see
+        MockVm.batch_locked), the structs read from kvmdev's own array (valid
+        memory: copy_from_user could not fault).  Returns how many succeeded;
+        err[0] = the failure's -errno."""
+        vm, model = self.model.vm, self.model
+
+        def loop() -> int:
+            for i in range(count):
+                try:
+                    if vm.dead:
+                        raise Errno(E.EIO)
+                    if vm.eventfds.irqfds:
+                        vm.eventfds.poll()
+                    fn = getattr(model, which)
+                    if fn is None:
+                        raise Errno(E.EPERM)
+                    a = attrs[i]
+                    fn(a.group, a.attr, a.addr)
+                except Errno as e:
+                    err[0] = -e.errno
+                    return i
+            return count
+        with vm.lock:
+            return int(vm.batch_locked(loop))
 
     def ioctl_KVM_HAS_DEVICE_ATTR(self, arg: int) -> int:
         return self._accessor("has", arg)

@@ -13,6 +13,8 @@ The ITS and the LPIs are in its.py.
 from __future__ import annotations
 
 import errno as E
+import functools
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from ...arch import get_arch
@@ -375,13 +377,26 @@ class _Vgic(DeviceModel):
                 vid = next(iter(vcpus), None)
             else:
                 want = attr >> 32 & 0xFFFFFFFF
-                vid = next((v for v, c in vcpus.items() if Affinity.of(c.part.mpidr).packed() == want), None)
+                vid = self._mpidr_map().get(want)
         else:
             vid = attr >> 32 & 0xFF
             vid = vid if vid in vcpus else None
         if vid is None:
             raise Errno(E.EINVAL)
         return vid
+
+    def _mpidr_map(self) -> dict[int, int]:
+        """Packed affinity -> the first vCPU id with it (kvm_mpidr_to_vcpu), kept
+        until a vCPU is created or an MPIDR_EL1 written (vm.mpidr_gen)."""
+        vm = self.vm
+        key = (vm.mpidr_gen, len(vm.vcpus))
+        cached = getattr(self, "_mpidr_cache", None)
+        if cached is None or cached[0] != key:
+            m: dict[int, int] = {}
+            for v, c in vm.vcpus.items():
+                m.setdefault(Affinity.of(c.part.mpidr).packed(), v)
+            cached = self._mpidr_cache = (key, m)
+        return cached[1]
 
     def _access(self, regs: "GicRegs", group: int, vcpu: int, attr: int, value: int | None) -> int | None:
         off = attr & 0xFFFFFFFF
@@ -515,6 +530,9 @@ class IrqState:
         self.source = 0                           # a GICv2 SGI's source vCPUs (a bit per vcpu_id)
 
 
+_FLAG_GETTERS = {w: attrgetter(w) for w in ("group", "enabled", "pending", "active")}
+
+
 class GicRegs:
     """The interrupt state behind the DIST/REDIST/CPU register groups."""
 
@@ -548,6 +566,14 @@ class GicRegs:
                 return 0      # v3 ICPENDR: RAZ/WI for userspace
             write = None      # v3 ISPENDR: a userspace write sets the latch to the value
         out = 0
+        if value is None and (self.v3 or which != "pending"):
+            # a read (the bulk of a save): the 32 IRQs' flags straight off their list
+            lo = base - NR_PRIVATE_IRQS
+            irqs = self.private[vcpu][base:base + 32] if lo < 0 else self.spis[lo:lo + 32]
+            for bit, flag in enumerate(map(_FLAG_GETTERS[which], irqs)):
+                if flag:
+                    out |= 1 << bit
+            return out
         for bit in range(32):
             irq = self.irq(vcpu, base + bit)
             if irq is None:
@@ -606,15 +632,26 @@ class GicRegs:
     PER_IRQ = tuple((b, b + 0x80, 1) for b in range(0x080, 0x400, 0x80)) + (
         (0x400, 0x800, 8), (0x800, 0xC00, 8), (0xC00, 0xD00, 2), (0xD00, 0xD80, 1), (0x6000, 0x8000, 64))
 
+    @classmethod
+    @functools.lru_cache(maxsize=None)
+    def _no_region(cls, nr_spis: int) -> bytes:
+        """By GICD word offset: 1 where a per-IRQ register covers only IRQs past
+        NR_IRQS (computed once per NR_IRQS, not on every access)."""
+        out = bytearray(0x8000 >> 2)
+        for off in range(0, 0x8000, 4):
+            for lo, hi, bits in cls.PER_IRQ:
+                if lo <= off < hi and (off - lo) * 8 // bits >= NR_PRIVATE_IRQS + nr_spis:
+                    out[off >> 2] = 1
+        return bytes(out)
+
     def dist(self, vcpu: int, off: int, value: int | None) -> int | None:
         """A GICD access; None: not implemented (HAS ENXIO, GET 0, SET ignored).
         A per-IRQ register of IRQs past NR_IRQS (SPIs not allocated: none before
         NR_IRQS or CTRL_INIT) has no region either (vgic_get_mmio_region)."""
         d = self.d
         ncpus = len(d.part.vm.vcpus)
-        for lo, hi, bits in self.PER_IRQ:
-            if lo <= off < hi and (off - lo) * 8 // bits >= NR_PRIVATE_IRQS + d.nr_spis:
-                return None
+        if off < 0x8000 and self._no_region(d.nr_spis)[off >> 2]:
+            return None
         if off == 0x000:
             if value is not None:
                 self.enabled = bool(value & 0x2 if self.v3 else value & 0x1)
