@@ -134,7 +134,8 @@ def test_recorded_real_outcomes_replay_on_the_mock() -> None:
     by_profile: dict[tuple, list[dict]] = {}
     for r in RECORDED:
         by_profile.setdefault((r["arch"], r["kernel"], r["gic"]), []).append(r)
-    assert {p[:2] for p in by_profile} >= {("arm64", "6.12"), ("arm64", "6.1"), ("powerpc", "6.1")}
+    assert {p[:2] for p in by_profile} >= {("arm64", "6.12"), ("arm64", "6.1"), ("arm64", "6.18"), ("arm64", "7.3"),
+                                           ("powerpc", "6.1")}
     assert len(RECORDED) >= len(CORPUS) + len(PPC_CORPUS)   # each case on at least one kernel
     for (arch, kernel, gic), records in by_profile.items():
         host = {"gic": gic} if arch == "arm64" else {"ppc_platform": "book3s"}
