@@ -500,3 +500,96 @@ def test_save_restore_sequence(arm64_kvm, arm64_gic) -> None:
     assert y.tables() == x.tables()
     with pytest.raises(SequenceError, match="not 0x9000000"):
         y.its.restore(state, base=0x09000000)
+
+
+def _word(entry: Dte | Ite | Cte) -> int:
+    return int.from_bytes(pack(entry.encode()), "little")
+
+
+def test_save_of_an_ite_whose_collection_was_unmapped(arm64_kvm, arm64_gic, kfact) -> None:
+    """MAPC V=0 keeps the collection's ITEs but takes their collection away for good:
+    an MSI to them is not delivered, mapping the ICID again does not bring them back,
+    MAPTI on them is ignored and DISCARD refuses them.  SAVE_TABLES writes a zero ITE
+    for each (the stable fix in vgic_its_save_ite: 6.1, 6.12.118, 7.3.4); on 7.3 the
+    ITE before points past it.  6.18.15 dereferences the NULL collection there (an
+    oops), so the real 6.18 never runs this; its mock answers ENOSYS."""
+    oopses = kfact("its_save_ite_no_collection_oopses")
+    if oopses and arm64_kvm.backend != "mock":
+        pytest.skip("6.18.15 oopses: vgic_its_save_ite dereferences the NULL collection (no stable fix in .15)")
+    x = rig(arm64_kvm, arm64_gic)
+    if x is None:
+        return
+    x.its.submit(command("MAPD", DeviceID=1, Size=2, ITT_addr=ITT, V=1),
+                 command("MAPC", ICID=0, RDbase=0, V=1), command("MAPC", ICID=1, RDbase=1, V=1),
+                 command("MAPTI", DeviceID=1, EventID=0, pINTID=LPI, ICID=1),
+                 command("MAPTI", DeviceID=1, EventID=1, pINTID=LPI + 1, ICID=0),
+                 command("MAPTI", DeviceID=1, EventID=2, pINTID=LPI + 2, ICID=1), command("SYNC"))
+    x.mem.write(ITT, b"\xEE" * 24)
+    x.cmd("MAPC", ICID=0, RDbase=0, V=0)
+    assert x.entry(ITT + 8) == 0xEEEEEEEEEEEEEEEE                  # MAPC writes nothing
+    assert x.msi(1, 1) == 0 and x.msi(1, 0) == 1
+    x.its.submit(command("MAPC", ICID=0, RDbase=0, V=1),
+                 command("MAPTI", DeviceID=1, EventID=1, pINTID=LPI + 5, ICID=0),
+                 command("DISCARD", DeviceID=1, EventID=1))
+    assert x.msi(1, 1) == 0
+    if oopses:
+        raises(E.ENOSYS, x.its.save_tables)
+        return
+    x.its.save_tables()
+    nxt = 2 if kfact("its_ite_next_skips_no_collection") else 1
+    assert [x.entry(ITT + 8 * i) for i in range(3)] == [_word(Ite(LPI, 1, next=nxt)), 0, _word(Ite(LPI + 2, 1))]
+
+
+@pytest.mark.parametrize("reg,change", [("GITS_BASER0", True), ("GITS_BASER0", False),
+                                        ("GITS_BASER1", True), ("GITS_BASER1", False)],
+                         ids=["BASER0-changed", "BASER0-same", "BASER1-changed", "BASER1-same"])
+def test_baser_rewrite_keeps_or_drops_mappings(arm64_kvm, arm64_gic, kfact, reg: str, change: bool) -> None:
+    """A GITS_BASER<n> write (ITS disabled, Valid kept) that changes the register drops
+    every device (collection) mapping on 6.12.118 and 7.3.4 and keeps them on 6.1 and
+    6.18.15; rewriting the same value keeps them everywhere.  A device table that
+    lost its devices saves nothing; ITEs that lost their collection save as zero."""
+    x = rig(arm64_kvm, arm64_gic)
+    if x is None:
+        return
+    x.its.submit(command("MAPD", DeviceID=300, Size=1, ITT_addr=ITT, V=1), command("MAPC", ICID=0, RDbase=0, V=1),
+                 command("MAPTI", DeviceID=300, EventID=0, pINTID=LPI, ICID=0), command("SYNC"))
+    r = x.its.regs
+    r["GITS_CTLR"] = 0
+    new = {"GITS_BASER0": BASER0 & ~1, "GITS_BASER1": BASER1 + 0x10000}[reg] if change else r[reg]
+    r[reg] = new                        # BASER0: one page instead of two; BASER1: the next 64K
+    r["GITS_CTLR"] = 1
+    dropped = change and kfact("its_baser_change_unmaps")
+    assert x.msi(300, 0) == (0 if dropped else 1)
+    x.its.save_tables()
+    ct = CT + 0x10000 if reg == "GITS_BASER1" and change else CT
+    want_dte = 0 if dropped and reg == "GITS_BASER0" else _word(Dte(ITT, size=1))
+    want_ite = 0 if dropped else _word(Ite(LPI, 0))
+    want_cte = 0 if dropped and reg == "GITS_BASER1" else _word(Cte(0, 0))
+    assert (x.entry(DT + 300 * 8), x.entry(ITT), x.entry(ct)) == (want_dte, want_ite, want_cte)
+
+
+def test_save_with_a_device_whose_dte_slot_went(arm64_kvm, arm64_gic, kfact) -> None:
+    """Two-level device table, devices 3 (first L2 page), 8200 and 8300 (second);
+    the L1 entry of the first page cleared in RAM.  SAVE_TABLES on 6.12.118 and 7.3.4
+    leaves device 3 out and saves the others (8200's DTE pointing at 8300); 6.1 and
+    6.18.15 stop at device 3 with EINVAL, having written nothing."""
+    x = rig(arm64_kvm, arm64_gic, its_on=False)
+    if x is None:
+        return
+    x.its.regs["GITS_BASER0"] = 1 << 63 | 1 << 62 | L1
+    x.mem.write(L1, pack(1 << 63 | L2) + pack(1 << 63 | (L2 + 0x10000)))
+    x.its.regs["GITS_CTLR"] = 1
+    x.its.submit(*(command("MAPD", DeviceID=d, Size=1, ITT_addr=ITT + 0x100 * i, V=1)
+                   for i, d in enumerate((3, 8200, 8300))), command("MAPC", ICID=0, RDbase=0, V=1),
+                 *(command("MAPTI", DeviceID=d, EventID=0, pINTID=LPI + i, ICID=0)
+                   for i, d in enumerate((3, 8200, 8300))), command("SYNC"))
+    x.mem.write(L1, bytes(8))           # device 3's L2 page is no longer in the table
+    entries = lambda: [x.entry(a) for a in (L2 + 3 * 8, L2 + 0x10000 + 8 * 8, L2 + 0x10000 + 108 * 8,   # noqa: E731
+                                            ITT, ITT + 0x100, ITT + 0x200)]
+    if kfact("its_save_skips_lost_devices"):
+        x.its.save_tables()
+        assert entries() == [0, _word(Dte(ITT + 0x100, size=1, next=100)), _word(Dte(ITT + 0x200, size=1)),
+                             0, _word(Ite(LPI + 1, 0)), _word(Ite(LPI + 2, 0))]
+    else:
+        raises(E.EINVAL, x.its.save_tables)
+        assert entries() == [0] * 6

@@ -169,6 +169,15 @@ def test_gicv2_gicc_dir(arm64_kvm, arm64_gic, kfact) -> None:
         assert not g.has_attr(CPU_REGS, 0x1004)
         assert g.get_attr(CPU_REGS, 0x1000, ctype="__u32") == 0
         g.set_attr(CPU_REGS, 0x1000, 0, ctype="__u32")
+        # the typed table: GICC_DIR at 0x1000, HAS as the kernel says; a write of an
+        # INTID (SPI 40, CPUID 1) is ignored from userspace (uaccess write-ignore on 7.3,
+        # no region before) and the register still reads 0; GICC_CTLR is untouched
+        cpu = g.cpu(0)
+        assert cpu.attrs_of("GICC_DIR") == [0x1000]
+        assert cpu.has("GICC_DIR") == kfact("gicc_dir")
+        ctlr = cpu["GICC_CTLR"]
+        cpu["GICC_DIR"] = 1 << 10 | 40
+        assert cpu["GICC_DIR"] == 0 and cpu["GICC_CTLR"] == ctlr
 
 
 def test_capabilities_of_the_kernel(arm64_kvm, arm64_kernel) -> None:

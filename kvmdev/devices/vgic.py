@@ -171,6 +171,9 @@ GICC = Frame("GICC", [
     # KVM's fixed layout: 4 x 32 bits, bit X of the 128 set if preemption level X is active
     Reg("GICC_APR", 0xD0, count=4),
     Reg("GICC_IIDR", 0xFC, access="r", fields=_IIDR_FIELDS),
+    # write-only (the INTID to deactivate); from userspace it reads 0 and a write is
+    # ignored on every kernel, but HAS knows it only where KVM emulates it (6.19+)
+    Reg("GICC_DIR", 0x1000, access="w", fields=_bits(InterruptID=(0, 10), CPUID=(10, 3))),
 ])
 
 

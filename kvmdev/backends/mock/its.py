@@ -370,13 +370,16 @@ class ItsModel(DeviceModel):
         reg = _sanitise_baser((value & ~BASER_RO) | (ro & BASER_RO), inner=59, outer=53)
         if off == 0x108:
             reg &= ~(1 << 62)  # no two-level collection table
+        # 6.12/7.3 (its_baser_change_unmaps): any change drops the mappings, not only Valid clear
+        drop = not reg & VALID or reg != (self.baser_device if off == 0x100 else self.baser_coll) \
+            and bool(self.vm.backend.host.fact("its_baser_change_unmaps"))
         if off == 0x100:
             self.baser_device = reg
-            if not reg & VALID:
+            if drop:
                 self._free_devices()
         else:
             self.baser_coll = reg
-            if not reg & VALID:
+            if drop:
                 self._free_collections()
 
     # -- mappings --------------------------------------------------------------------------
@@ -620,21 +623,33 @@ class ItsModel(DeviceModel):
         """vgic_its_save_tables_v0: devices in DeviceID order (each ITT, then its DTE),
         then the collection list in order, ended by an invalid entry if room remains."""
         vm = self.vm
+        fact = vm.backend.host.fact
         if self.baser_device & VALID:
             ids = sorted(self.devices)
+            if fact("its_save_skips_lost_devices"):   # 6.12/7.3: a device with no DTE slot is left out
+                ids = [d for d in ids if self._check_id(self.baser_device, d) is not None]
             for i, devid in enumerate(ids):
                 gpa = self._check_id(self.baser_device, devid)
                 if gpa is None:
                     raise Errno(E.EINVAL)
                 dev = self.devices[devid]
                 events = sorted(dev.ites)
+                if fact("its_ite_next_skips_no_collection"):   # 7.3: next offsets skip the zero ITEs
+                    linked = [e for e in events if dev.ites[e].coll is not None]
                 for j, event in enumerate(events):
                     ite = dev.ites[event]
                     if ite.coll is None:
-                        # its collection was unmapped (MAPC V=0): vgic_its_save_ite would
-                        # dereference NULL here, so there is no kernel answer to copy
-                        raise Errno(E.ENOSYS)
-                    nxt = min(events[j + 1] - event, ITE_NEXT_MAX) if j + 1 < len(events) else 0
+                        # its collection was unmapped (MAPC V=0): 6.18.15's vgic_its_save_ite
+                        # dereferences NULL (no kernel answer to copy); the others write a zero ITE
+                        if fact("its_save_ite_no_collection_oopses"):
+                            raise Errno(E.ENOSYS)
+                        vm.write_guest(dev.itt_addr + event * ESZ, bytes(ESZ))
+                        continue
+                    if fact("its_ite_next_skips_no_collection"):
+                        k = linked.index(event)
+                        nxt = min(linked[k + 1] - event, ITE_NEXT_MAX) if k + 1 < len(linked) else 0
+                    else:
+                        nxt = min(events[j + 1] - event, ITE_NEXT_MAX) if j + 1 < len(events) else 0
                     vm.write_guest(dev.itt_addr + event * ESZ, pack(Ite(ite.lpi.intid, ite.coll.icid, nxt).encode()))
                 nxt = min(ids[i + 1] - devid, DTE_NEXT_MAX) if i + 1 < len(ids) else 0
                 vm.write_guest(gpa, pack(Dte(dev.itt_addr, dev.bits - 1, nxt).encode()))

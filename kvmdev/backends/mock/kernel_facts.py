@@ -70,6 +70,24 @@ FACTS: dict[str, list[tuple[tuple[int, int], object]]] = {
     # RESTORE_TABLES refuses a DTE with more EventID bits than MAPD takes (16): EINVAL
     # (6.1, and 6.12 since 6.12.92, 7.3); 6.18.15 accepts a 17-bit DTE (the fix not in it)
     "its_dte_eventid_bits_checked": [(_V0, True), ((6, 18), False), ((6, 19), True)],
+    # SAVE_TABLES of an ITE whose collection MAPC V=0 (or a BASER1 change) took away
+    # (ite->collection NULL): the stable fix in vgic_its_save_ite writes a zero ITE
+    # (read back as invalid) where upstream dereferences NULL.  Debian's 6.1 and
+    # 6.12.118 have the fix, 7.3.4 too; 6.18.15 predates it and oopses, so no test
+    # runs the sequence there and the mock answers ENOSYS (no kernel answer to copy)
+    "its_save_ite_no_collection_oopses": [(_V0, False), ((6, 18), True), ((6, 19), False)],
+    # ... and the ITE before it points past it (its next-EventID offset skips the zero
+    # ITE): 7.3.4; 6.1 and 6.12.118 point at the zero ITE
+    "its_ite_next_skips_no_collection": [(_V0, False), ((7, 3), True)],
+    # a GITS_BASER0/1 write that changes the register (Valid still set) drops every
+    # device (collection) mapping, as a write clearing Valid does everywhere
+    # (vgic_mmio_write_its_baser: "reg != old"); 6.1 and 6.18.15 drop them only when
+    # Valid is cleared.  An unchanged rewrite keeps them on every kernel
+    "its_baser_change_unmaps": [(_V0, False), ((6, 12), True), ((6, 18), False), ((6, 19), True)],
+    # SAVE_TABLES skips a device whose DTE has no place in guest RAM any more (a
+    # two-level L1 entry cleared) and the DTE before it points at the next saved one;
+    # 6.1 and 6.18.15 stop with EINVAL there
+    "its_save_skips_lost_devices": [(_V0, False), ((6, 12), True), ((6, 18), False), ((6, 19), True)],
     # an unknown KVM_DEV_ARM_VGIC_GRP_CTRL attribute: 0 (ignored) or ENXIO
     "its_ctrl_unknown_enxio": [(_V0, False), ((6, 18), True)],
     # -- PMUv3 vCPU group: attribute 4, KVM_ARM_VCPU_PMU_V3_SET_NR_COUNTERS --
