@@ -1,0 +1,253 @@
+"""The mock arm64 vCPU's processor: Unicorn (QEMU's TCG as a library) runs the
+guest at EL1 behind KVM_RUN, on the memslots' own host memory (mem_map_ptr), so
+the VMM sees the guest's stores and the guest the VMM's.
+
+What stops the emulator is what exits to userspace, or is handled in the
+kernel, on the real KVM (arch/arm64/kvm/handle_exit.c, mmio.c, psci.c):
+- a data access outside the memslots, or a store to a read-only one: an
+  ioeventfd's write, else KVM_EXIT_MMIO for the instructions whose syndrome is
+  valid (a single general-purpose register, no writeback, not exclusive; other
+  accesses are ENOSYS, as KVM without KVM_CAP_ARM_NISV_TO_USER); a read's value
+  is loaded (zero- or sign-extended) at the next KVM_RUN;
+- HVC/SMC #0 into the in-kernel PSCI (the caller's Arm64Vcpu._psci);
+- WFI: the vCPU blocks until an interrupt is pending or a signal ends the run;
+- an undefined instruction, SVC or BRK: the exception is taken by the guest at
+  VBAR_EL1, as the hardware would (the syndrome the CPU gives is reproduced).
+Between runs the registers live in the Arm64Vcpu (ONE_REG reads and writes them
+there); each run loads them into the emulator and stores them back at the exit.
+
+Unicorn is the optional extra `kvmdev[cpu]`: imported only when a mock arm64
+vCPU first runs guest code (see README, "The mock's CPU").
+"""
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+
+if TYPE_CHECKING:
+    from .arm64 import Arm64Vcpu
+
+U64 = (1 << 64) - 1
+PAGE = 4096
+END = 0xFFFF_FFFF_FFFF_FFFC       # an 'until' address no guest reaches
+SLICE_US = 200_000                # a run re-checks for signals at least this often
+INSN_WFI, INSN_HVC0, INSN_SMC0 = 0xD503207F, 0xD4000002, 0xD4000003
+# QEMU's exception numbers (target/arm/cpu.h) as Unicorn's interrupt hook gives them
+EXCP_UDEF, EXCP_SWI, EXCP_BKPT, EXCP_HVC, EXCP_SMC = 1, 2, 7, 11, 13
+# EL1 system registers that are emulator state: (op0, op1, crn, crm, op2)
+CONTEXT_SYSREGS = [(3, 0, 1, 0, 0), (3, 0, 1, 0, 2), (3, 0, 2, 0, 0), (3, 0, 2, 0, 1), (3, 0, 2, 0, 2),
+                   (3, 0, 5, 1, 0), (3, 0, 5, 1, 1), (3, 0, 5, 2, 0), (3, 0, 6, 0, 0), (3, 0, 7, 4, 0),
+                   (3, 0, 10, 2, 0), (3, 0, 10, 3, 0), (3, 0, 12, 0, 0), (3, 0, 13, 0, 1), (3, 0, 13, 0, 4),
+                   (3, 3, 13, 0, 2), (3, 3, 13, 0, 3), (3, 0, 14, 1, 0), (2, 0, 0, 2, 2)]
+SPSR_EL1 = (3, 0, 4, 0, 0)
+VREG0, FPSR_OFF, FPCR_OFF, SP_EL1_OFF, ELR_EL1_OFF, SPSR_EL1_OFF = 84, 212, 213, 68, 70, 72
+
+
+def load_unicorn() -> Any:
+    """The unicorn module, or a clear error naming the extra that brings it."""
+    try:
+        import unicorn
+    except ImportError:
+        raise ModuleNotFoundError("KVM_RUN on the arm64 mock runs guest code with Unicorn, which is not "
+                                  "installed: pip install 'kvmdev[cpu]'", name="unicorn") from None
+    return unicorn
+
+
+def mmio_syndrome(insn: int) -> tuple[int, int, bool, bool, bool] | None:
+    """(rt, len, is_write, sign_extend, sixty_four) of a load/store whose data
+    abort has a valid syndrome (ESR_ELx.ISV: one general-purpose register, no
+    writeback, not exclusive), else None: KVM then cannot emulate the access."""
+    size = insn >> 30
+    rt = insn & 31
+    if insn & 0x3B000000 == 0x39000000:          # LDR/STR (immediate, unsigned offset)
+        opc = insn >> 22 & 3
+    elif insn & 0x3B200C00 in (0x38000000, 0x38200800):   # LDUR/STUR, LDR/STR (register offset)
+        opc = insn >> 22 & 3
+    elif insn & 0x3F400000 in (0x08000000, 0x08400000) and insn >> 23 & 1:  # LDAR/STLR (o2=1, o1=0)
+        if insn >> 21 & 1 or insn >> 15 & 1 == 0:
+            return None
+        opc = insn >> 22 & 1
+    else:
+        return None
+    if insn >> 26 & 1:
+        return None                                # SIMD&FP registers: ISV 0
+    n = 1 << size
+    if opc == 0:
+        return rt, n, True, False, False
+    if opc == 1:
+        return rt, n, False, False, size == 3
+    if size == 3 or size == 2 and opc == 3:
+        return None                                # PRFM (no access), LDRSW's opc 3 is unallocated
+    return rt, n, False, True, opc == 2           # LDRS[BHW]: opc 2 to 64 bits, 3 to 32 bits
+
+
+class Cpu:
+    """One vCPU's Unicorn instance, its memory map and its hooks."""
+
+    def __init__(self, part: "Arm64Vcpu") -> None:
+        uc = load_unicorn()
+        from unicorn import arm64_const as R
+        self.uc_mod, self.R, self.part = uc, R, part
+        self.uc = uc.Uc(uc.UC_ARCH_ARM64, uc.UC_MODE_ARM)
+        self.uc.ctl_set_cpu_model(R.UC_CPU_ARM64_MAX)   # what QEMU's -cpu max guests have
+        self.mapped: list[tuple[int, int, int, int]] = []
+        self.fault: tuple[int, int, int, int] | None = None  # (kind, addr, size, value)
+        self.exception: int | None = None
+        self.running = False
+        self.lock = threading.Lock()
+        self.uc.hook_add(uc.UC_HOOK_MEM_UNMAPPED | uc.UC_HOOK_MEM_PROT, self._on_fault)
+        self.uc.hook_add(uc.UC_HOOK_INTR, self._on_exception)
+        self.sysregs = [e for e in CONTEXT_SYSREGS if self._cp_ok(e)]
+        self.instructions = 0
+
+    def _cp_ok(self, enc: tuple[int, int, int, int, int]) -> bool:
+        try:
+            self.uc.cpr_read(*enc)
+            return True
+        except self.uc_mod.UcError:
+            return False
+
+    # -- hooks (Unicorn's thread: record, stop) --------------------------------------
+    def _on_fault(self, uc: Any, access: int, addr: int, size: int, value: int, _: Any) -> bool:
+        self.fault = (access, addr, size, value & U64)
+        return False
+
+    def _on_exception(self, uc: Any, intno: int, _: Any) -> None:
+        self.exception = intno
+        uc.emu_stop()
+
+    def stop(self) -> None:
+        """A signal to the thread in KVM_RUN (called from any thread)."""
+        with self.lock:
+            if self.running:
+                self.uc.emu_stop()
+
+    # -- memory -----------------------------------------------------------------------
+    def sync_memory(self, memslots: dict[int, tuple[int, int, int, int]], readonly: int) -> None:
+        """Map the memslots' host memory at their guest addresses (again if they changed)."""
+        slots = sorted(memslots.values())
+        if slots != self.mapped:
+            for gpa, size, _, _ in self.mapped:
+                self.uc.mem_unmap(gpa, size)
+            for gpa, size, uaddr, flags in slots:
+                prot = self.uc_mod.UC_PROT_READ | self.uc_mod.UC_PROT_EXEC
+                if not flags & readonly:
+                    prot |= self.uc_mod.UC_PROT_WRITE
+                self.uc.mem_map_ptr(gpa, size, prot, uaddr)
+            self.mapped = slots
+        # the VMM writes guest code through its own mapping, which TCG cannot see
+        self.uc.ctl_flush_tb()
+
+    # -- registers --------------------------------------------------------------------
+    def load(self) -> None:
+        """Arm64Vcpu's registers into the emulator."""
+        p, uc, R = self.part, self.uc, self.R
+        uc.reg_write_batch([(R.UC_ARM64_REG_X0 + i if i < 29 else (R.UC_ARM64_REG_X29, R.UC_ARM64_REG_X30)[i - 29], v)
+                            for i, v in enumerate(p.x)])
+        for enc in self.sysregs:
+            if enc in p.sysregs:
+                uc.cpr_write(*enc, p.sysregs[enc])
+        more = p.core_more
+        uc.reg_write(R.UC_ARM64_REG_PSTATE, p.pstate & 0xFFFFFFFF)
+        uc.reg_write(R.UC_ARM64_REG_SP_EL0, p.sp)
+        uc.reg_write(R.UC_ARM64_REG_SP_EL1, more[SP_EL1_OFF])
+        uc.reg_write(R.UC_ARM64_REG_SP, more[SP_EL1_OFF] if p.pstate & 1 else p.sp)  # the live SP
+        uc.reg_write(R.UC_ARM64_REG_ELR_EL1, more[ELR_EL1_OFF])
+        uc.cpr_write(*SPSR_EL1, more[SPSR_EL1_OFF])
+        for i in range(32):
+            uc.reg_write(R.UC_ARM64_REG_Q0 + i, more[VREG0 + 4 * i])
+        uc.reg_write(R.UC_ARM64_REG_FPSR, more[FPSR_OFF])
+        uc.reg_write(R.UC_ARM64_REG_FPCR, more[FPCR_OFF])
+        uc.reg_write(R.UC_ARM64_REG_PC, p.pc)
+
+    def save(self) -> None:
+        """The emulator's registers back into Arm64Vcpu."""
+        p, uc, R = self.part, self.uc, self.R
+        ids = [R.UC_ARM64_REG_X0 + i for i in range(29)] + [R.UC_ARM64_REG_X29, R.UC_ARM64_REG_X30]
+        p.x = [v & U64 for v in uc.reg_read_batch(ids)]
+        p.pc = uc.reg_read(R.UC_ARM64_REG_PC)
+        p.pstate = uc.reg_read(R.UC_ARM64_REG_PSTATE)
+        live = uc.reg_read(R.UC_ARM64_REG_SP)
+        more = p.core_more
+        if p.pstate & 1:   # SP_EL1 is live, SP_EL0 banked
+            more[SP_EL1_OFF], p.sp = live, uc.reg_read(R.UC_ARM64_REG_SP_EL0)
+        else:
+            p.sp, more[SP_EL1_OFF] = live, uc.reg_read(R.UC_ARM64_REG_SP_EL1)
+        more[ELR_EL1_OFF] = uc.reg_read(R.UC_ARM64_REG_ELR_EL1)
+        more[SPSR_EL1_OFF] = uc.cpr_read(*SPSR_EL1)
+        for i in range(32):
+            more[VREG0 + 4 * i] = uc.reg_read(R.UC_ARM64_REG_Q0 + i)
+        more[FPSR_OFF] = uc.reg_read(R.UC_ARM64_REG_FPSR)
+        more[FPCR_OFF] = uc.reg_read(R.UC_ARM64_REG_FPCR)
+        for enc in self.sysregs:
+            if enc in p.sysregs:
+                p.sysregs[enc] = uc.cpr_read(*enc)
+
+    # -- running ------------------------------------------------------------------------
+    def execute(self) -> tuple[str, Any]:
+        """Run from the loaded state until an event: ("fault", (kind, addr, size, value)),
+        ("exception", intno), ("wfi", None) or ("stopped", None) (a signal or the slice's
+        end).  PC is the faulting instruction's, the excepting one's (HVC/SMC: after it)."""
+        uc = self.uc
+        self.fault = self.exception = None
+        pc = uc.reg_read(self.R.UC_ARM64_REG_PC)
+        with self.lock:
+            self.running = True
+        try:
+            uc.emu_start(pc, END, timeout=SLICE_US)
+        except self.uc_mod.UcError:
+            if self.fault is None:
+                raise
+        finally:
+            with self.lock:
+                self.running = False
+        if self.fault is not None:
+            return "fault", self.fault
+        if self.exception is not None:
+            return "exception", self.exception
+        pc = uc.reg_read(self.R.UC_ARM64_REG_PC)
+        if pc >= 4 and self.read_insn(pc - 4) == INSN_WFI:
+            return "wfi", None
+        return "stopped", None
+
+    def read_insn(self, pc: int) -> int | None:
+        try:
+            return int.from_bytes(self.uc.mem_read(pc, 4), "little")
+        except self.uc_mod.UcError:
+            return None
+
+    def take_exception(self, esr: int, return_pc: int, offset: int = 0) -> None:
+        """A synchronous exception (offset 0) or IRQ (0x80) taken to EL1 at VBAR_EL1,
+        from the emulator's current state (AArch64 EL0/EL1 only)."""
+        uc, R = self.uc, self.R
+        pstate = uc.reg_read(R.UC_ARM64_REG_PSTATE)
+        el, spsel = pstate >> 2 & 3, pstate & 1
+        base = 0x400 if el == 0 else (0x200 if spsel else 0)
+        if not spsel or el == 0:   # SP_EL0 live until now: bank it, SP_EL1 becomes live
+            uc.reg_write(R.UC_ARM64_REG_SP_EL0, uc.reg_read(R.UC_ARM64_REG_SP))
+            uc.reg_write(R.UC_ARM64_REG_SP, uc.reg_read(R.UC_ARM64_REG_SP_EL1))
+        if offset == 0:
+            uc.cpr_write(3, 0, 5, 2, 0, esr)     # ESR_EL1
+        uc.cpr_write(*SPSR_EL1, pstate)
+        uc.reg_write(R.UC_ARM64_REG_ELR_EL1, return_pc)
+        uc.reg_write(R.UC_ARM64_REG_PSTATE, (pstate & 0xF0000000 & 0) | 0x3C5)   # EL1h, DAIF masked
+        vbar = uc.cpr_read(3, 0, 12, 0, 0)
+        uc.reg_write(R.UC_ARM64_REG_PC, (vbar & ~0x7FF) + base + offset)
+
+
+def irq_pending(part: "Arm64Vcpu") -> bool:
+    """kvm_vgic_vcpu_pending_irq: an interrupt for this vCPU that is pending,
+    enabled, not active and of higher priority than its PMR, with the
+    distributor enabled: what ends a WFI."""
+    d = part.vm.vgic
+    regs = d.regs if d is not None and d.initialized else None
+    if regs is None or not regs.enabled:
+        return False
+    vid = part.vcpu.id
+    pmr = regs.icc[vid].get("ICC_PMR_EL1", 0) if regs.v3 else regs.gicc[vid].get(0x4, 0)
+    mine = [*regs.private.get(vid, ()),
+            *(i for i in regs.spis if (i.mpidr & 0xFF00FFFFFF == part.mpidr & 0xFF00FFFFFF if regs.v3
+                                       else i.targets >> vid & 1))]
+    return any((i.pending or not i.edge and i.line_level) and i.enabled and not i.active and i.priority < pmr
+               for i in mine)
