@@ -470,8 +470,8 @@ class Arm64Vcpu:
         at = pc - 4 if after else pc
         insn = cpu.read_insn(at) or 0
         if insn & 0xFFE0001E == 0xD4000002:   # HVC/SMC #imm (SMC traps to KVM: HCR_EL2.TSC)
+            uc.reg_write(R.UC_ARM64_REG_PC, at + 4)
             cpu.save()
-            self.pc = at + 4
             if insn >> 5 & 0xFFFF:
                 self.x[0] = U64    # SMCCC_RET_NOT_SUPPORTED for an immediate other than 0
                 done = False
