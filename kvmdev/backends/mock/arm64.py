@@ -131,10 +131,18 @@ class Arm64Vcpu:
         self.wakeup = threading.Condition()   # a STOPPED vCPU sleeps on it (kvm_vcpu_sleep)
         self.mmio: tuple[int, int, bool, bool, bool] | None = None  # the access's syndrome until completed
         self.cpu: arm64_cpu.Cpu | None = None    # the emulator, made at the first run of guest code
+        self.cpu_owns = False   # the registers above are stale: the emulator holds them (fresh())
 
     @property
     def mpidr(self) -> int:
         return self.sysregs.get(MPIDR_EL1, 0)
+
+    def fresh(self) -> None:
+        """Bring the registers back from the emulator, where a run left them (they stay
+        there between runs until something outside the guest reads or writes them)."""
+        if self.cpu is not None and self.cpu_owns:
+            self.cpu.save()
+            self.cpu_owns = False
 
     def has(self, feature: str) -> bool:
         return bool(self.features >> self.a.const("KVM_ARM_VCPU_" + feature) & 1)
@@ -172,6 +180,7 @@ class Arm64Vcpu:
         return 0
 
     def _reset(self) -> None:
+        self.fresh()
         self.x = [0] * 31
         self.sp = self.pc = 0
         self.pstate = PSTATE_RESET
@@ -273,6 +282,7 @@ class Arm64Vcpu:
         """(kind, key, addr, size) of the register whose id kvm_one_reg names."""
         if self.target < 0:
             raise Errno(E.ENOEXEC)
+        self.fresh()
         r = self.vcpu.user.read_struct("struct kvm_one_reg", arg)
         c = self.a.const
         rid = int(r.id)
@@ -352,11 +362,10 @@ class Arm64Vcpu:
         if self.cpu is None:
             self.cpu = arm64_cpu.Cpu(self)
         self.cpu.sync_memory(self.vcpu.vm.memslots, self.a.const("KVM_MEM_READONLY"))
-        self.cpu.load()
-        try:
-            return self._execute(run)
-        finally:
-            self.cpu.save()
+        if not self.cpu_owns:
+            self.cpu.load()
+            self.cpu_owns = True
+        return self._execute(run)
 
     def _power_state(self, run: Any) -> None:
         """A STOPPED vCPU sleeps until PSCI CPU_ON (then resets to its entry point),
@@ -367,6 +376,7 @@ class Arm64Vcpu:
             self._block(run)
             self.set_mp_state(MP_RUNNABLE)
         if self.pending_reset is not None:  # KVM_REQ_VCPU_RESET from PSCI CPU_ON
+            self.fresh()
             pc, context = self.pending_reset
             self.pending_reset = None
             self.x = [0] * 31
@@ -418,8 +428,17 @@ class Arm64Vcpu:
             value = int.from_bytes(bytes(self.a.ffi.buffer(run.mmio.data))[:n], "little")
             if sign and value >> (8 * n - 1):
                 value -= 1 << 8 * n
-            self.x[rt] = value & (U64 if sixty_four else 0xFFFFFFFF)
-        self.pc = (self.pc + 4) & U64
+            value &= U64 if sixty_four else 0xFFFFFFFF
+            if self.cpu_owns:
+                self.cpu.uc.reg_write(self.cpu.xids[rt], value)   # type: ignore[union-attr]
+            else:
+                self.x[rt] = value
+        if self.cpu_owns:
+            cpu = self.cpu
+            assert cpu is not None
+            cpu.uc.reg_write(cpu.R.UC_ARM64_REG_PC, (cpu.uc.reg_read(cpu.R.UC_ARM64_REG_PC) + 4) & U64)
+        else:
+            self.pc = (self.pc + 4) & U64
 
     # -- the guest ------------------------------------------------------------------
     def _execute(self, run: Any) -> int:
@@ -452,7 +471,6 @@ class Arm64Vcpu:
                 self.mmio = syn
                 return 0
             if kind == "wfi":
-                cpu.save()
                 self._block(run)
                 continue
             if kind == "exception":
@@ -471,13 +489,14 @@ class Arm64Vcpu:
         insn = cpu.read_insn(at) or 0
         if insn & 0xFFE0001E == 0xD4000002:   # HVC/SMC #imm (SMC traps to KVM: HCR_EL2.TSC)
             uc.reg_write(R.UC_ARM64_REG_PC, at + 4)
-            cpu.save()
+            self.fresh()
             if insn >> 5 & 0xFFFF:
                 self.x[0] = U64    # SMCCC_RET_NOT_SUPPORTED for an immediate other than 0
                 done = False
             else:
                 done = self._psci(run)
             cpu.load()
+            self.cpu_owns = True
             return done
         if intno == arm64_cpu.EXCP_SWI:
             cpu.take_exception(0x15 << 26 | 1 << 25 | insn >> 5 & 0xFFFF, pc)
@@ -536,7 +555,6 @@ class Arm64Vcpu:
             ret = self._cpu_on(self.x[1] if fn >> 30 & 1 else self.x[1] & 0xFFFFFFFF, self.x[2], self.x[3])
         elif fn == PSCI_0_2_FN_CPU_OFF:
             self.set_mp_state(MP_STOPPED)   # kvm_arm_vcpu_power_off: asleep until CPU_ON
-            self.cpu.save()  # type: ignore[union-attr]
             self._power_state(run)
             return False
         elif fn in (PSCI_0_2_FN_AFFINITY_INFO, PSCI_0_2_FN64_AFFINITY_INFO):

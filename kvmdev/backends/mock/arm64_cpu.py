@@ -22,6 +22,7 @@ vCPU first runs guest code (see README, "The mock's CPU").
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 U64 = (1 << 64) - 1
 PAGE = 4096
 END = 0xFFFF_FFFF_FFFF_FFFC       # an 'until' address no guest reaches
-SLICE_US = 200_000                # a run re-checks for signals at least this often
 INSN_WFI, INSN_HVC0, INSN_SMC0 = 0xD503207F, 0xD4000002, 0xD4000003
 # QEMU's exception numbers (target/arm/cpu.h) as Unicorn's interrupt hook gives them
 EXCP_UDEF, EXCP_SWI, EXCP_BKPT, EXCP_HVC, EXCP_SMC = 1, 2, 7, 11, 13
@@ -99,7 +99,10 @@ class Cpu:
         self.uc.hook_add(uc.UC_HOOK_MEM_UNMAPPED | uc.UC_HOOK_MEM_PROT, self._on_fault)
         self.uc.hook_add(uc.UC_HOOK_INTR, self._on_exception)
         self.sysregs = [e for e in CONTEXT_SYSREGS if self._cp_ok(e)]
-        self.instructions = 0
+        self.xids = [R.UC_ARM64_REG_X0 + i for i in range(29)] + [R.UC_ARM64_REG_X29, R.UC_ARM64_REG_X30]
+        self.qids = [R.UC_ARM64_REG_Q0 + i for i in range(32)]
+        self.shadow: dict[Any, int] = {}   # what the emulator holds, as of the last load/save
+        self.stop_requested = False
 
     def _cp_ok(self, enc: tuple[int, int, int, int, int]) -> bool:
         try:
@@ -118,10 +121,24 @@ class Cpu:
         uc.emu_stop()
 
     def stop(self) -> None:
-        """A signal to the thread in KVM_RUN (called from any thread)."""
+        """A signal to the thread in KVM_RUN (called from any thread).  uc_emu_stop is
+        lost if it comes before uc_emu_start has begun, so a helper thread repeats it
+        until the run loop has seen the request."""
         with self.lock:
-            if self.running:
+            if self.stop_requested:
+                return
+            self.stop_requested = True
+            if not self.running:
+                return
+        threading.Thread(target=self._stopper, daemon=True).start()
+
+    def _stopper(self) -> None:
+        while True:
+            with self.lock:
+                if not (self.running and self.stop_requested):
+                    return
                 self.uc.emu_stop()
+            time.sleep(0.005)
 
     # -- memory -----------------------------------------------------------------------
     def sync_memory(self, memslots: dict[int, tuple[int, int, int, int]], readonly: int) -> None:
@@ -140,32 +157,36 @@ class Cpu:
         self.uc.ctl_flush_tb()
 
     # -- registers --------------------------------------------------------------------
-    def load(self) -> None:
-        """Arm64Vcpu's registers into the emulator."""
-        p, uc, R = self.part, self.uc, self.R
-        uc.reg_write_batch([(R.UC_ARM64_REG_X0 + i if i < 29 else (R.UC_ARM64_REG_X29, R.UC_ARM64_REG_X30)[i - 29], v)
-                            for i, v in enumerate(p.x)])
-        for enc in self.sysregs:
-            if enc in p.sysregs:
-                uc.cpr_write(*enc, p.sysregs[enc])
+    def _state(self) -> list[tuple[Any, int]]:
+        """(Unicorn register or system register encoding, value) of Arm64Vcpu's registers."""
+        p, R = self.part, self.R
         more = p.core_more
-        uc.reg_write(R.UC_ARM64_REG_PSTATE, p.pstate & 0xFFFFFFFF)
-        uc.reg_write(R.UC_ARM64_REG_SP_EL0, p.sp)
-        uc.reg_write(R.UC_ARM64_REG_SP_EL1, more[SP_EL1_OFF])
-        uc.reg_write(R.UC_ARM64_REG_SP, more[SP_EL1_OFF] if p.pstate & 1 else p.sp)  # the live SP
-        uc.reg_write(R.UC_ARM64_REG_ELR_EL1, more[ELR_EL1_OFF])
-        uc.cpr_write(*SPSR_EL1, more[SPSR_EL1_OFF])
-        for i in range(32):
-            uc.reg_write(R.UC_ARM64_REG_Q0 + i, more[VREG0 + 4 * i])
-        uc.reg_write(R.UC_ARM64_REG_FPSR, more[FPSR_OFF])
-        uc.reg_write(R.UC_ARM64_REG_FPCR, more[FPCR_OFF])
-        uc.reg_write(R.UC_ARM64_REG_PC, p.pc)
+        regs: list[tuple[Any, int]] = [(x, v) for x, v in zip(self.xids, p.x)]
+        regs += [(enc, p.sysregs[enc]) for enc in self.sysregs if enc in p.sysregs]
+        regs += [(R.UC_ARM64_REG_PSTATE, p.pstate & 0xFFFFFFFF), (R.UC_ARM64_REG_SP_EL0, p.sp),
+                 (R.UC_ARM64_REG_SP_EL1, more[SP_EL1_OFF]),
+                 (R.UC_ARM64_REG_SP, more[SP_EL1_OFF] if p.pstate & 1 else p.sp),   # the live SP
+                 (R.UC_ARM64_REG_ELR_EL1, more[ELR_EL1_OFF]), (SPSR_EL1, more[SPSR_EL1_OFF])]
+        regs += [(R.UC_ARM64_REG_Q0 + i, more[VREG0 + 4 * i]) for i in range(32)]
+        regs += [(R.UC_ARM64_REG_FPSR, more[FPSR_OFF]), (R.UC_ARM64_REG_FPCR, more[FPCR_OFF]),
+                 (R.UC_ARM64_REG_PC, p.pc)]
+        return regs
+
+    def load(self) -> None:
+        """Arm64Vcpu's registers into the emulator: those that changed since save()."""
+        uc, shadow = self.uc, self.shadow
+        for key, value in self._state():
+            if shadow.get(key) != value:
+                if isinstance(key, tuple):
+                    uc.cpr_write(*key, value)
+                else:
+                    uc.reg_write(key, value)
+                shadow[key] = value
 
     def save(self) -> None:
         """The emulator's registers back into Arm64Vcpu."""
         p, uc, R = self.part, self.uc, self.R
-        ids = [R.UC_ARM64_REG_X0 + i for i in range(29)] + [R.UC_ARM64_REG_X29, R.UC_ARM64_REG_X30]
-        p.x = [v & U64 for v in uc.reg_read_batch(ids)]
+        p.x = [v & U64 for v in uc.reg_read_batch(self.xids)]
         p.pc = uc.reg_read(R.UC_ARM64_REG_PC)
         p.pstate = uc.reg_read(R.UC_ARM64_REG_PSTATE)
         live = uc.reg_read(R.UC_ARM64_REG_SP)
@@ -176,32 +197,35 @@ class Cpu:
             p.sp, more[SP_EL1_OFF] = live, uc.reg_read(R.UC_ARM64_REG_SP_EL1)
         more[ELR_EL1_OFF] = uc.reg_read(R.UC_ARM64_REG_ELR_EL1)
         more[SPSR_EL1_OFF] = uc.cpr_read(*SPSR_EL1)
-        for i in range(32):
-            more[VREG0 + 4 * i] = uc.reg_read(R.UC_ARM64_REG_Q0 + i)
+        for i, v in enumerate(uc.reg_read_batch(self.qids)):
+            more[VREG0 + 4 * i] = v
         more[FPSR_OFF] = uc.reg_read(R.UC_ARM64_REG_FPSR)
         more[FPCR_OFF] = uc.reg_read(R.UC_ARM64_REG_FPCR)
         for enc in self.sysregs:
             if enc in p.sysregs:
                 p.sysregs[enc] = uc.cpr_read(*enc)
+        self.shadow = dict(self._state())
 
     # -- running ------------------------------------------------------------------------
     def execute(self) -> tuple[str, Any]:
         """Run from the loaded state until an event: ("fault", (kind, addr, size, value)),
-        ("exception", intno), ("wfi", None) or ("stopped", None) (a signal or the slice's
-        end).  PC is the faulting instruction's, the excepting one's (HVC/SMC: after it)."""
+        ("exception", intno), ("wfi", None) or ("stopped", None) (a signal).  PC is the faulting instruction's, the excepting one's (HVC/SMC: after it)."""
         uc = self.uc
         self.fault = self.exception = None
         pc = uc.reg_read(self.R.UC_ARM64_REG_PC)
         with self.lock:
+            if self.stop_requested:
+                self.stop_requested = False
+                return "stopped", None
             self.running = True
         try:
-            uc.emu_start(pc, END, timeout=SLICE_US)
+            uc.emu_start(pc, END)
         except self.uc_mod.UcError:
             if self.fault is None:
                 raise
         finally:
             with self.lock:
-                self.running = False
+                self.running = self.stop_requested = False
         if self.fault is not None:
             return "fault", self.fault
         if self.exception is not None:
