@@ -132,6 +132,7 @@ class Arm64Vcpu:
         self.mmio: tuple[int, int, bool, bool, bool] | None = None  # the access's syndrome until completed
         self.cpu: arm64_cpu.Cpu | None = None    # the emulator, made at the first run of guest code
         self.cpu_owns = False   # the registers above are stale: the emulator holds them (fresh())
+        self.gic_active: list[tuple[int, int]] = []   # (INTID, priority) acknowledged, not yet dropped
 
     @property
     def mpidr(self) -> int:
@@ -426,7 +427,7 @@ class Arm64Vcpu:
         self.mmio = None
         if not is_write and rt != 31:
             value = int.from_bytes(bytes(self.a.ffi.buffer(run.mmio.data))[:n], "little")
-            if sign and value >> (8 * n - 1):
+            if sign and value >> (8 * n - 1) and self.vcpu.backend.host.fact("mmio_load_sign_extends"):
                 value -= 1 << 8 * n
             value &= U64 if sixty_four else 0xFFFFFFFF
             if self.cpu_owns:
@@ -449,7 +450,13 @@ class Arm64Vcpu:
         uc, R = cpu.uc, cpu.R
         while True:
             self._signal_exit(run)
-            kind, info = cpu.execute()
+            step = 0
+            if arm64_cpu.irq_ready(self):
+                if uc.reg_read(R.UC_ARM64_REG_PSTATE) & 0x80:
+                    step = 1   # masked: one instruction at a time until the guest unmasks IRQs
+                else:
+                    cpu.take_exception(0, uc.reg_read(R.UC_ARM64_REG_PC), 0x80)   # IRQ at VBAR_EL1 + 0x80
+            kind, info = cpu.execute(step)
             if kind == "fault":
                 access, addr, _, value = info
                 pc = uc.reg_read(R.UC_ARM64_REG_PC)
@@ -503,6 +510,19 @@ class Arm64Vcpu:
         elif intno == arm64_cpu.EXCP_BKPT:
             cpu.take_exception(0x3C << 26 | 1 << 25 | insn >> 5 & 0xFFFF, pc)
         elif intno == arm64_cpu.EXCP_UDEF:
+            sysreg = arm64_cpu.sysreg_insn(insn)
+            if sysreg is not None:   # the GICv3 CPU interface: vgic-v3's, on the VGIC state
+                enc, rt, read = sysreg
+                with self.vcpu.vm.lock:
+                    arg = None if read else (0 if rt == 31 else uc.reg_read(cpu.xids[rt]))
+                    result = arm64_cpu.icc_access(self, enc, arg)
+                if result is not None:
+                    if read and rt != 31:
+                        uc.reg_write(cpu.xids[rt], result)
+                    uc.reg_write(R.UC_ARM64_REG_PC, pc + 4)
+                    if enc == (3, 0, 12, 11, 5):
+                        _kicked(self.vcpu.vm, 0)   # an SGI: its targets look again
+                    return False
             cpu.take_exception(1 << 25, pc)   # EC 0: unknown reason
         else:
             raise Errno(E.ENOSYS)   # aborts of the guest's own translations etc.: not modelled
@@ -580,6 +600,8 @@ def _kicked(vm: MockVm, ret: int) -> int:
     for c in list(vm.vcpus.values()):
         with c.part.wakeup:
             c.part.wakeup.notify_all()
+        if c.part.cpu is not None:
+            c.part.cpu.stop()   # a running guest stops to take it
     return ret
 
 

@@ -207,9 +207,10 @@ class Cpu:
         self.shadow = dict(self._state())
 
     # -- running ------------------------------------------------------------------------
-    def execute(self) -> tuple[str, Any]:
+    def execute(self, count: int = 0) -> tuple[str, Any]:
         """Run from the loaded state until an event: ("fault", (kind, addr, size, value)),
-        ("exception", intno), ("wfi", None) or ("stopped", None) (a signal).  PC is the faulting instruction's, the excepting one's (HVC/SMC: after it)."""
+        ("exception", intno), ("wfi", None) or ("stopped", None) (a signal, or ``count``
+        instructions run: 1 while an IRQ waits for PSTATE.I to clear).  PC is the faulting instruction's, the excepting one's (HVC/SMC: after it)."""
         uc = self.uc
         self.fault = self.exception = None
         pc = uc.reg_read(self.R.UC_ARM64_REG_PC)
@@ -219,7 +220,7 @@ class Cpu:
                 return "stopped", None
             self.running = True
         try:
-            uc.emu_start(pc, END)
+            uc.emu_start(pc, END, count=count)
         except self.uc_mod.UcError:
             if self.fault is None:
                 raise
@@ -275,3 +276,117 @@ def irq_pending(part: "Arm64Vcpu") -> bool:
                                        else i.targets >> vid & 1))]
     return any((i.pending or not i.edge and i.line_level) and i.enabled and not i.active and i.priority < pmr
                for i in mine)
+
+
+# -- the GICv3 CPU interface (vgic-v3 emulates it for the guest; here ICC_* accesses are
+# UNDEF in the emulator and land in icc_access, on the VGIC state userspace sees too)
+ICC = {(3, 0, 4, 6, 0): "ICC_PMR_EL1", (3, 0, 12, 12, 0): "ICC_IAR1_EL1", (3, 0, 12, 12, 1): "ICC_EOIR1_EL1",
+       (3, 0, 12, 12, 2): "ICC_HPPIR1_EL1", (3, 0, 12, 12, 3): "ICC_BPR1_EL1", (3, 0, 12, 12, 4): "ICC_CTLR_EL1",
+       (3, 0, 12, 12, 5): "ICC_SRE_EL1", (3, 0, 12, 12, 7): "ICC_IGRPEN1_EL1", (3, 0, 12, 11, 1): "ICC_DIR_EL1",
+       (3, 0, 12, 11, 3): "ICC_RPR_EL1", (3, 0, 12, 11, 5): "ICC_SGI1R_EL1"}
+SPURIOUS = 1023
+AFF_MASK = 0xFF00FFFFFF
+
+
+def sysreg_insn(insn: int) -> tuple[tuple[int, int, int, int, int], int, bool] | None:
+    """(encoding, Rt, is_read) of an MRS/MSR (register), else None."""
+    if insn & 0xFFD00000 != 0xD5100000:
+        return None
+    enc = (2 + (insn >> 19 & 1), insn >> 16 & 7, insn >> 12 & 15, insn >> 8 & 15, insn >> 5 & 7)
+    return enc, insn & 31, bool(insn >> 21 & 1)
+
+
+def _mine(part: "Arm64Vcpu", regs: Any) -> list[tuple[int, Any]]:
+    """(intid, state) of the interrupts that target this vCPU."""
+    vid = part.vcpu.id
+    out = list(enumerate(regs.private.get(vid, ())))
+    for i, irq in enumerate(regs.spis):
+        if (irq.mpidr & AFF_MASK == part.mpidr & AFF_MASK & 0xFFFFFF) if regs.v3 else irq.targets >> vid & 1:
+            out.append((32 + i, irq))
+    return out
+
+
+def _running(part: "Arm64Vcpu") -> int:
+    return min((p for _, p in part.gic_active), default=0x100)
+
+
+def _candidate(part: "Arm64Vcpu") -> tuple[int, Any] | None:
+    """The highest-priority pending, enabled, inactive group-1 interrupt of this vCPU
+    above its PMR and running priority (vgic_v3's list registers, as the guest sees them)."""
+    d = part.vm.vgic
+    regs = d.regs if d is not None and d.initialized else None
+    if regs is None or not regs.enabled:
+        return None
+    icc = regs.icc[part.vcpu.id]
+    limit = min(icc.get("ICC_PMR_EL1", 0), _running(part))
+    best = None
+    for intid, irq in _mine(part, regs):
+        if (irq.pending or not irq.edge and irq.line_level) and irq.enabled and not irq.active and irq.group \
+                and irq.priority < limit and (best is None or irq.priority < best[1].priority):
+            best = (intid, irq)
+    return best
+
+
+def irq_ready(part: "Arm64Vcpu") -> bool:
+    """An IRQ the guest would take now (PSTATE.I aside): group 1 enabled and a candidate."""
+    d = part.vm.vgic
+    if d is None or not d.v3 or d.regs is None:
+        return False
+    return bool(d.regs.icc[part.vcpu.id].get("ICC_IGRPEN1_EL1", 0)) and _candidate(part) is not None
+
+
+def icc_access(part: "Arm64Vcpu", enc: tuple[int, int, int, int, int], value: int | None) -> int | None:
+    """A guest's MRS (value None) or MSR of an ICC_* register; None: not one (UNDEF)."""
+    name = ICC.get(enc)
+    d = part.vm.vgic
+    if name is None or d is None or not d.v3 or d.regs is None:
+        return None
+    regs = d.regs
+    icc = regs.icc[part.vcpu.id]
+    if name in ("ICC_PMR_EL1", "ICC_BPR1_EL1", "ICC_IGRPEN1_EL1"):
+        if value is not None:
+            icc[name] = value & {"ICC_PMR_EL1": 0xF8, "ICC_BPR1_EL1": 7, "ICC_IGRPEN1_EL1": 1}[name]
+        return icc.get(name, 0)
+    if name == "ICC_CTLR_EL1":
+        if value is not None:
+            icc["ctlr"] = value & 0x3
+        return 1 << 15 | icc["id_bits"] << 11 | (icc["pri_bits"] - 1) << 8 | icc["ctlr"]
+    if name == "ICC_SRE_EL1":
+        return 0x7
+    if name in ("ICC_IAR1_EL1", "ICC_HPPIR1_EL1"):
+        best = _candidate(part) if icc.get("ICC_IGRPEN1_EL1", 0) else None
+        if best is None:
+            return SPURIOUS
+        intid, irq = best
+        if name == "ICC_IAR1_EL1":   # acknowledge: active, an edge's latch cleared
+            irq.active = True
+            if irq.edge:
+                irq.pending = False
+            part.gic_active.append((intid, irq.priority))
+        return intid
+    if name == "ICC_RPR_EL1":
+        return _running(part) & 0xFF
+    if value is None:
+        return 0   # write-only registers read as 0 here
+    if name in ("ICC_EOIR1_EL1", "ICC_DIR_EL1"):
+        intid = value & 0xFFFFFF
+        if name == "ICC_EOIR1_EL1":   # priority drop of the most recent acknowledge of intid
+            for i in range(len(part.gic_active) - 1, -1, -1):
+                if part.gic_active[i][0] == intid:
+                    del part.gic_active[i]
+                    break
+        if name == "ICC_DIR_EL1" or not icc["ctlr"] & 2:   # EOImode 0: EOIR deactivates too
+            irq = regs.irq(part.vcpu.id, intid) if intid < 32 + len(regs.spis) else None
+            if irq is not None:
+                irq.active = False
+        return 0
+    if name == "ICC_SGI1R_EL1":
+        intid, irm = value >> 24 & 15, value >> 40 & 1
+        aff = (value >> 48 & 0xFF) << 32 | (value >> 32 & 0xFF) << 16 | (value >> 16 & 0xFF) << 8
+        for c in list(part.vcpu.vm.vcpus.values()):
+            m = c.part.mpidr & AFF_MASK
+            if c.part is part and irm or not irm and not (m & ~0xFF == aff and value >> (m & 0xF) & 1 and m & 0xFF < 16):
+                continue
+            regs.private[c.id][intid].pending = True
+        return 0
+    return 0
