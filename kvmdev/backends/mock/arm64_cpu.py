@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 U64 = (1 << 64) - 1
 PAGE = 4096
 END = 0xFFFF_FFFF_FFFF_FFFC       # an 'until' address no guest reaches
+TCG_BUFFER = 64 << 20             # translated code per vCPU
 INSN_WFI, INSN_HVC0, INSN_SMC0 = 0xD503207F, 0xD4000002, 0xD4000003
 # QEMU's exception numbers (target/arm/cpu.h) as Unicorn's interrupt hook gives them
 EXCP_UDEF, EXCP_SWI, EXCP_BKPT, EXCP_HVC, EXCP_SMC = 1, 2, 7, 11, 13
@@ -91,6 +92,7 @@ class Cpu:
         self.uc_mod, self.R, self.part = uc, R, part
         self.uc = uc.Uc(uc.UC_ARCH_ARM64, uc.UC_MODE_ARM)
         self.uc.ctl_set_cpu_model(R.UC_CPU_ARM64_MAX)   # what QEMU's -cpu max guests have
+        self.uc.ctl_set_tcg_buffer_size(TCG_BUFFER)     # not Unicorn's 1 GiB per vCPU
         self.mapped: list[tuple[int, int, int, int]] = []
         self.fault: tuple[int, int, int, int] | None = None  # (kind, addr, size, value)
         self.exception: int | None = None
@@ -256,7 +258,7 @@ class Cpu:
             uc.cpr_write(3, 0, 5, 2, 0, esr)     # ESR_EL1
         uc.cpr_write(*SPSR_EL1, pstate)
         uc.reg_write(R.UC_ARM64_REG_ELR_EL1, return_pc)
-        uc.reg_write(R.UC_ARM64_REG_PSTATE, (pstate & 0xF0000000 & 0) | 0x3C5)   # EL1h, DAIF masked
+        uc.reg_write(R.UC_ARM64_REG_PSTATE, (pstate & 0xF0000000) | 0x3C5)   # EL1h, DAIF masked, NZCV kept
         vbar = uc.cpr_read(3, 0, 12, 0, 0)
         uc.reg_write(R.UC_ARM64_REG_PC, (vbar & ~0x7FF) + base + offset)
 
