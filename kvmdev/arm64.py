@@ -209,7 +209,8 @@ register_errnos({
         "arm64 first run: the VGIC regions overlap or leave the IPA space (the VM is dead afterwards), "
         "or a PMUv3 vCPU was not initialized (KVM_ARM_VCPU_PMU_V3_INIT)",
     ("KVM_RUN", "vcpu", None, "ENOSYS"):
-        "kvmdev's mock does not emulate what the guest did next (it runs LDR/STR, ADD/SUB(S), B, B.cond, CBZ/CBNZ and HVC-into-PSCI guests)",
+        "the guest accessed an address outside the memslots with an instruction KVM cannot emulate (no valid "
+        "syndrome: a pair, writeback, SIMD&FP or exclusive access); on the mock, or something it does not model",
     ("KVM_RUN", "vcpu", None, "EINTR"): "a signal or immediate_exit stopped the run before the guest ran",
     ("KVM_SET_USER_MEMORY_REGION", "vm", None, "EFAULT"):
         "the region is beyond the VM's IPA size (arm64), or userspace_addr is not accessible",

@@ -19,24 +19,24 @@ run on Debian's 6.12 and 6.1 arm64 kernels (tools/guests/test-guests.sh):
   aborts, injected at once by the kernel, are not modelled: ENOSYS);
 - KVM_IRQ_LINE and KVM_SIGNAL_MSI routing and errors;
 - KVM_RUN: the first-run checks (vCPU init, SVE finalization, VGIC mapping,
-  PMU), MMIO completion, immediate_exit, and a guest of a few instructions:
-  LDR/STR (unsigned offset) to RAM or MMIO, ADD/SUB(S) (64-bit registers), B, B.cond,
-  CBZ/CBNZ, and HVC #0 into PSCI.
-Anything else a guest does stops the mock with ENOSYS ("not emulated").
+  PMU), MMIO completion (zero/sign extension), immediate_exit and signals, and
+  guest code run by a real AArch64 CPU (arm64_cpu: Unicorn) at EL1: MMIO exits,
+  ioeventfd writes, HVC/SMC into the in-kernel SMCCC/PSCI (VERSION, CPU_ON/OFF,
+  AFFINITY_INFO, SYSTEM_OFF/RESET, FEATURES), WFI blocking until an interrupt
+  is pending, and the exceptions a guest takes itself (UNDEF, SVC, BRK).
+What the mock does not model stops the run with ENOSYS ("not emulated").
 """
 from __future__ import annotations
 
 import errno as E
-import itertools
 import threading
-import time
 from typing import Any
 
 from ...arm64 import (CORE_OFFSETS, CORE_SIZES, SYSREGS, NR_PRIVATE_IRQS, NR_SGIS, PSCI_0_2_FN_PSCI_VERSION, PSCI_0_2_FN_SYSTEM_OFF,
                       PSCI_RET_NOT_SUPPORTED, default_mpidr, irq_fields)
 from ...devices.arm64_vcpu import SMCCC_FILTER_ACTIONS, SMCCC_RESERVED
 from . import vfio  # noqa: F401  (registers the VFIO model)
-from . import arm64_reglist, arm64_vcpu, its, vgic
+from . import arm64_cpu, arm64_reglist, arm64_vcpu, its, vgic
 from .kernel import ArchModel as _Base
 from .kernel import Errno, MockVcpu, MockVm
 
@@ -57,7 +57,14 @@ PSCI_RET_SUCCESS, PSCI_RET_INVALID_PARAMS, PSCI_RET_ALREADY_ON = 0, (1 << 64) - 
 ESR_ELX_ISV = 1 << 24              # the ESR kvm_inject_vabt gives an SError
 ESR_ELX_ISS_MASK = (1 << 25) - 1
 COPROC_SYSREG, COPROC_FW, COPROC_DEMUX, COPROC_BMAP = 0x13, 0x14, 0x11, 0x16
-RUN_LIMIT_S = 30.0          # a mock guest still running after this stops with ENOSYS
+# PSCI / SMCCC function ids (include/uapi/linux/psci.h, arm-smccc.h)
+PSCI_0_2_FN_CPU_OFF, PSCI_0_2_FN_CPU_ON, PSCI_0_2_FN_AFFINITY_INFO = 0x84000002, 0x84000003, 0x84000004
+PSCI_0_2_FN64_AFFINITY_INFO, PSCI_0_2_FN_MIGRATE_INFO_TYPE = 0xC4000004, 0x84000006
+PSCI_0_2_FN_SYSTEM_RESET, PSCI_1_0_FN_PSCI_FEATURES = 0x84000009, 0x8400000A
+SMCCC_VERSION, SMCCC_VERSION_1_1 = 0x80000000, 0x10001
+# kvm_psci_1_x_call's PSCI_FEATURES: the ids it answers 0 for, every PSCI 1.x here
+PSCI_FEATURES_LISTED = {0x84000000, 0x84000001, 0xC4000001, 0x84000002, 0x84000003, 0xC4000003, 0x84000004,
+                        0xC4000004, 0x84000006, 0x84000008, 0x84000009, 0x8400000A, SMCCC_VERSION}
 MIDR_EL1, MPIDR_EL1, SCTLR_EL1 = (SYSREGS[n] for n in ("MIDR_EL1", "MPIDR_EL1", "SCTLR_EL1"))
 
 
@@ -122,11 +129,21 @@ class Arm64Vcpu:
         self.pending_reset: tuple[int, int] | None = None   # (pc, x0) from PSCI CPU_ON
         self.serror: int | None = None        # the pending SError's ESR (HCR_EL2.VSE set)
         self.wakeup = threading.Condition()   # a STOPPED vCPU sleeps on it (kvm_vcpu_sleep)
-        self.mmio: tuple[int, int, bool] | None = None  # (rt, len, is_write) until completed
+        self.mmio: tuple[int, int, bool, bool, bool] | None = None  # the access's syndrome until completed
+        self.cpu: arm64_cpu.Cpu | None = None    # the emulator, made at the first run of guest code
+        self.cpu_owns = False   # the registers above are stale: the emulator holds them (fresh())
+        self.gic_active: list[tuple[int, int]] = []   # (INTID, priority) acknowledged, not yet dropped
 
     @property
     def mpidr(self) -> int:
         return self.sysregs.get(MPIDR_EL1, 0)
+
+    def fresh(self) -> None:
+        """Bring the registers back from the emulator, where a run left them (they stay
+        there between runs until something outside the guest reads or writes them)."""
+        if self.cpu is not None and self.cpu_owns:
+            self.cpu.save()
+            self.cpu_owns = False
 
     def has(self, feature: str) -> bool:
         return bool(self.features >> self.a.const("KVM_ARM_VCPU_" + feature) & 1)
@@ -164,6 +181,7 @@ class Arm64Vcpu:
         return 0
 
     def _reset(self) -> None:
+        self.fresh()
         self.x = [0] * 31
         self.sp = self.pc = 0
         self.pstate = PSTATE_RESET
@@ -218,11 +236,6 @@ class Arm64Vcpu:
             self.mp_state = state
             self.wakeup.notify_all()
 
-    def wake(self) -> None:
-        """A signal (MockBackend.kick) wakes a sleeping vCPU."""
-        with self.wakeup:
-            self.wakeup.notify_all()
-
     def ioctl_KVM_GET_MP_STATE(self, arg: int) -> int:
         self.vcpu.user.put("__u32", arg, self.mp_state)
         return 0
@@ -271,6 +284,7 @@ class Arm64Vcpu:
         """(kind, key, addr, size) of the register whose id kvm_one_reg names."""
         if self.target < 0:
             raise Errno(E.ENOEXEC)
+        self.fresh()
         r = self.vcpu.user.read_struct("struct kvm_one_reg", arg)
         c = self.a.const
         rid = int(r.id)
@@ -348,17 +362,30 @@ class Arm64Vcpu:
         if immediate:
             raise Errno(E.EINTR)
         run.exit_reason = self.a.const("KVM_EXIT_UNKNOWN")
+        self._power_state(run)
+        if self.cpu is None:
+            self.cpu = arm64_cpu.Cpu(self)
+        self.cpu.sync_memory(self.vcpu.vm.memslots, self.a.const("KVM_MEM_READONLY"))
+        if not self.cpu_owns:
+            self.cpu.load()
+            self.cpu_owns = True
+        return self._execute(run)
+
+    def _power_state(self, run: Any) -> None:
+        """A STOPPED vCPU sleeps until PSCI CPU_ON (then resets to its entry point),
+        a SUSPENDED one until an interrupt (kvm_arch_vcpu_runnable)."""
         if self.mp_state == MP_STOPPED:
             self._sleep(run)
         elif self.mp_state == MP_SUSPENDED:
-            raise Errno(E.ENOSYS)   # WFI-like suspend until an interrupt: not modelled
+            self._block(run)
+            self.set_mp_state(MP_RUNNABLE)
         if self.pending_reset is not None:  # KVM_REQ_VCPU_RESET from PSCI CPU_ON
+            self.fresh()
             pc, context = self.pending_reset
             self.pending_reset = None
             self.x = [0] * 31
             self.sp, self.pstate = 0, PSTATE_RESET
             self.pc, self.x[0] = pc, context
-        return self._execute(run)
 
     def _signal_exit(self, run: Any) -> None:
         """kvm_handle_signal_exit: a signal (request_exit's) stops the run."""
@@ -368,13 +395,24 @@ class Arm64Vcpu:
 
     def _sleep(self, run: Any) -> None:
         """kvm_vcpu_sleep: a STOPPED vCPU waits (interruptibly) for PSCI CPU_ON."""
-        deadline = time.monotonic() + RUN_LIMIT_S
         with self.wakeup:
             while self.mp_state == MP_STOPPED:
                 self._signal_exit(run)
-                if time.monotonic() > deadline:
-                    raise Errno(E.ENOSYS)   # asleep this long is a test bug: stop rather than hang
                 self.wakeup.wait(1.0)
+
+    def _block(self, run: Any) -> None:
+        """kvm_vcpu_block (WFI, CPU_SUSPEND): until an interrupt is pending or a signal."""
+        with self.wakeup:
+            while not arm64_cpu.irq_pending(self):
+                self._signal_exit(run)
+                self.wakeup.wait(1.0)
+
+    def wake(self) -> None:
+        """A signal (MockBackend.kick) or an interrupt wakes a sleeping or running vCPU."""
+        with self.wakeup:
+            self.wakeup.notify_all()
+        if self.cpu is not None:
+            self.cpu.stop()
 
     def _first_run(self) -> None:
         """kvm_arch_vcpu_run_pid_change: nothing is recorded until every check passes."""
@@ -386,96 +424,117 @@ class Arm64Vcpu:
         self.has_run_once = True
 
     def _complete_mmio(self, run: Any) -> None:
-        """kvm_handle_mmio_return: load the read value, step over the instruction."""
-        rt, n, is_write = self.mmio  # type: ignore[misc]
+        """kvm_handle_mmio_return: load the read value (sign-extended for LDRS*,
+        32 bits for a W register), step over the instruction."""
+        rt, n, is_write, sign, sixty_four = self.mmio  # type: ignore[misc]
         self.mmio = None
         if not is_write and rt != 31:
-            self.x[rt] = int.from_bytes(bytes(self.a.ffi.buffer(run.mmio.data))[:n], "little")
-        self.pc = (self.pc + 4) & U64
+            value = int.from_bytes(bytes(self.a.ffi.buffer(run.mmio.data))[:n], "little")
+            if sign and value >> (8 * n - 1) and self.vcpu.backend.host.fact("mmio_load_sign_extends"):
+                value -= 1 << 8 * n
+            value &= U64 if sixty_four else 0xFFFFFFFF
+            if self.cpu_owns:
+                self.cpu.uc.reg_write(self.cpu.xids[rt], value)   # type: ignore[union-attr]
+            else:
+                self.x[rt] = value
+        if self.cpu_owns:
+            cpu = self.cpu
+            assert cpu is not None
+            cpu.uc.reg_write(cpu.R.UC_ARM64_REG_PC, (cpu.uc.reg_read(cpu.R.UC_ARM64_REG_PC) + 4) & U64)
+        else:
+            self.pc = (self.pc + 4) & U64
 
     # -- the guest ------------------------------------------------------------------
     def _execute(self, run: Any) -> int:
-        user = self.vcpu.user
-        deadline = time.monotonic() + RUN_LIMIT_S
-        for step in itertools.count():
-            if step % 4096 == 0 and time.monotonic() > deadline:
-                break  # a guest spinning this long is a test bug: stop it rather than hang
+        """Run guest code until an exit to userspace; what the kernel handles
+        itself (ioeventfd writes, PSCI, WFI, exceptions the guest takes) goes on."""
+        cpu = self.cpu
+        assert cpu is not None
+        uc, R = cpu.uc, cpu.R
+        while True:
             self._signal_exit(run)
-            fetch = self.vcpu.vm.memslot_uaddr(self.pc, 4, False)
-            if fetch is None:
-                raise Errno(E.ENOSYS)  # the kernel would inject an abort and run on
-            insn = user.get("__u32", fetch)
-            if insn & 0x3F000000 == 0x39000000:  # LDR/STR (immediate, unsigned offset)
-                size, opc, rn, rt = insn >> 30, insn >> 22 & 3, insn >> 5 & 31, insn & 31
-                if opc > 1:
-                    raise Errno(E.ENOSYS)  # sign-extending loads: not emulated
-                n, is_write = 1 << size, opc == 0
-                addr = ((self.sp if rn == 31 else self.x[rn]) + ((insn >> 10 & 0xFFF) << size)) & U64
-                value = 0 if rt == 31 else self.x[rt] & ((1 << 8 * n) - 1)
-                ram = self.vcpu.vm.memslot_uaddr(addr, n, is_write)
-                if ram is None and is_write and self.vcpu.vm.eventfds.io_write(addr, n, value):
-                    self.pc += 4                     # io_mem_abort: an ioeventfd took it
+            step = 0
+            if arm64_cpu.irq_ready(self):
+                if uc.reg_read(R.UC_ARM64_REG_PSTATE) & 0x80:
+                    step = 1   # masked: one instruction at a time until the guest unmasks IRQs
+                else:
+                    cpu.take_exception(0, uc.reg_read(R.UC_ARM64_REG_PC), 0x80)   # IRQ at VBAR_EL1 + 0x80
+            kind, info = cpu.execute(step)
+            if kind == "fault":
+                access, addr, _, value = info
+                pc = uc.reg_read(R.UC_ARM64_REG_PC)
+                insn = cpu.read_insn(pc)
+                if access == cpu.uc_mod.UC_MEM_FETCH_UNMAPPED or insn is None:
+                    raise Errno(E.ENOSYS)   # the kernel injects a prefetch abort: not modelled
+                syn = arm64_cpu.mmio_syndrome(insn)
+                if syn is None:
+                    raise Errno(E.ENOSYS)   # io_mem_abort without a valid syndrome (no NISV exit)
+                rt, n, is_write, _, _ = syn
+                value &= (1 << 8 * n) - 1
+                if is_write and self.vcpu.vm.eventfds.io_write(addr, n, value):
+                    uc.reg_write(R.UC_ARM64_REG_PC, pc + 4)   # an ioeventfd took it
                     continue
-                if ram is None:
-                    run.exit_reason = self.a.const("KVM_EXIT_MMIO")
-                    m = run.mmio
-                    m.phys_addr, m.len, m.is_write = addr, n, is_write
-                    self.a.ffi.memmove(m.data, value.to_bytes(8, "little") if is_write else bytes(8), 8)
-                    self.mmio = (rt, n, is_write)
+                run.exit_reason = self.a.const("KVM_EXIT_MMIO")
+                m = run.mmio
+                m.phys_addr, m.len, m.is_write = addr, n, is_write
+                self.a.ffi.memmove(m.data, value.to_bytes(8, "little") if is_write else bytes(8), 8)
+                self.mmio = syn
+                return 0
+            if kind == "wfi":
+                self._block(run)
+                continue
+            if kind == "exception":
+                if self._exception(run, info):
                     return 0
-                if is_write:
-                    user.write(ram, value.to_bytes(n, "little"))
-                elif rt != 31:
-                    self.x[rt] = int.from_bytes(user.read(ram, n), "little")
-                self.pc += 4
-            elif insn & 0x1F200000 == 0x0B000000 and insn >> 31 and not insn >> 10 & 0x3F:
-                # ADD/ADDS/SUB/SUBS (shifted register, 64-bit, LSL #0); xzr as rn/rm, sp not
-                op, setflags, rm, rn, rd = insn >> 30 & 1, insn >> 29 & 1, insn >> 16 & 31, insn >> 5 & 31, insn & 31
-                a, b = (0 if rn == 31 else self.x[rn]), (0 if rm == 31 else self.x[rm])
-                r = (a - b if op else a + b) & U64
-                if setflags:
-                    c = a >= b if op else a + b > U64
-                    sa, sb, sr = a >> 63, (b >> 63) ^ op, r >> 63
-                    v = sa == sb and sr != sa
-                    self.pstate = (self.pstate & 0x0FFFFFFF) | (r >> 63) << 31 | (r == 0) << 30 | c << 29 | v << 28
-                if rd != 31:
-                    self.x[rd] = r
-                self.pc += 4
-            elif insn & 0xFF000010 == 0x54000000:  # B.cond
-                n, z, c, v = (self.pstate >> 31 & 1, self.pstate >> 30 & 1, self.pstate >> 29 & 1,
-                              self.pstate >> 28 & 1)
-                cond = insn & 15
-                holds = [z, c, n, v, c and not z, n == v, n == v and not z, True][cond >> 1]
-                if cond & 1 and cond != 15:
-                    holds = not holds
-                imm = (insn >> 5 & 0x7FFFF) << 2
-                imm -= (1 << 21) if imm >> 20 else 0
-                self.pc = (self.pc + (imm if holds else 4)) & U64
-            elif insn & 0xFE000000 == 0xB4000000:  # CBZ/CBNZ (64-bit)
-                imm = (insn >> 5 & 0x7FFFF) << 2
-                imm -= (1 << 21) if imm >> 20 else 0
-                zero = self.x[insn & 31] == 0 if insn & 31 != 31 else True
-                taken = zero != bool(insn >> 24 & 1)
-                self.pc = (self.pc + (imm if taken else 4)) & U64
-            elif insn & 0xFC000000 == 0x14000000:  # B
-                imm = (insn & 0x3FFFFFF) << 2
-                imm -= (1 << 28) if imm >> 27 else 0
-                self.pc = (self.pc + imm) & U64
-            elif insn == 0xD4000002:  # HVC #0: SMCCC into PSCI
-                self.pc += 4
-                if self._psci(run):
-                    return 0
+
+    def _exception(self, run: Any, intno: int) -> bool:
+        """An exception Unicorn raised: HVC/SMC into the SMCCC handler (True when
+        that exits to userspace), else taken by the guest at VBAR_EL1."""
+        cpu = self.cpu
+        assert cpu is not None
+        uc, R = cpu.uc, cpu.R
+        pc = uc.reg_read(R.UC_ARM64_REG_PC)
+        after = intno in (arm64_cpu.EXCP_HVC, arm64_cpu.EXCP_SMC, arm64_cpu.EXCP_SWI)
+        at = pc - 4 if after else pc
+        insn = cpu.read_insn(at) or 0
+        if insn & 0xFFE0001E == 0xD4000002:   # HVC/SMC #imm (SMC traps to KVM: HCR_EL2.TSC)
+            uc.reg_write(R.UC_ARM64_REG_PC, at + 4)
+            self.fresh()
+            if insn >> 5 & 0xFFFF:
+                self.x[0] = U64    # SMCCC_RET_NOT_SUPPORTED for an immediate other than 0
+                done = False
             else:
-                raise Errno(E.ENOSYS)
-        raise Errno(E.ENOSYS)
+                done = self._psci(run)
+            cpu.load()
+            self.cpu_owns = True
+            return done
+        if intno == arm64_cpu.EXCP_SWI:
+            cpu.take_exception(0x15 << 26 | 1 << 25 | insn >> 5 & 0xFFFF, pc)
+        elif intno == arm64_cpu.EXCP_BKPT:
+            cpu.take_exception(0x3C << 26 | 1 << 25 | insn >> 5 & 0xFFFF, pc)
+        elif intno == arm64_cpu.EXCP_UDEF:
+            sysreg = arm64_cpu.sysreg_insn(insn)
+            if sysreg is not None:   # the GICv3 CPU interface: vgic-v3's, on the VGIC state
+                enc, rt, read = sysreg
+                with self.vcpu.vm.lock:
+                    arg = None if read else (0 if rt == 31 else uc.reg_read(cpu.xids[rt]))
+                    result = arm64_cpu.icc_access(self, enc, arg)
+                if result is not None:
+                    if read and rt != 31:
+                        uc.reg_write(cpu.xids[rt], result)
+                    uc.reg_write(R.UC_ARM64_REG_PC, pc + 4)
+                    if enc == (3, 0, 12, 11, 5):
+                        _kicked(self.vcpu.vm, 0)   # an SGI: its targets look again
+                    return False
+            cpu.take_exception(1 << 25, pc)   # EC 0: unknown reason
+        else:
+            raise Errno(E.ENOSYS)   # aborts of the guest's own translations etc.: not modelled
+        return False
 
     def _cpu_on(self, mpidr: int, pc: int, context: int) -> int:
         """kvm_psci_vcpu_on: the target (by MPIDR affinity) resets at its next run
         to ``pc`` with x0 = ``context`` and becomes RUNNABLE, woken if asleep."""
-        mask = 0xFF00FFFFFF   # MPIDR_HWID_BITMASK
-        if mpidr & ~mask:     # kvm_psci_valid_affinity: affinity bits only (not MPIDR's bit 31)
-            return PSCI_RET_INVALID_PARAMS
-        target = next((c.part for c in self.vcpu.vm.vcpus.values() if c.part.mpidr & mask == mpidr & mask), None)
+        target = self._by_mpidr(mpidr)
         if target is None:
             return PSCI_RET_INVALID_PARAMS
         with target.wakeup:
@@ -486,27 +545,67 @@ class Arm64Vcpu:
             target.wakeup.notify_all()
         return PSCI_RET_SUCCESS
 
+    def _by_mpidr(self, mpidr: int) -> "Arm64Vcpu | None":
+        mask = 0xFF00FFFFFF   # MPIDR_HWID_BITMASK
+        if mpidr & ~mask:     # kvm_psci_valid_affinity: affinity bits only (not MPIDR's bit 31)
+            return None
+        return next((c.part for c in self.vcpu.vm.vcpus.values() if c.part.mpidr & mask == mpidr & mask), None)
+
+    def _system_event(self, run: Any, kind: str) -> bool:
+        """kvm_prepare_system_event: every vCPU is STOPPED, then the exit."""
+        for c in self.vcpu.vm.vcpus.values():
+            c.part.set_mp_state(MP_STOPPED)
+        run.exit_reason = self.a.const("KVM_EXIT_SYSTEM_EVENT")
+        e = run.system_event
+        e.type, e.ndata, e.data[0] = self.a.const(kind), 1, 0
+        return True
+
     def _psci(self, run: Any) -> bool:
-        """kvm_psci_call; True when the call exits to userspace."""
+        """kvm_smccc_call_handler / kvm_psci_call; True when the call exits to userspace."""
         fn = self.x[0] & 0xFFFFFFFF
         attrs = self.vcpu.vm.attrs
         if isinstance(attrs, VmAttrs) and attrs.filtered(fn):
             raise Errno(E.ENOSYS)   # the SMCCC filter's DENY / FWD_TO_USER: not emulated
-        if not self.has("PSCI_0_2"):
-            ret = PSCI_RET_NOT_SUPPORTED  # PSCI 0.1 has only KVM's own function ids
+        version = int(self.vcpu.backend.host.fact("psci_version"))
+        ret = PSCI_RET_NOT_SUPPORTED
+        if fn == SMCCC_VERSION:
+            ret = SMCCC_VERSION_1_1
+        elif not self.has("PSCI_0_2"):
+            pass   # PSCI 0.1 has only KVM's own function ids
         elif fn == PSCI_0_2_FN_PSCI_VERSION:
-            ret = int(self.vcpu.backend.host.fact("psci_version"))
-        elif fn == PSCI_0_2_FN64_CPU_ON:
-            ret = self._cpu_on(self.x[1], self.x[2], self.x[3])
+            ret = version
+        elif fn in (PSCI_0_2_FN_CPU_ON, PSCI_0_2_FN64_CPU_ON):
+            ret = self._cpu_on(self.x[1] if fn >> 30 & 1 else self.x[1] & 0xFFFFFFFF, self.x[2], self.x[3])
+        elif fn == PSCI_0_2_FN_CPU_OFF:
+            self.set_mp_state(MP_STOPPED)   # kvm_arm_vcpu_power_off: asleep until CPU_ON
+            self._power_state(run)
+            return False
+        elif fn in (PSCI_0_2_FN_AFFINITY_INFO, PSCI_0_2_FN64_AFFINITY_INFO):
+            target = self._by_mpidr(self.x[1])
+            if self.x[2] != 0 or target is None:
+                ret = PSCI_RET_INVALID_PARAMS
+            else:
+                ret = 1 if target.mp_state == MP_STOPPED else 0   # PSCI_0_2_AFFINITY_LEVEL_OFF/ON
+        elif fn == PSCI_0_2_FN_MIGRATE_INFO_TYPE:
+            ret = 2   # PSCI_0_2_TOS_MP: no trusted OS to migrate
         elif fn == PSCI_0_2_FN_SYSTEM_OFF:
-            run.exit_reason = self.a.const("KVM_EXIT_SYSTEM_EVENT")
-            e = run.system_event
-            e.type, e.ndata, e.data[0] = self.a.const("KVM_SYSTEM_EVENT_SHUTDOWN"), 1, 0
-            return True
-        else:
-            raise Errno(E.ENOSYS)
+            return self._system_event(run, "KVM_SYSTEM_EVENT_SHUTDOWN")
+        elif fn == PSCI_0_2_FN_SYSTEM_RESET:
+            return self._system_event(run, "KVM_SYSTEM_EVENT_RESET")
+        elif fn == PSCI_1_0_FN_PSCI_FEATURES and version >= 0x10000:
+            ret = 0 if self.x[1] & 0xFFFFFFFF in PSCI_FEATURES_LISTED else PSCI_RET_NOT_SUPPORTED
         self.x[0:4] = [ret, 0, 0, 0]  # smccc_set_retval
         return False
+
+
+def _kicked(vm: MockVm, ret: int) -> int:
+    """kvm_vcpu_kick after an injection: a vCPU blocked in WFI looks again."""
+    for c in list(vm.vcpus.values()):
+        with c.part.wakeup:
+            c.part.wakeup.notify_all()
+        if c.part.cpu is not None:
+            c.part.cpu.stop()   # a running guest stops to take it
+    return ret
 
 
 def _sysreg_enc(a: Any, rid: int) -> tuple[int, int, int, int, int]:
@@ -639,13 +738,13 @@ class ArchModel(_Base):
                 raise Errno(E.ENXIO)
             if vcpu_id not in vm.vcpus or not NR_SGIS <= num < NR_PRIVATE_IRQS:
                 raise Errno(E.EINVAL)
-            return d.inject(num, vcpu_id, bool(level))
+            return _kicked(vm, d.inject(num, vcpu_id, bool(level)))
         if itype == c("KVM_ARM_IRQ_TYPE_SPI"):
             if d is None:
                 raise Errno(E.ENXIO)
             if num < NR_PRIVATE_IRQS:
                 raise Errno(E.EINVAL)
-            return d.inject(num, 0, bool(level))
+            return _kicked(vm, d.inject(num, 0, bool(level)))
         raise Errno(E.EINVAL)
 
     def irqfd_inject(self, vm: MockVm, gsi: int) -> None:
@@ -658,7 +757,7 @@ class ArchModel(_Base):
         d = vm.part.vgic
         if d is None or not d.initialized or not 0 <= gsi < d.nr_spis:
             return
-        d.inject(gsi + NR_PRIVATE_IRQS, 0, True)
+        _kicked(vm, d.inject(gsi + NR_PRIVATE_IRQS, 0, True))
 
     def signal_msi(self, vm: MockVm, msi: Any) -> int:
         """kvm_send_userspace_msi -> kvm_set_msi -> vgic_its_inject_msi."""
@@ -672,7 +771,7 @@ class ArchModel(_Base):
         addr = msi.address_hi << 32 | msi.address_lo
         for dev in vm.part.its:
             if dev.base != vgic.ADDR_UNDEF and dev.base <= addr < dev.base + dev.SIZE:
-                return dev.inject(msi.devid, msi.data)
+                return _kicked(vm, dev.inject(msi.devid, msi.data))
         raise Errno(E.EINVAL)
 
     def vcpu_run(self, vcpu: MockVcpu, immediate_exit: bool) -> int:

@@ -41,6 +41,9 @@ FACTS: dict[str, list[tuple[tuple[int, int], object]]] = {
     "vcpu_features_einval": [(_V0, 0), ((6, 18), 1 << 7)],
     # feature -> the feature it needs (else EINVAL): PMU_V3_STRICT (9) needs PMU_V3 (3)
     "vcpu_feature_requires": [(_V0, {}), ((7, 3), {9: 3})],
+    # -- MMIO: a sign-extending load (LDRS*) completed by KVM_RUN is sign-extended
+    # (kvm_handle_mmio_return, ESR_ELx.SSE); on the QEMU TCG hosts here 6.1 and 6.12 zero-extend
+    "mmio_load_sign_extends": [(_V0, False), ((7, 3), True)],
     # -- PSCI: PSCI_VERSION's answer (KVM_ARM_PSCI_LATEST): 1.1; 1.3 (SYSTEM_OFF2) --
     "psci_version": [(_V0, 0x10001), ((6, 18), 0x10003)],
     # -- VGIC v3 --
