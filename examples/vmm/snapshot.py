@@ -170,6 +170,8 @@ def _populate_stage2(m: Any, saved: list[dict[str, Any]]) -> None:
         rid = arm64.reg_id(name)
         cpu.set_one_reg(rid, int(regs[f"{rid:#x}"], 16))
     # The counter again, last: the guest's clock resumes from the saved value now,
-    # not from when step 3 wrote it (the stub's run took time).
+    # not from when step 3 wrote it (the stub's run took time).  The offset is the
+    # VM's, one for every vCPU: the latest value saved (the vCPUs were read one after
+    # another), so no vCPU's counter reads less than it did before the snapshot.
     cnt = arm64.reg_id("KVM_REG_ARM_TIMER_CNT")
-    cpu.set_one_reg(cnt, int(regs[f"{cnt:#x}"], 16))
+    cpu.set_one_reg(cnt, max(int(v["regs"][f"{cnt:#x}"], 16) for v in saved))
