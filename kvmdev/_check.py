@@ -7,10 +7,9 @@ wrong type, ValueError for a wrong value, UnknownNameError for an unknown name.
 from __future__ import annotations
 
 import operator
-import reprlib
 from typing import Any, Iterable, Mapping, TypeVar
 
-from .errors import UnknownNameError
+from .errors import UnknownNameError, bounded_repr
 
 T = TypeVar("T")
 
@@ -93,17 +92,8 @@ def unknown(kind: str, name: Any, known: Iterable[str], where: str = "", hint: s
     return UnknownNameError(kind, name, where, known, hint, aliases)
 
 
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 60, 60, 60
-
-
-def show(v: Any) -> str:
-    """An argument as an error message shows it: bounded (a 2,000-deep list or a
-    million-digit int must not make the message itself fail)."""
-    try:
-        return _REPR.repr(v)
-    except Exception:   # noqa: BLE001 - a failing __repr__ is the caller's object's problem
-        return f"<{type(v).__name__} object>"
+# an argument as an error message shows it, bounded (kvmdev.errors.bounded_repr)
+show = bounded_repr
 
 
 def _show(v: int) -> str:

@@ -26,6 +26,7 @@ Anything else escaping a public call is a bug.
 from __future__ import annotations
 
 import difflib
+import reprlib
 from typing import Iterable, Mapping
 
 from .errnos import errno_name, meaning
@@ -98,7 +99,7 @@ class UnknownNameError(KeyError, ValueError):
             for m in difflib.get_close_matches(_norm(name), list(canon), n=6, cutoff=0.5):
                 if canon[m] not in self.suggestions and len(self.suggestions) < 3:
                     self.suggestions.append(canon[m])
-        msg = f"unknown {kind} {_bounded_repr(name)}" + (f" {where}" if where else "")
+        msg = f"unknown {kind} {bounded_repr(name)}" + (f" {where}" if where else "")
         if self.suggestions:
             msg += f"; did you mean {' or '.join(self.suggestions)}?"
         elif known and len(known) <= 12:
@@ -135,13 +136,16 @@ class SequenceError(RuntimeError):
     message quotes the rule."""
 
 
-def _bounded_repr(v: object) -> str:
-    import reprlib
-    r = reprlib.Repr()
-    r.maxlevel, r.maxstring, r.maxother = 3, 60, 60
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 60, 60, 60
+
+
+def bounded_repr(v: object) -> str:
+    """An argument as an error message shows it: bounded (a 2,000-deep list or a
+    million-digit int must not make the message itself fail)."""
     try:
-        return r.repr(v)
-    except Exception:   # noqa: BLE001
+        return _REPR.repr(v)
+    except Exception:   # noqa: BLE001 - a failing __repr__ is the caller's object's problem
         return f"<{type(v).__name__} object>"
 
 

@@ -31,7 +31,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import ArchError, ClosedError, KvmError, SequenceError, UnknownNameError
+from .errors import ArchError, ClosedError, KvmError, SequenceError, UnknownNameError, bounded_repr
 
 ALLOWED: tuple[type[BaseException], ...] = (KvmError, ValueError, TypeError, UnknownNameError,
                                             ArchError, SequenceError)
@@ -427,15 +427,8 @@ def _kernel_caused(e: BaseException) -> bool:
     return isinstance(e.__cause__, KvmError) or isinstance(e.__context__, KvmError)
 
 
-_REPR = __import__("reprlib").Repr()
-_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 40, 40
-
-
 def _short(v: Any) -> str:
-    try:
-        return _REPR.repr(v)
-    except Exception:   # an object whose repr fails is still an argument
-        return f"<{type(v).__name__}>"
+    return bounded_repr(v)
 
 
 def _tb(e: BaseException) -> str:
